@@ -1,0 +1,13 @@
+"""The ``dtesn-trio`` command: ``serve`` and ``soak``."""
+
+from __future__ import annotations
+
+import click
+
+from dtesn_trio._version import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dtesn-trio")
+def main() -> None:
+    """dtesn-trio: a Trio-native runtime for request-processing servers."""

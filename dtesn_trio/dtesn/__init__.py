@@ -1,0 +1,1 @@
+"""dtesn_trio.dtesn."""

@@ -1,0 +1,120 @@
+"""One exception hierarchy for the whole runtime.
+
+Every error carries a stable ``code`` string, the HTTP status the server maps it to,
+and, where it helps the caller, ``retry_after`` seconds.  The HTTP layer maps these
+errors and nothing else; anything outside this hierarchy is a bug (HTTP 500).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "CircuitOpen",
+    "DTESNError",
+    "DeadlineExceeded",
+    "InvalidRequest",
+    "Overloaded",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ShuttingDown",
+    "Unauthorized",
+]
+
+
+class DTESNError(Exception):
+    """Base of every error the runtime raises on purpose."""
+
+    code: str = "error"
+    http_status: int = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.field = field
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON error body: ``{"code", "message", "field"?, "retry_after"?}``."""
+        body: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        if self.retry_after is not None:
+            body["retry_after"] = round(self.retry_after, 3)
+        return body
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.retry_after is not None:
+            extra += f", retry_after={self.retry_after:.3f}"
+        if self.field is not None:
+            extra += f", field={self.field!r}"
+        return f"{type(self).__name__}({self.message!r}{extra})"
+
+
+class InvalidRequest(DTESNError):
+    """A field has the wrong type, size or value; ``field`` names it."""
+
+    code = "invalid_request"
+    http_status = 422
+
+
+class Unauthorized(DTESNError):
+    """The API key is missing or wrong."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class PayloadTooLarge(DTESNError):
+    """The request body is over the configured limit."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class RateLimited(DTESNError):
+    """The rate limit was hit; try again after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+    http_status = 429
+
+
+class Overloaded(DTESNError):
+    """Queue full, concurrency limit reached, or the deadline cannot be met."""
+
+    code = "overloaded"
+    http_status = 503
+
+
+class CircuitOpen(DTESNError):
+    """The circuit breaker for the engine or a backend is open."""
+
+    code = "circuit_open"
+    http_status = 503
+
+
+class BackendUnavailable(DTESNError):
+    """Redis or the database could not be reached after the configured retries."""
+
+    code = "backend_unavailable"
+    http_status = 503
+
+
+class DeadlineExceeded(DTESNError):
+    """The request's deadline passed before it could be answered."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+
+
+class ShuttingDown(DTESNError):
+    """The runtime is stopping and takes no new work."""
+
+    code = "shutting_down"
+    http_status = 503

@@ -1,0 +1,1 @@
+"""Admission: rate limiting, adaptive concurrency, circuit breaking."""

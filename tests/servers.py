@@ -1,0 +1,134 @@
+"""Real servers for the tests: redis-server on a free port, started and stopped by PID.
+
+Used from ``conftest.py`` fixtures; fault tests call ``stop()`` / ``start()`` themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1 that the tests own."""
+
+    def __init__(self, port: int | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed; scripts/test installs it")
+        self.exe = exe
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="dtesn-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--maxclients",
+                "20000",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if self.command("PING") == "PONG":
+                    return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: a crash, not a polite shutdown)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def command(self, *args: str) -> str:
+        """One command over a fresh blocking socket; returns the reply as text."""
+        payload = f"*{len(args)}\r\n".encode()
+        for a in args:
+            b = a.encode()
+            payload += b"$%d\r\n%s\r\n" % (len(b), b)
+        with socket.create_connection((self.host, self.port), timeout=5) as s:
+            s.sendall(payload)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if _complete(data):
+                    break
+        return _decode(data)
+
+    def client_count(self, *, name: str | None = None) -> int:
+        """Clients connected now, excluding the connection asking (optionally by name)."""
+        lines = [ln for ln in self.command("CLIENT", "LIST").splitlines() if ln.strip()]
+        others = [ln for ln in lines if "cmd=client" not in ln]
+        if name is not None:
+            others = [ln for ln in others if f" name={name} " in f" {ln} "]
+        return len(others)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _complete(data: bytes) -> bool:
+    if data[:1] in (b"+", b"-", b":"):
+        return data.endswith(b"\r\n")
+    if data[:1] == b"$":
+        head, _, rest = data.partition(b"\r\n")
+        n = int(head[1:])
+        return n < 0 or len(rest) >= n + 2
+    return False
+
+
+def _decode(data: bytes) -> str:
+    if data[:1] in (b"+", b":"):
+        return data[1:-2].decode()
+    if data[:1] == b"-":
+        raise RuntimeError(data[1:-2].decode())
+    if data[:1] == b"$":
+        head, _, rest = data.partition(b"\r\n")
+        n = int(head[1:])
+        return "" if n < 0 else rest[:n].decode()
+    raise RuntimeError(f"unexpected reply {data[:40]!r}")
