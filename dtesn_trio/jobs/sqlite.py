@@ -157,7 +157,7 @@ class SQLiteJobStore:
     async def release(self, job_id: str, owner: str, available_at: float) -> bool:
         rows = await self._execute(
             "UPDATE dtesn_jobs SET status = 'queued', lease_owner = NULL,"
-            " lease_expires = NULL, available_at = ?"
+            " lease_expires = NULL, available_at = ?, attempts = MAX(attempts - 1, 0)"
             " WHERE id = ? AND status = 'running' AND lease_owner = ? RETURNING id",
             (available_at, job_id, owner),
         )

@@ -74,7 +74,8 @@ class JobStore(Protocol):
         the job is still running under ``owner``.  True exactly once per job."""
 
     async def release(self, job_id: str, owner: str, available_at: float) -> bool:
-        """Put ``owner``'s running job back in the queue, runnable from ``available_at``."""
+        """Put ``owner``'s running job back in the queue, runnable from ``available_at``;
+        the attempt does not count (the job was refused or stopped, it did not crash)."""
 
     async def recover(self, is_dead: Callable[[str], bool]) -> int:
         """Requeue running jobs whose owner ``is_dead``; return how many."""
