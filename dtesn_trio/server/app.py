@@ -256,7 +256,7 @@ class AppState:
             )
 
         outcome = await self._drainable(call)
-        self.metrics.process_latency.labels(str(req.priority)).observe(time.perf_counter() - start)
+        self.metrics.observe_process(req.priority, time.perf_counter() - start)
         return _json(outcome.to_dict())
 
     async def process_batch(self, request: Request) -> Response:
@@ -290,7 +290,7 @@ class AppState:
                 )
             else:
                 items.append({"index": i, "status": 200, "outcome": outcome.to_dict()})
-        self.metrics.process_latency.labels(str(req.priority)).observe(time.perf_counter() - start)
+        self.metrics.observe_process(req.priority, time.perf_counter() - start)
         return _json({"results": items})
 
     async def submit_job(self, request: Request) -> Response:
@@ -444,8 +444,7 @@ class _Guard:
             route = _route_label(path)
             state.in_flight -= 1
             state.metrics.in_flight.dec()
-            state.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            state.metrics.duration.labels(route).observe(elapsed)
+            state.metrics.observe_request(route, scope["method"], status, elapsed)
             if state.config.access_log:
                 access_logger.info("%s %s %d %.1fms", scope["method"], path, status, elapsed * 1000)
             request_id_var.reset(token)
