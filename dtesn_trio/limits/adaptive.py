@@ -104,6 +104,10 @@ class AdaptiveLimiterStatistics:
     last_sample: Sample | None
 
 
+# Outcome kinds passed to AdaptiveLimiter._release_at.
+_SUCCESS, _DROPPED, _IGNORED = 0, 1, 2
+
+
 class Ticket:
     """One admitted call. End it exactly once with ``on_success``, ``on_dropped`` or ``on_ignore``."""
 
@@ -118,25 +122,25 @@ class Ticket:
         self.start = start
         self.inflight = inflight
 
-    def _finish(self) -> None:
+    def _end(self, kind: int, rtt: float | None) -> None:
         if self._done:
             raise RuntimeError("this ticket was already ended")
         self._done = True
+        self._limiter._release_at(
+            self, self.priority, self.start, self.inflight, kind, rtt, trio.current_time()
+        )
 
     def on_success(self, rtt: float | None = None) -> None:
         """The call worked; ``rtt`` defaults to the time since admission."""
-        self._finish()
-        self._limiter._release(self, 0, rtt)
+        self._end(_SUCCESS, rtt)
 
     def on_dropped(self) -> None:
         """The call was refused or timed out downstream: a sign of overload."""
-        self._finish()
-        self._limiter._release(self, 1, None)
+        self._end(_DROPPED, None)
 
     def on_ignore(self) -> None:
         """No signal either way (cancelled, client error): just give the token back."""
-        self._finish()
-        self._limiter._release(self, 2, None)
+        self._end(_IGNORED, None)
 
 
 class AdaptiveLimiter:
@@ -151,7 +155,9 @@ class AdaptiveLimiter:
         self.capacity_limiter = trio.CapacityLimiter(self._clamp(algorithm.limit))
         self._levels = cfg.priority_levels
         self._shares = cfg.partitions if cfg.partitions is not None else (0.0,) * self._levels
-        self._reserving = any(self._shares)
+        # Level p can be kept out by at most this share of the limit (the shares above it).
+        self._reserve_share = tuple(sum(self._shares[:p]) for p in range(self._levels))
+        self._min_rtt = cfg.min_rtt_threshold
         self._by_priority = [0] * self._levels
         self._succeeded = 0
         self._dropped = 0
@@ -203,21 +209,25 @@ class AdaptiveLimiter:
     def acquire_nowait(self, priority: int = 0) -> Ticket:
         """Admit a call now or raise :class:`Overloaded` (with ``retry_after``)."""
         self._check_priority(priority)
+        now = trio.current_time()
+        ticket = Ticket(self, priority, now, 0)
+        ticket.inflight = self._admit_at(ticket, priority)
+        return ticket
+
+    def _admit_at(self, borrower: object, priority: int) -> int:
+        """Take a token for ``borrower`` or raise Overloaded; returns the in-flight count."""
         cl = self.capacity_limiter
+        total = cl.total_tokens
         borrowed = cl.borrowed_tokens
-        free = cl.total_tokens - borrowed
-        if free >= 1 and self._reserving and priority:
-            limit = cl.total_tokens
-            reserved = 0.0
+        free = total - borrowed
+        # Only near the limit can the shares of more important levels be in the way.
+        if free <= self._reserve_share[priority] * total:
             for q in range(priority):
-                reserved += max(0.0, self._shares[q] * limit - self._by_priority[q])
-            if free <= reserved:
-                free = 0
-        ticket = Ticket(self, priority, trio.current_time(), borrowed + 1)
+                free -= max(0.0, self._shares[q] * total - self._by_priority[q])
         try:
             if free < 1:
                 raise trio.WouldBlock
-            cl.acquire_on_behalf_of_nowait(ticket)
+            cl.acquire_on_behalf_of_nowait(borrower)
         except trio.WouldBlock:
             self._refused += 1
             raise Overloaded(
@@ -225,7 +235,7 @@ class AdaptiveLimiter:
                 retry_after=self._config.overloaded_retry_after,
             ) from None
         self._by_priority[priority] += 1
-        return ticket
+        return borrowed + 1
 
     async def acquire(self, priority: int = 0) -> Ticket:
         """Wait (FIFO, regardless of priority) for a token; partitions do not apply here."""
@@ -245,26 +255,35 @@ class AdaptiveLimiter:
         self._w_drops = 0
         self._w_max_inflight = 0
 
-    def _release(self, ticket: Ticket, outcome: int, rtt: float | None) -> None:
-        self.capacity_limiter.release_on_behalf_of(ticket)
-        self._by_priority[ticket.priority] -= 1
-        if outcome == 2:
+    def _release_at(
+        self,
+        borrower: object,
+        priority: int,
+        start: float,
+        inflight: int,
+        kind: int,
+        rtt: float | None,
+        now: float,
+    ) -> None:
+        """Give ``borrower``'s token back and record the call's outcome at ``now``."""
+        self.capacity_limiter.release_on_behalf_of(borrower)
+        self._by_priority[priority] -= 1
+        if kind == _IGNORED:
             self._ignored += 1
             return
-        now = trio.current_time()
-        if outcome == 0:
+        if kind == _SUCCESS:
             self._succeeded += 1
             if rtt is None:
-                rtt = now - ticket.start
-            if rtt < self._config.min_rtt_threshold:
+                rtt = now - start
+            if rtt < self._min_rtt:
                 return
             self._w_rtt_sum += rtt
             self._w_count += 1
         else:
             self._dropped += 1
             self._w_drops += 1
-        if ticket.inflight > self._w_max_inflight:
-            self._w_max_inflight = ticket.inflight
+        if inflight > self._w_max_inflight:
+            self._w_max_inflight = inflight
         if now >= self._next_update:
             self._close_window(now)
 

@@ -23,10 +23,14 @@ import trio
 from dtesn_trio import _checks
 from dtesn_trio.errors import DeadlineExceeded, InvalidRequest, Overloaded
 from dtesn_trio.limits.adaptive import (
+    _DROPPED,
+    _IGNORED,
     AdaptiveLimiter,
     AdaptiveLimiterConfig,
     AdaptiveLimiterStatistics,
-    Ticket,
+)
+from dtesn_trio.limits.adaptive import (
+    _SUCCESS as _LIMIT_SUCCESS,
 )
 from dtesn_trio.limits.algorithms import (
     AIMDLimit,
@@ -38,10 +42,11 @@ from dtesn_trio.limits.algorithms import (
     VegasLimit,
 )
 from dtesn_trio.limits.breaker import (
+    _IGNORE,
+    _SUCCESS,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakerStatistics,
-    Permit,
 )
 from dtesn_trio.limits.rate import RateLimiter, RateLimiterConfig, RateLimiterStatistics
 
@@ -191,27 +196,35 @@ class AdmissionStatistics:
 
 
 class _Throttle:
-    """The async context manager behind :meth:`Admission.throttle_request`."""
+    """The async context manager behind :meth:`Admission.throttle_request`.
 
-    __slots__ = ("_admission", "_permit", "_priority", "_ticket")
+    It is also the call's borrower in the capacity limiter and carries what the breaker
+    and the limiter need at exit, so admitting allocates nothing else.
+    """
+
+    __slots__ = ("_admission", "_state", "epoch", "inflight", "priority", "start")
 
     def __init__(self, admission: Admission, priority: int) -> None:
         self._admission = admission
-        self._priority = priority
-        self._permit: Permit | None = None
-        self._ticket: Ticket | None = None
+        self.priority = priority
+        self._state = 0  # 0 new, 1 admitted, 2 done or pass-through
+        self.epoch = 0
+        self.start = 0.0
+        self.inflight = 0
 
     async def __aenter__(self) -> None:
         admission = self._admission
+        if self._state:
+            raise RuntimeError("a throttle_request() context can be entered only once")
         if not admission._enabled:
+            self._state = 2
             await trio.lowlevel.checkpoint()
             return
-        if self._ticket is not None:
-            raise RuntimeError("a throttle_request() context can be entered only once")
         # Same checkpoint pattern as trio.CapacityLimiter.acquire: cancelled -> nothing was
         # taken; admitted -> the shielded checkpoint cannot lose the tokens.
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._permit, self._ticket = admission._admit(self._priority)
+        admission._admit(self)
+        self._state = 1
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def __aexit__(
@@ -220,11 +233,9 @@ class _Throttle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        permit, ticket = self._permit, self._ticket
-        if permit is None or ticket is None:
-            return
-        self._permit = None
-        self._admission._finish(permit, ticket, exc)
+        if self._state == 1:
+            self._state = 2
+            self._admission._finish(self, exc)
 
 
 class Admission:
@@ -281,27 +292,29 @@ class Admission:
             )
         return _Throttle(self, priority)
 
-    def _admit(self, priority: int) -> tuple[Permit, Ticket]:
-        self.rate_limiter.acquire_nowait()
-        permit = self.breaker.acquire_permission()
+    def _admit(self, call: _Throttle) -> None:
+        now = trio.current_time()
+        self.rate_limiter._acquire_at(1, now)
+        breaker = self.breaker
+        call.epoch = breaker._permit_at(now)
         try:
-            ticket = self.limiter.acquire_nowait(priority)
+            call.inflight = self.limiter._admit_at(call, call.priority)
         except BaseException:
-            permit.on_ignore()
+            breaker._record(call.epoch, now, now, 0.0, _IGNORE)
             raise
-        return permit, ticket
+        call.start = now
 
-    def _finish(self, permit: Permit, ticket: Ticket, exc: BaseException | None) -> None:
-        duration = trio.current_time() - ticket.start
+    def _finish(self, call: _Throttle, exc: BaseException | None) -> None:
+        now = trio.current_time()
         if exc is None:
-            permit.on_success(duration)
-            ticket.on_success(duration)
+            self.breaker._record(call.epoch, call.start, now, None, _SUCCESS)
+            self.limiter._release_at(
+                call, call.priority, call.start, call.inflight, _LIMIT_SUCCESS, None, now
+            )
             return
-        permit.on_error(exc, duration)
-        if isinstance(exc, _DROPS):
-            ticket.on_dropped()
-        else:
-            ticket.on_ignore()
+        self.breaker._record(call.epoch, call.start, now, None, self.breaker.classify(exc))
+        kind = _DROPPED if isinstance(exc, _DROPS) else _IGNORED
+        self.limiter._release_at(call, call.priority, call.start, call.inflight, kind, None, now)
 
     def _on_window(self, sample: Sample, limit: int) -> None:
         # Peak concurrency over the limit: the load the rate adapts to.

@@ -161,23 +161,23 @@ class _CountWindow:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.ring: list[int] = []
+        self.ring = [-1] * size  # -1: no call recorded in this slot yet
         self.pos = 0
         self.calls = self.failures = self.slow = 0
 
     def add(self, outcome: int, now: float) -> None:
-        if len(self.ring) == self.size:
-            old = self.ring[self.pos]
-            self.ring[self.pos] = outcome
-            self.calls -= 1
+        pos = self.pos
+        old = self.ring[pos]
+        self.ring[pos] = outcome
+        self.pos = pos + 1 if pos + 1 < self.size else 0
+        if old < 0:
+            self.calls += 1
+        elif old:
             self.failures -= old & _FAIL
-            self.slow -= (old & _SLOW) >> 1
-        else:
-            self.ring.append(outcome)
-        self.pos = (self.pos + 1) % self.size
-        self.calls += 1
-        self.failures += outcome & _FAIL
-        self.slow += (outcome & _SLOW) >> 1
+            self.slow -= old >> 1
+        if outcome:
+            self.failures += outcome & _FAIL
+            self.slow += outcome >> 1
 
     def totals(self, now: float) -> tuple[int, int, int]:
         return self.calls, self.failures, self.slow
@@ -186,16 +186,20 @@ class _CountWindow:
 class _TimeWindow:
     """``size`` one-second buckets [calls, failures, slow], indexed by whole seconds."""
 
-    __slots__ = ("buckets", "size")
+    __slots__ = ("buckets", "calls", "failures", "size", "slow")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.buckets: dict[int, list[int]] = {}
+        self.calls = self.failures = self.slow = 0
 
     def _expire(self, second: int) -> None:
         oldest = second - self.size + 1
         for key in [k for k in self.buckets if k < oldest]:
-            del self.buckets[key]
+            c, f, s = self.buckets.pop(key)
+            self.calls -= c
+            self.failures -= f
+            self.slow -= s
 
     def add(self, outcome: int, now: float) -> None:
         second = math.floor(now)
@@ -203,18 +207,21 @@ class _TimeWindow:
         if bucket is None:
             self._expire(second)
             bucket = self.buckets[second] = [0, 0, 0]
+        failure, slow = outcome & _FAIL, (outcome & _SLOW) >> 1
         bucket[0] += 1
-        bucket[1] += outcome & _FAIL
-        bucket[2] += (outcome & _SLOW) >> 1
+        bucket[1] += failure
+        bucket[2] += slow
+        self.calls += 1
+        self.failures += failure
+        self.slow += slow
 
     def totals(self, now: float) -> tuple[int, int, int]:
         self._expire(math.floor(now))
-        calls = failures = slow = 0
-        for c, f, s in self.buckets.values():
-            calls += c
-            failures += f
-            slow += s
-        return calls, failures, slow
+        return self.calls, self.failures, self.slow
+
+
+# Outcome kinds passed to CircuitBreaker._record.
+_SUCCESS, _FAILURE, _IGNORE = 0, 1, 2
 
 
 class Permit:
@@ -228,31 +235,23 @@ class Permit:
         self.epoch = epoch
         self.start = start
 
-    def _finish(self) -> float:
+    def _end(self, kind: int, duration: float | None) -> None:
         if self._done:
             raise RuntimeError("this permit was already ended")
         self._done = True
-        return trio.current_time()
+        self._breaker._record(self.epoch, self.start, trio.current_time(), duration, kind)
 
     def on_success(self, duration: float | None = None) -> None:
         """The call returned normally after ``duration`` seconds (default: since the permit)."""
-        now = self._finish()
-        self._breaker._on_result(self, now, duration, failed=False)
+        self._end(_SUCCESS, duration)
 
     def on_error(self, exc: BaseException, duration: float | None = None) -> None:
         """The call raised ``exc``; the config's predicates decide how it counts."""
-        now = self._finish()
-        b = self._breaker
-        cfg = b._config
-        if cfg.ignore_exception(exc):
-            b._on_ignore(self)
-        else:
-            b._on_result(self, now, duration, failed=bool(cfg.record_exception(exc)))
+        self._end(self._breaker.classify(exc), duration)
 
     def on_ignore(self) -> None:
         """No verdict (cancelled, or never reached the service): frees a half-open slot."""
-        self._finish()
-        self._breaker._on_ignore(self)
+        self._end(_IGNORE, None)
 
 
 class CircuitBreaker:
@@ -265,6 +264,7 @@ class CircuitBreaker:
 
     def __init__(self, config: CircuitBreakerConfig | None = None, name: str = "engine") -> None:
         self._config = config if config is not None else CircuitBreakerConfig()
+        self._slow_call_duration = self._config.slow_call_duration
         self.name = name
         self._listeners: list[Callable[[BreakerState, BreakerState], object]] = []
         self._state = BreakerState.CLOSED
@@ -351,8 +351,21 @@ class CircuitBreaker:
 
     def acquire_permission(self) -> Permit:
         """Permit one call now, or raise :class:`CircuitOpen` with ``retry_after``."""
-        state = self._state
         now = trio.current_time()
+        return Permit(self, self._permit_at(now), now)
+
+    def classify(self, exc: BaseException) -> int:
+        """How ``exc`` counts: 0 success, 1 failure, 2 ignored (see the config's predicates)."""
+        cfg = self._config
+        if cfg.ignore_exception(exc):
+            return _IGNORE
+        return _FAILURE if cfg.record_exception(exc) else _SUCCESS
+
+    def _permit_at(self, now: float) -> int:
+        """Take a permission at ``now``; returns the epoch to report the outcome with."""
+        state = self._state
+        if state is BreakerState.CLOSED:
+            return self._epoch
         if state is BreakerState.OPEN:
             if now < self._opened_until:
                 self._not_permitted += 1
@@ -386,35 +399,53 @@ class CircuitBreaker:
             raise CircuitOpen(
                 f"circuit {self.name!r} is forced open", retry_after=self._config.wait_in_open
             )
-        return Permit(self, self._epoch, now)
+        return self._epoch
 
-    def _current_half_open(self, permit: Permit) -> bool:
-        return self._state is BreakerState.HALF_OPEN and permit.epoch == self._epoch
-
-    def _on_ignore(self, permit: Permit) -> None:
-        self._ignored += 1
-        if self._current_half_open(permit):
-            # The slot goes back: a cancelled trial is no verdict.
-            self._half_open_taken -= 1
-            self._half_open_in_flight -= 1
-
-    def _on_result(self, permit: Permit, now: float, duration: float | None, failed: bool) -> None:
-        if failed:
+    def _record(
+        self, epoch: int, start: float, now: float, duration: float | None, kind: int
+    ) -> None:
+        """The outcome of a call permitted in ``epoch``, started at ``start``, ended at ``now``."""
+        if kind == _SUCCESS and epoch == self._epoch and self._state is BreakerState.CLOSED:
+            # The hot path: a clean success while closed.
+            self._succeeded += 1
+            if duration is None:
+                duration = now - start
+            window = self._window
+            if duration >= self._slow_call_duration:
+                window.add(_SLOW, now)
+                self._evaluate(now)
+            else:
+                window.add(0, now)
+                # A clean success can only trip the breaker when the window holds bad calls.
+                if window.failures or window.slow:
+                    self._evaluate(now)
+            return
+        current = epoch == self._epoch
+        state = self._state
+        if kind == _IGNORE:
+            self._ignored += 1
+            if current and state is BreakerState.HALF_OPEN:
+                # The slot goes back: a cancelled trial is no verdict.
+                self._half_open_taken -= 1
+                self._half_open_in_flight -= 1
+            return
+        if kind == _FAILURE:
             self._failed += 1
         else:
             self._succeeded += 1
-        state = self._state
-        if permit.epoch != self._epoch or state is BreakerState.DISABLED:
+        # A permit from an earlier state reports into the totals only.
+        if not current or state is BreakerState.DISABLED:
             return
         if duration is None:
-            duration = now - permit.start
-        outcome = (_FAIL if failed else 0) | (
-            _SLOW if duration >= self._config.slow_call_duration else 0
-        )
+            duration = now - start
+        outcome = kind | (_SLOW if duration >= self._config.slow_call_duration else 0)
+        window = self._window
+        window.add(outcome, now)
         if state is BreakerState.HALF_OPEN:
             self._half_open_in_flight -= 1
-        self._window.add(outcome, now)
-        if state is BreakerState.CLOSED or state is BreakerState.HALF_OPEN:
+            self._evaluate(now)
+        elif state is BreakerState.CLOSED and (outcome or window.failures or window.slow):
+            # A clean success can only trip the breaker when the window holds bad calls.
             self._evaluate(now)
 
     def _rates(self, now: float) -> tuple[float, float, int, int, int]:

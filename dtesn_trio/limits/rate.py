@@ -114,6 +114,7 @@ class RateLimiter:
         self._burst = config.burst
         self._rate = self._base_rate
         self._interval = 1.0 / self._rate
+        self._tau = self._burst * self._interval + _EPS
         self._tat = -math.inf
         self._load = 0.0
         self._waiters: deque[_Waiter] = deque()
@@ -151,6 +152,9 @@ class RateLimiter:
 
     def _take(self, cost: int, now: float) -> None:
         self._tat = max(self._tat, now) + cost * self._interval
+        self._count(cost, now)
+
+    def _count(self, cost: int, now: float) -> None:
         self._acquired += 1
         self._acquired_cost += cost
         if now - self._window_start >= 1.0:
@@ -164,20 +168,26 @@ class RateLimiter:
 
         Refused while others are waiting, so waiting callers are never overtaken.
         """
-        self._check_cost(cost)
-        now = trio.current_time()
-        delay = self._delay(cost, now)
-        if delay > _EPS or self._waiters:
+        if type(cost) is not int or cost != 1:
+            self._check_cost(cost)
+        self._acquire_at(cost, trio.current_time())
+
+    def _acquire_at(self, cost: int, now: float) -> None:
+        # The hot path of admission: kept flat on purpose.
+        tat = self._tat
+        if tat < now:
+            tat = now
+        new_tat = tat + cost * self._interval
+        if new_tat - now > self._tau or self._waiters:
             self._refused += 1
-            if self._waiters:
-                # Everyone queued goes first: their total cost on top of ours.
-                queued = sum(w.cost for w in self._waiters)
-                delay = self._delay(cost + queued, now)
+            # Everyone queued goes first: their total cost on top of ours.
+            queued = sum(w.cost for w in self._waiters)
             raise RateLimited(
                 f"rate limit {self._rate:g}/s (burst {self._burst}) reached",
-                retry_after=max(delay, 0.0),
+                retry_after=max(self._delay(cost + queued, now), 0.0),
             )
-        self._take(cost, now)
+        self._tat = new_tat
+        self._count(cost, now)
 
     async def acquire(self, cost: int = 1) -> None:
         """Wait (FIFO) until ``cost`` fits, then take it. Cancellation leaves no trace."""
@@ -223,6 +233,8 @@ class RateLimiter:
         if burst is not None:
             _checks.integer(f"{self._config.name}.burst", burst, minimum=1)
             self._burst = burst
+            self._tau = self._burst * self._interval + _EPS
+            self._wake_head()
         self._base_rate = float(rate)
         self._apply_rate(self._target_rate() if self._config.adaptive else self._base_rate)
 
@@ -257,7 +269,12 @@ class RateLimiter:
         debt_tokens = max(self._tat - now, 0.0) / self._interval
         self._rate = rate
         self._interval = 1.0 / rate
+        self._tau = self._burst * self._interval + _EPS
         self._tat = now + debt_tokens * self._interval
+        self._wake_head()
+
+    def _wake_head(self) -> None:
+        """Make the sleeping head waiter recompute its time (the rate or burst changed)."""
         if self._waiters and self._waiters[0].scope is not None:
             self._waiters[0].scope.cancel()
 
