@@ -181,6 +181,7 @@ async def test_delay_action_serves_timed_out_requests_last(
             nursery.start_soon(queue.submit, 1)  # will time out: delayed, not rejected
             await trio.sleep(2.0)
             nursery.start_soon(queue.submit, 2)
+            await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(queue.submit, 3)
             await trio.testing.wait_all_tasks_blocked()
             engine.release()
