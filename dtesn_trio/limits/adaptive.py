@@ -295,7 +295,8 @@ class AdaptiveLimiter:
             # The first sample only opens the first window.
             self._next_update = now + cfg.min_window_time
             return
-        if n >= cfg.window_size and rtt > 0.0:
+        # A window of drops only still is a loss signal, even before any RTT is known.
+        if n >= cfg.window_size and (rtt > 0.0 or self._w_drops):
             sample = Sample(
                 rtt=rtt,
                 inflight=self._w_max_inflight,
@@ -304,7 +305,8 @@ class AdaptiveLimiter:
             )
             self._windows += 1
             self._last_sample = sample
-            self._last_rtt = rtt
+            if rtt > 0.0:
+                self._last_rtt = rtt
             old = self.limit
             new = self._clamp(self._algorithm.update(sample))
             if new > old and sample.inflight * 2 < old:
