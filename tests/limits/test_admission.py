@@ -307,3 +307,27 @@ async def test_statistics_are_frozen() -> None:
     stats = Admission().statistics()
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.admitted = 3  # type: ignore[misc]
+
+
+async def test_a_request_refused_by_the_limiter_frees_its_half_open_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    admission = fixed(
+        max_concurrent_requests=1,
+        min_limit=1,
+        breaker=CircuitBreakerConfig(permitted_calls_in_half_open=2, wait_in_open=1.0),
+    )
+    admission.breaker.transition_to_open()
+    await trio.sleep(1.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, admission, 1.0)  # trial 1 of 2, holds the only token
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(3):
+            with pytest.raises(Overloaded):
+                async with admission.throttle_request():
+                    pass
+        # The refusals took no trial slot for good: one is still free.
+        assert admission.breaker.statistics().half_open_permits_left == 1
+    async with admission.throttle_request():
+        pass
+    assert admission.breaker.state is BreakerState.CLOSED
