@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -108,6 +109,14 @@ class AdaptiveLimiterStatistics:
 _SUCCESS, _DROPPED, _IGNORED = 0, 1, 2
 
 
+class _Call(Protocol):
+    """What the limiter keeps about an admitted call (a Ticket, or admission's own object)."""
+
+    priority: int
+    start: float
+    inflight: int
+
+
 class Ticket:
     """One admitted call. End it exactly once with ``on_success``, ``on_dropped`` or ``on_ignore``."""
 
@@ -126,9 +135,7 @@ class Ticket:
         if self._done:
             raise RuntimeError("this ticket was already ended")
         self._done = True
-        self._limiter._release_at(
-            self, self.priority, self.start, self.inflight, kind, rtt, trio.current_time()
-        )
+        self._limiter._release_at(self, kind, rtt, trio.current_time())
 
     def on_success(self, rtt: float | None = None) -> None:
         """The call worked; ``rtt`` defaults to the time since admission."""
@@ -214,8 +221,8 @@ class AdaptiveLimiter:
         ticket.inflight = self._admit_at(ticket, priority)
         return ticket
 
-    def _admit_at(self, borrower: object, priority: int) -> int:
-        """Take a token for ``borrower`` or raise Overloaded; returns the in-flight count."""
+    def _admit_at(self, call: _Call, priority: int) -> int:
+        """Take a token for ``call`` or raise Overloaded; returns the in-flight count."""
         cl = self.capacity_limiter
         total = cl.total_tokens
         borrowed = cl.borrowed_tokens
@@ -227,7 +234,7 @@ class AdaptiveLimiter:
         try:
             if free < 1:
                 raise trio.WouldBlock
-            cl.acquire_on_behalf_of_nowait(borrower)
+            cl.acquire_on_behalf_of_nowait(call)
         except trio.WouldBlock:
             self._refused += 1
             raise Overloaded(
@@ -255,26 +262,17 @@ class AdaptiveLimiter:
         self._w_drops = 0
         self._w_max_inflight = 0
 
-    def _release_at(
-        self,
-        borrower: object,
-        priority: int,
-        start: float,
-        inflight: int,
-        kind: int,
-        rtt: float | None,
-        now: float,
-    ) -> None:
-        """Give ``borrower``'s token back and record the call's outcome at ``now``."""
-        self.capacity_limiter.release_on_behalf_of(borrower)
-        self._by_priority[priority] -= 1
+    def _release_at(self, call: _Call, kind: int, rtt: float | None, now: float) -> None:
+        """Give ``call``'s token back and record its outcome at ``now``."""
+        self.capacity_limiter.release_on_behalf_of(call)
+        self._by_priority[call.priority] -= 1
         if kind == _IGNORED:
             self._ignored += 1
             return
         if kind == _SUCCESS:
             self._succeeded += 1
             if rtt is None:
-                rtt = now - start
+                rtt = now - call.start
             if rtt < self._min_rtt:
                 return
             self._w_rtt_sum += rtt
@@ -282,8 +280,8 @@ class AdaptiveLimiter:
         else:
             self._dropped += 1
             self._w_drops += 1
-        if inflight > self._w_max_inflight:
-            self._w_max_inflight = inflight
+        if call.inflight > self._w_max_inflight:
+            self._w_max_inflight = call.inflight
         if now >= self._next_update:
             self._close_window(now)
 
@@ -295,7 +293,8 @@ class AdaptiveLimiter:
             # The first sample only opens the first window.
             self._next_update = now + cfg.min_window_time
             return
-        if n >= cfg.window_size and rtt > 0.0:
+        # A window of drops only still is a loss signal, even before any RTT is known.
+        if n >= cfg.window_size and (rtt > 0.0 or self._w_drops):
             sample = Sample(
                 rtt=rtt,
                 inflight=self._w_max_inflight,
@@ -304,7 +303,8 @@ class AdaptiveLimiter:
             )
             self._windows += 1
             self._last_sample = sample
-            self._last_rtt = rtt
+            if rtt > 0.0:
+                self._last_rtt = rtt
             old = self.limit
             new = self._clamp(self._algorithm.update(sample))
             if new > old and sample.inflight * 2 < old:

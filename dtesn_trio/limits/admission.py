@@ -199,7 +199,8 @@ class _Throttle:
     """The async context manager behind :meth:`Admission.throttle_request`.
 
     It is also the call's borrower in the capacity limiter and carries what the breaker
-    and the limiter need at exit, so admitting allocates nothing else.
+    and the limiter need at exit, so admitting allocates nothing else. The admission path
+    is written out here, flat, because it is the hot path of every request.
     """
 
     __slots__ = ("_admission", "_state", "epoch", "inflight", "priority", "start")
@@ -208,9 +209,7 @@ class _Throttle:
         self._admission = admission
         self.priority = priority
         self._state = 0  # 0 new, 1 admitted, 2 done or pass-through
-        self.epoch = 0
-        self.start = 0.0
-        self.inflight = 0
+        # epoch, start and inflight are set on admission.
 
     async def __aenter__(self) -> None:
         admission = self._admission
@@ -223,7 +222,16 @@ class _Throttle:
         # Same checkpoint pattern as trio.CapacityLimiter.acquire: cancelled -> nothing was
         # taken; admitted -> the shielded checkpoint cannot lose the tokens.
         await trio.lowlevel.checkpoint_if_cancelled()
-        admission._admit(self)
+        now = trio.current_time()
+        admission.rate_limiter._acquire_at(1, now)
+        breaker = admission.breaker
+        self.epoch = epoch = breaker._permit_at(now)
+        try:
+            self.inflight = admission.limiter._admit_at(self, self.priority)
+        except BaseException:
+            breaker._record(epoch, now, now, 0.0, _IGNORE)
+            raise
+        self.start = now
         self._state = 1
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -233,9 +241,19 @@ class _Throttle:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state == 1:
-            self._state = 2
-            self._admission._finish(self, exc)
+        if self._state != 1:
+            return
+        self._state = 2
+        admission = self._admission
+        now = trio.current_time()
+        if exc is None:
+            admission.breaker._record(self.epoch, self.start, now, None, _SUCCESS)
+            admission.limiter._release_at(self, _LIMIT_SUCCESS, None, now)
+            return
+        breaker = admission.breaker
+        breaker._record(self.epoch, self.start, now, None, breaker.classify(exc))
+        kind = _DROPPED if isinstance(exc, _DROPS) else _IGNORED
+        admission.limiter._release_at(self, kind, None, now)
 
 
 class Admission:
@@ -291,30 +309,6 @@ class Admission:
                 field="priority",
             )
         return _Throttle(self, priority)
-
-    def _admit(self, call: _Throttle) -> None:
-        now = trio.current_time()
-        self.rate_limiter._acquire_at(1, now)
-        breaker = self.breaker
-        call.epoch = breaker._permit_at(now)
-        try:
-            call.inflight = self.limiter._admit_at(call, call.priority)
-        except BaseException:
-            breaker._record(call.epoch, now, now, 0.0, _IGNORE)
-            raise
-        call.start = now
-
-    def _finish(self, call: _Throttle, exc: BaseException | None) -> None:
-        now = trio.current_time()
-        if exc is None:
-            self.breaker._record(call.epoch, call.start, now, None, _SUCCESS)
-            self.limiter._release_at(
-                call, call.priority, call.start, call.inflight, _LIMIT_SUCCESS, None, now
-            )
-            return
-        self.breaker._record(call.epoch, call.start, now, None, self.breaker.classify(exc))
-        kind = _DROPPED if isinstance(exc, _DROPS) else _IGNORED
-        self.limiter._release_at(call, call.priority, call.start, call.inflight, kind, None, now)
 
     def _on_window(self, sample: Sample, limit: int) -> None:
         # Peak concurrency over the limit: the load the rate adapts to.

@@ -287,7 +287,8 @@ class SeedScaleLimit:
 
     Fast and healthy: RTT < ``fast_rtt`` (0.1 s) and success rate > 0.95. Slow or failing:
     RTT > ``slow_rtt`` (1.0 s) or success rate < 0.9 -> x max(1/scale_factor, 0.7).
-    Kept for comparison; it has no notion of queueing and grows even when idle.
+    Kept for comparison; it has no notion of queueing. Like the others here it does not
+    grow while less than half the limit is in use (the seed's grew even when idle).
     """
 
     def __init__(
@@ -318,6 +319,9 @@ class SeedScaleLimit:
 
     def update(self, sample: Sample) -> int:
         if sample.rtt < self.fast_rtt and sample.success_rate > 0.95:
+            if sample.inflight * 2 < self._estimate:
+                # Not in the seed: without this guard an idle server's limit grows to the max.
+                return self.limit
             scale = min(self.scale_factor, 1.5)
         elif sample.rtt > self.slow_rtt or sample.success_rate < 0.9:
             scale = max(1.0 / self.scale_factor, 0.7)

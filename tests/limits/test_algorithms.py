@@ -136,6 +136,8 @@ def test_seed_rule_scales_by_its_factor_and_is_clamped() -> None:
     assert run(s, [Sample(rtt=0.05, inflight=1000, dropped=True, success_rate=0.5)]) == [138]
     assert run(s, [busy(0.5)]) == [138]  # neither fast nor slow: unchanged
     assert run(s, [busy(2.0)] * 10)[-1] == 50
+    # Fast but idle (less than half the limit in flight): no growth.
+    assert run(s, [Sample(rtt=0.05, inflight=24)]) == [50]
 
 
 @pytest.mark.parametrize(
