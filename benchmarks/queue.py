@@ -124,8 +124,12 @@ def cli() -> None:
     print(f"{'measurement':<34}{'requests/s':>14}{'vs bare':>10}")
     bare = result["bare_roundtrip_per_s"]
     print(f"{'bare memory-channel round trip':<34}{bare:>14,.0f}{1.0:>10.2f}")
-    print(f"{'queue, max_batch_size=1':<34}{result['queue_b1_per_s']:>14,.0f}{result['ratio_b1']:>10.2f}")
-    print(f"{'queue, max_batch_size=32':<34}{result['queue_b32_per_s']:>14,.0f}{result['ratio_b32']:>10.2f}")
+    print(
+        f"{'queue, max_batch_size=1':<34}{result['queue_b1_per_s']:>14,.0f}{result['ratio_b1']:>10.2f}"
+    )
+    print(
+        f"{'queue, max_batch_size=32':<34}{result['queue_b32_per_s']:>14,.0f}{result['ratio_b32']:>10.2f}"
+    )
     print("targets: ratio_b1 >= 0.7, ratio_b32 >= 1.2")
 
 

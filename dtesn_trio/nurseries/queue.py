@@ -246,8 +246,8 @@ class PriorityBatchQueue(Generic[T, R]):
         """
         self._submitted += 1
         if type(priority) is not int or not 0 <= priority < self._levels:
+            await self._refusal_checkpoint()
             self._invalid += 1
-            await trio.lowlevel.checkpoint()
             raise InvalidRequest(
                 f"priority must be an integer from 0 to {self._levels - 1} (got {priority!r})",
                 field="priority",
@@ -265,21 +265,21 @@ class PriorityBatchQueue(Generic[T, R]):
         expires = level_expires
         if deadline is not None:
             if deadline != deadline:  # NaN
+                await self._refusal_checkpoint()
                 self._invalid += 1
-                await trio.lowlevel.checkpoint()
                 raise InvalidRequest(
                     f"deadline must be a number (got {deadline!r})", field="deadline"
                 )
             if deadline <= now:
+                await self._refusal_checkpoint()
                 self._expired += 1
-                await trio.lowlevel.checkpoint()
                 raise DeadlineExceeded("the request's deadline had passed when it was submitted")
             expires = min(expires, deadline)
         if expires - now < self._estimate_bound:
             estimate = self.estimated_wait(priority)
             if now + estimate > expires:
+                await self._refusal_checkpoint()
                 self._rejected_deadline += 1
-                await trio.lowlevel.checkpoint()
                 raise Overloaded(
                     f"the deadline cannot be met: estimated queue wait {estimate:.3f}s",
                     retry_after=estimate,
@@ -342,6 +342,15 @@ class PriorityBatchQueue(Generic[T, R]):
             self._failed += 1
         raise error
 
+    async def _refusal_checkpoint(self) -> None:
+        # A refusal still checkpoints; if that is where the caller is cancelled, the
+        # submit ends as cancelled, not as the refusal (one outcome, counted once).
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException:
+            self._cancelled += 1
+            raise
+
     async def _enqueue(self, req: _Request[T, R], wait: bool) -> None:
         level = req.level
         send = self._send[level]
@@ -359,8 +368,8 @@ class PriorityBatchQueue(Generic[T, R]):
         except trio.WouldBlock:
             if not wait:
                 self._waiting[level] -= 1
+                await self._refusal_checkpoint()
                 self._rejected_full += 1
-                await trio.lowlevel.checkpoint()
                 raise Overloaded(
                     f"priority level {level} is full ({self._capacities[level]} requests)",
                     retry_after=self._retry_after(),
@@ -372,8 +381,8 @@ class PriorityBatchQueue(Generic[T, R]):
                 raise
         except trio.ClosedResourceError:
             self._waiting[level] -= 1
+            await self._refusal_checkpoint()
             self._shut_down += 1
-            await trio.lowlevel.checkpoint()
             raise ShuttingDown("the queue is closed") from None
         wakeup = self._wakeup
         if wakeup is not None:
