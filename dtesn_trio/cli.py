@@ -11,3 +11,12 @@ from dtesn_trio._version import __version__
 @click.version_option(__version__, prog_name="dtesn-trio")
 def main() -> None:
     """dtesn-trio: a Trio-native runtime for request-processing servers."""
+
+
+def _add_serve() -> None:
+    from dtesn_trio.server.cli import serve_command
+
+    main.add_command(serve_command)
+
+
+_add_serve()
