@@ -237,7 +237,9 @@ class LoadResult:
             b = self.buckets.get(i) or _Bucket()
             lat = np.frombuffer(b.latencies_ms, dtype=np.float64) if b.latencies_ms else None
             if lat is not None and lat.size:
-                p50, p90, p99 = (float(v) for v in np.percentile(lat, [50, 90, 99]))
+                p50, p90, p99 = (
+                    float(v) for v in np.percentile(lat, [50, 90, 99], method="inverted_cdf")
+                )
                 mx: float | None = float(lat.max())
             else:
                 p50 = p90 = p99 = mx = None  # type: ignore[assignment]
@@ -432,7 +434,7 @@ class Recorder:
             rate = recent.answered / self.bucket + recent.failed / self.bucket
             if recent.latencies_ms:
                 lat = np.frombuffer(recent.latencies_ms, dtype=np.float64)
-                p50, p99 = (float(v) for v in np.percentile(lat, [50, 99]))
+                p50, p99 = (float(v) for v in np.percentile(lat, [50, 99], method="inverted_cdf"))
         return RecorderStatistics(
             elapsed=now - self.t0,
             sent=self.sent,

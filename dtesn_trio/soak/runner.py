@@ -110,15 +110,24 @@ async def run_soak(
 
     async with trio.open_nursery() as nursery:
         t0 = await nursery.start(load_task)
-        nursery.start_soon(sampler.run, t0)
+        sampling = trio.CancelScope()
+
+        async def sample_periodically() -> None:
+            with sampling:
+                await sampler.run(t0)
+
+        nursery.start_soon(sample_periodically)
         if progress is not None:
             nursery.start_soon(progress.run, recorder)
         if interrupt is not None:
             nursery.start_soon(watch_interrupt, interrupt)
         await load_done.wait()
         cpu = cpu_seconds() - cpu0
-        with trio.move_on_after(sample_interval):
-            await sampler.take(t0)
+        sampling.cancel()
+        # One last look at the target as the load ends, unless one was just taken.
+        if not sampler.samples or sampler.samples[-1]["t"] < round(trio.current_time() - t0, 3):
+            with trio.move_on_after(sample_interval):
+                await sampler.take(t0)
         nursery.cancel_scope.cancel()
     result = recorder.result()
     return SoakRun(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -37,6 +37,7 @@ class EchoApp:
     requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    arrivals: list[float] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -91,6 +92,7 @@ class EchoApp:
         try:
             payload = json.loads(body)
             now = trio.current_time()
+            self.arrivals.append(now)
             if (
                 self.stall_from is not None
                 and self.stall_until is not None
