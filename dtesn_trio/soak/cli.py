@@ -15,6 +15,7 @@ from typing import Any
 import click
 import trio
 
+from dtesn_trio.soak.http_client import parse_base_url
 from dtesn_trio.soak.loadgen import InputSizes, LoadConfig, PriorityMix
 from dtesn_trio.soak.progress import LiveProgress
 from dtesn_trio.soak.report import SLO, write_report
@@ -25,6 +26,7 @@ from dtesn_trio.soak.targets import (
     open_embedded_target,
     open_http_target,
 )
+from dtesn_trio.soak.workers import run_workers, split_load, worker_main
 
 __all__ = ["soak", "summary"]
 
@@ -107,11 +109,14 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 async def _soak_main(
-    target_cm: AbstractAsyncContextManager[SoakTarget],
+    target_cm: AbstractAsyncContextManager[SoakTarget] | None,
     load: LoadConfig,
     *,
     show_progress: bool,
     sample_interval: float,
+    url: str | None = None,
+    api_key: str | None = None,
+    workers: int = 1,
 ) -> SoakRun:
     interrupt = trio.Event()
 
@@ -125,16 +130,28 @@ async def _soak_main(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(on_signals)
-        async with target_cm as target:
-            title = f"dtesn-trio soak → {target.describe().get('url') or target.kind}"
-            progress = LiveProgress(load, title) if show_progress else None
-            run = await run_soak(
-                target,
+        if target_cm is None:
+            assert url is not None
+            title = f"dtesn-trio soak → {url} ({workers} workers)"
+            run = await run_workers(
+                url,
                 load,
+                workers,
+                api_key=api_key,
                 sample_interval=sample_interval,
-                progress=progress,
+                progress=LiveProgress(load, title) if show_progress else None,
                 interrupt=interrupt,
             )
+        else:
+            async with target_cm as target:
+                title = f"dtesn-trio soak → {target.describe().get('url') or target.kind}"
+                run = await run_soak(
+                    target,
+                    load,
+                    sample_interval=sample_interval,
+                    progress=LiveProgress(load, title) if show_progress else None,
+                    interrupt=interrupt,
+                )
         nursery.cancel_scope.cancel()
     return run
 
@@ -208,6 +225,7 @@ async def _soak_main(
     help="Live display (default: on a terminal, without --json).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--worker-spec", hidden=True, help="Internal: run as a --workers load process.")
 def soak(
     url: str | None,
     embedded: bool,
@@ -229,18 +247,25 @@ def soak(
     sample_interval: float,
     progress: bool | None,
     as_json: bool,
+    worker_spec: str | None,
 ) -> None:
     """Drive a server at a fixed rate (or concurrency) and report how it held up.
 
     Latency is measured from each request's intended send time (no coordinated omission).
     Exit 1 on an SLO violation, 2 on bad flags or an unreachable target.
     """
+    if worker_spec is not None:
+        sys.exit(trio.run(worker_main, json.loads(worker_spec)))
     if (url is None) == (not embedded):
         raise click.UsageError("give exactly one target: --url URL or --embedded")
     if rate is None and concurrency is None:
         raise click.UsageError("give --rate (open loop) or --concurrency (closed loop)")
-    if workers != 1:
-        raise click.UsageError("--workers > 1 is not supported yet; use one process")
+    if workers < 1:
+        raise click.BadParameter(f"must be >= 1 (got {workers})", param_hint="--workers")
+    if workers > 1 and embedded:
+        raise click.UsageError(
+            "--workers > 1 needs --url (each worker would embed its own runtime)"
+        )
     if sample_interval <= 0:
         raise click.BadParameter("must be > 0", param_hint="--sample-interval")
     try:
@@ -257,13 +282,15 @@ def soak(
             seed=seed,
         )
         slo = SLO(p99_ms=slo_p99_ms, max_error_rate=max_error_rate)
-        target_cm: AbstractAsyncContextManager[SoakTarget]
+        target_cm: AbstractAsyncContextManager[SoakTarget] | None
         if url is not None:
-            from dtesn_trio.soak.http_client import parse_base_url
-
             parse_base_url(url)
+            split_load(load, workers)
             max_conn = concurrency if rate is not None else None
-            target_cm = open_http_target(url, api_key=api_key, max_connections=max_conn)
+            if workers > 1:
+                target_cm = None
+            else:
+                target_cm = open_http_target(url, api_key=api_key, max_connections=max_conn)
         else:
             target_cm = open_embedded_target()
     except ValueError as exc:
@@ -274,7 +301,13 @@ def soak(
     try:
         run = trio.run(
             lambda: _soak_main(
-                target_cm, load, show_progress=show_progress, sample_interval=sample_interval
+                target_cm,
+                load,
+                show_progress=show_progress,
+                sample_interval=sample_interval,
+                url=url,
+                api_key=api_key,
+                workers=workers,
             )
         )
     except* TargetUnreachable as group:

@@ -3,6 +3,8 @@ in flight, p50/p99 of the last second, errors by code."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 from rich.console import Console, Group
 from rich.live import Live
@@ -10,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dtesn_trio.soak.loadgen import LoadConfig
-from dtesn_trio.soak.recorder import Recorder, RecorderStatistics
+from dtesn_trio.soak.recorder import RecorderStatistics
 
 __all__ = ["LiveProgress", "render_progress"]
 
@@ -69,18 +71,19 @@ class LiveProgress:
         self.console = console or Console(stderr=True)
         self.interval = interval
 
-    async def run(self, recorder: Recorder) -> None:
-        """Show progress until cancelled; the last frame stays on screen.
+    async def run(self, statistics: Callable[[float], RecorderStatistics]) -> None:
+        """Show ``statistics(trio.current_time())`` until cancelled; the last frame stays.
 
-        Start it after the load has started (``recorder.start()`` was called).
+        Start it after the load has started (e.g. ``recorder.statistics`` once
+        ``recorder.start()`` was called).
         """
-        frame = render_progress(recorder.statistics(trio.current_time()), self.load, self.title)
+        frame = render_progress(statistics(trio.current_time()), self.load, self.title)
         with Live(frame, console=self.console, auto_refresh=False, transient=False) as live:
             try:
                 while True:
                     await trio.sleep(self.interval)
-                    stats = recorder.statistics(trio.current_time())
+                    stats = statistics(trio.current_time())
                     live.update(render_progress(stats, self.load, self.title), refresh=True)
             finally:
-                stats = recorder.statistics(trio.current_time())
+                stats = statistics(trio.current_time())
                 live.update(render_progress(stats, self.load, self.title), refresh=True)

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import datetime as _dt
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from dtesn_trio.soak.loadgen import LoadConfig, run_load
-from dtesn_trio.soak.progress import LiveProgress
-from dtesn_trio.soak.recorder import LoadResult, Recorder
+from dtesn_trio.soak.recorder import LoadResult, Recorder, RecorderStatistics
 from dtesn_trio.soak.report import SLO, build_report
 from dtesn_trio.soak.sampler import Sampler
 from dtesn_trio.soak.targets import SoakTarget
 
-__all__ = ["SoakRun", "cpu_seconds", "run_soak"]
+__all__ = ["ProgressDisplay", "SoakRun", "cpu_seconds", "run_soak"]
+
+
+class ProgressDisplay(Protocol):
+    """Shows live statistics until cancelled (`LiveProgress` on a terminal)."""
+
+    async def run(self, statistics: Callable[[float], RecorderStatistics]) -> None:
+        """Show ``statistics(trio.current_time())`` periodically until cancelled."""
+        ...
 
 
 def cpu_seconds() -> float:
@@ -77,8 +85,8 @@ async def run_soak(
     target: SoakTarget,
     load: LoadConfig,
     *,
-    sample_interval: float = 1.0,
-    progress: LiveProgress | None = None,
+    sample_interval: float | None = 1.0,
+    progress: ProgressDisplay | None = None,
     interrupt: trio.Event | None = None,
     recorder: Recorder | None = None,
 ) -> SoakRun:
@@ -86,9 +94,10 @@ async def run_soak(
 
     Setting ``interrupt`` stops the load at once: requests in flight are abandoned and
     counted as unfinished, and the run is returned marked ``interrupted``.
+    ``sample_interval=None`` turns sampling of the target off.
     """
     recorder = recorder or Recorder(bucket=load.bucket)
-    sampler = Sampler(target, interval=sample_interval)
+    sampler = Sampler(target, interval=sample_interval or 1.0)
     started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     load_scope = trio.CancelScope()
     load_done = trio.Event()
@@ -116,16 +125,18 @@ async def run_soak(
             with sampling:
                 await sampler.run(t0)
 
-        nursery.start_soon(sample_periodically)
+        if sample_interval is not None:
+            nursery.start_soon(sample_periodically)
         if progress is not None:
-            nursery.start_soon(progress.run, recorder)
+            nursery.start_soon(progress.run, recorder.statistics)
         if interrupt is not None:
             nursery.start_soon(watch_interrupt, interrupt)
         await load_done.wait()
         cpu = cpu_seconds() - cpu0
         sampling.cancel()
         # One last look at the target as the load ends, unless one was just taken.
-        if not sampler.samples or sampler.samples[-1]["t"] < round(trio.current_time() - t0, 3):
+        now = round(trio.current_time() - t0, 3)
+        if sample_interval is not None and (not sampler.samples or sampler.samples[-1]["t"] < now):
             with trio.move_on_after(sample_interval):
                 await sampler.take(t0)
         nursery.cancel_scope.cancel()

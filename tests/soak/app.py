@@ -38,6 +38,16 @@ class EchoApp:
     in_flight: int = 0
     max_in_flight: int = 0
     arrivals: list[float] = field(default_factory=list)
+    _waiters: list[tuple[int, trio.Event]] = field(default_factory=list)
+
+    async def wait_for_requests(self, n: int) -> None:
+        """Return once ``n`` requests to /v1/process have arrived."""
+        if self.requests < n:
+            event = trio.Event()
+            self._waiters.append((n, event))
+            await event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -87,6 +97,9 @@ class EchoApp:
                 return
         self.requests += 1
         n = self.requests
+        for want, event in self._waiters:
+            if n >= want:
+                event.set()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

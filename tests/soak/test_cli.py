@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,51 @@ def test_bad_flags_exit_2_naming_the_problem(args: list[str], message: str) -> N
     result = CliRunner().invoke(main, ["soak", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+async def test_workers_split_the_load_and_merge_their_results(tmp_path: Path) -> None:
+    app = EchoApp(fail_every=10)
+    with trio.fail_after(60):
+        async with serve_app(app) as url:
+            code, out, err = await run_cli(
+                "--url", url, "--rate", "100", "--workers", "2", "--duration", "2",
+                "--json", "--report", str(tmp_path / "w"),
+            )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["sent"] == 200 == app.requests
+    assert summary["by_status"] == {"200": 180, "503 overloaded": 20}
+    assert summary["target"]["workers"] == 2
+    report = check_report_files(tmp_path / "w")
+    # The two workers' constant streams interleave: 100 sent in each second, not bursts.
+    assert [p["sent"] for p in report["timeseries"][:2]] == [100, 100]
+    assert report["client"]["workers"] == 2
+
+
+async def test_ctrl_c_stops_with_a_partial_report_and_exit_130(tmp_path: Path) -> None:
+    app = EchoApp(delay=0.5)  # requests overlap, so some are in flight at the interrupt
+    with trio.fail_after(60):
+        async with serve_app(app) as url, trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    [sys.executable, "-m", "dtesn_trio", "soak", "--url", url, "--rate", "50",
+                     "--duration", "60", "--json", "--report", str(tmp_path / "i")],
+                    stdout=subprocess.PIPE,
+                    check=False,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )
+            )  # fmt: skip
+            await app.wait_for_requests(30)
+            proc.send_signal(signal.SIGINT)
+            assert proc.stdout is not None
+            out = b""
+            while chunk := await proc.stdout.receive_some():
+                out += chunk
+    assert proc.returncode == 130
+    summary = json.loads(out)
+    assert summary["interrupted"] is True
+    assert summary["unfinished"] > 0
+    assert summary["sent"] == summary["answered"] + summary["failed"] + summary["unfinished"]
+    report = check_report_files(tmp_path / "i")
+    assert report["interrupted"] is True

@@ -251,3 +251,19 @@ def test_inputs_are_unique_and_sized() -> None:
 def test_bad_load_config_is_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LoadConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_split_load_adds_up() -> None:
+    from dtesn_trio.soak.workers import load_from_spec, load_to_spec, split_load
+
+    load = LoadConfig(
+        duration=5, rate=300, concurrency=10, priority_mix=PriorityMix.parse("0:1,4:3")
+    )
+    parts = split_load(load, 3)
+    assert [p.rate for p, _ in parts] == [100, 100, 100]
+    assert [p.concurrency for p, _ in parts] == [4, 3, 3]
+    assert [p.seed for p, _ in parts] == [0, 1, 2]
+    assert [round(o, 9) for _, o in parts] == [0, round(1 / 300, 9), round(2 / 300, 9)]
+    assert load_from_spec(load_to_spec(load)) == load
+    with pytest.raises(ValueError, match="workers must be <= concurrency"):
+        split_load(LoadConfig(duration=1, concurrency=2), 3)
