@@ -107,9 +107,7 @@ class MemoryCache:
     """An in-process LRU with per-entry expiry; every method is synchronous inside."""
 
     config: CacheConfig = field(default_factory=CacheConfig)
-    _entries: OrderedDict[str, tuple[float, dict[str, Any]]] = field(
-        default_factory=OrderedDict
-    )
+    _entries: OrderedDict[str, tuple[float, dict[str, Any]]] = field(default_factory=OrderedDict)
     _counters: _Counters = field(default_factory=_Counters)
 
     async def get(self, key: str) -> dict[str, Any] | None:

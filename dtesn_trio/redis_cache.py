@@ -86,5 +86,10 @@ class RedisCache:
     def statistics(self) -> CacheStatistics:
         total = self._hits + self._misses
         return CacheStatistics(
-            "redis", -1, self._hits, self._misses, self._errors, self._hits / total if total else 0.0
+            "redis",
+            -1,
+            self._hits,
+            self._misses,
+            self._errors,
+            self._hits / total if total else 0.0,
         )

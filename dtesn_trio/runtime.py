@@ -10,6 +10,8 @@ still queued with ``ShuttingDown``, and closes every connection.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -37,7 +39,7 @@ from dtesn_trio.nurseries import (
 )
 from dtesn_trio.redis_cache import RedisCache
 
-__all__ = ["ProcessOutcome", "Runtime", "RuntimeStatistics", "open_runtime"]
+__all__ = ["ProcessOutcome", "Runtime", "RuntimeConfig", "RuntimeStatistics", "open_runtime"]
 
 InputData = str | np.ndarray
 
@@ -154,7 +156,9 @@ class Runtime:
             raise DeadlineExceeded("the deadline had passed before the request started")
         async with self.admission.throttle_request(priority=priority):
             with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
-                return await self._admitted(data, priority, deadline, membrane_depth, use_cache, start)
+                return await self._admitted(
+                    data, priority, deadline, membrane_depth, use_cache, start
+                )
             assert scope.cancelled_caught
             waited = trio.current_time() - start
             raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
@@ -251,8 +255,10 @@ class Runtime:
 
     def _validate(self, data: object, priority: object, depth: object) -> InputData:
         levels = self.config.queue.priority_levels
-        if not isinstance(priority, int) or isinstance(priority, bool) or not (
-            0 <= priority < levels
+        if (
+            not isinstance(priority, int)
+            or isinstance(priority, bool)
+            or not (0 <= priority < levels)
         ):
             raise InvalidRequest(
                 f"priority must be an integer from 0 to {levels - 1} (got {priority!r})",
@@ -303,6 +309,16 @@ class Runtime:
             shutting_down=self.shutting_down,
         )
 
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Every number of ``statistics()``, nested, for gauges at scrape time.
+
+        Tuples become per-index keys (``queue.queued.0`` is the depth of priority 0) and
+        an enum state becomes one 0/1 flag per value (``breaker.state.open``).
+        """
+        snapshot = _numbers(self.statistics())
+        assert isinstance(snapshot, dict)
+        return snapshot
+
     def get_stats(self) -> dict[str, Any]:
         """The seed's stats dictionaries, built from ``statistics()`` of every part."""
         load = self.admission.get_current_load()
@@ -328,6 +344,26 @@ class Runtime:
             "ready": self.ready,
             "shutting_down": self.shutting_down,
         }
+
+
+def _numbers(value: Any) -> Any:
+    """The numeric content of a statistics record (strings and None dropped)."""
+    if isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, enum.Enum):
+        return {
+            m.value if isinstance(m.value, str) else m.name.lower(): m is value for m in type(value)
+        }
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items: Any = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, tuple | list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    out = {str(k): n for k, v in items if (n := _numbers(v)) is not None}
+    return out or None
 
 
 @asynccontextmanager
@@ -364,9 +400,7 @@ async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Run
                 pool_config = ConnectionPoolConfig(
                     max_connections=4, min_connections=1, max_concurrent_creates=1
                 )
-                rt.pools["jobs"] = await stack.enter_async_context(
-                    open_pool(sqlite, pool_config)
-                )
+                rt.pools["jobs"] = await stack.enter_async_context(open_pool(sqlite, pool_config))
                 store = SQLiteJobStore(rt.pools["jobs"])
                 rt.jobs = await stack.enter_async_context(
                     open_job_service(store, rt._run_job, config.jobs)

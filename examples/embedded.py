@@ -35,7 +35,7 @@ async def main() -> None:
             print(f"request {i:2d}: {results[i]}")
         stats = rt.get_stats()
         print("completed:", stats["processing"]["total_requests"])
-        print("longest loop step: %.1f ms" % stats["loop"]["max_step_ms"])
+        print(f"longest loop step: {stats['loop']['max_step_ms']:.1f} ms")
 
 
 if __name__ == "__main__":

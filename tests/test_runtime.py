@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from dtesn_trio import (
+    AdmissionConfig,
     DeadlineExceeded,
     DTESNConfig,
     DTESNModel,
@@ -104,7 +105,8 @@ async def test_deadline_already_passed_and_deadline_while_queued(autojump_clock:
 async def test_shutdown_answers_every_request() -> None:
     outcomes: list[object] = []
     with trio.fail_after(60):
-        async with open_runtime(small_config()) as rt, trio.open_nursery() as nursery:
+        config = small_config(admission=AdmissionConfig(burst_limit=1000))
+        async with open_runtime(config) as rt, trio.open_nursery() as nursery:
 
             async def call(i: int) -> None:
                 try:
@@ -137,7 +139,15 @@ async def test_hard_cancel_leaves_no_worker_thread_running(tmp_path: Path) -> No
 
 async def test_two_thousand_mixed_requests_never_block_the_loop() -> None:
     rng = np.random.default_rng(0)
-    config = small_config(cache=CacheConfig(enabled=False))
+    config = small_config(
+        cache=CacheConfig(enabled=False),
+        admission=AdmissionConfig(
+            burst_limit=5000,
+            max_requests_per_second=100_000,
+            max_concurrent_requests=5000,
+            adaptive_scaling=False,
+        ),
+    )
     with trio.fail_after(120):
         async with open_runtime(config) as rt:
             rt.loop_monitor.reset()

@@ -128,9 +128,7 @@ class SharedRateLimiter:
         strictest = min(config.rates, key=lambda r: r.per_second)
         share = strictest.per_second / config.instances
         burst = strictest.burst if strictest.burst is not None else math.floor(strictest.limit)
-        return RateLimiter(
-            RateLimiterConfig(rate=share, burst=max(1, burst // config.instances))
-        )
+        return RateLimiter(RateLimiterConfig(rate=share, burst=max(1, burst // config.instances)))
 
     def set_rates(self, rates: Sequence[Rate]) -> None:
         """Change the global rates; the next call carries them to Redis."""

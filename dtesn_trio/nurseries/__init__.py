@@ -47,4 +47,5 @@ __all__ = [
     "TCPConnector",
     "TimeoutAction",
     "open_batch_queue",
+    "open_pool",
 ]
