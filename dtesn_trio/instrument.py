@@ -34,7 +34,7 @@ class LoopMonitor(trio.abc.Instrument):
 
     def __init__(self, slow_step_threshold: float = 0.05) -> None:
         self.slow_step_threshold = slow_step_threshold
-        self._started = 0.0
+        self._started: float | None = None
         self._max_step = 0.0
         self._max_step_task = ""
         self._window_max = 0.0
@@ -45,7 +45,10 @@ class LoopMonitor(trio.abc.Instrument):
         self._started = time.perf_counter()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._started is None:  # installed in the middle of this step
+            return
         step = time.perf_counter() - self._started
+        self._started = None
         self._steps += 1
         if step > self._window_max:
             self._window_max = step
