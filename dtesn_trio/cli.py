@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from dtesn_trio._version import __version__
+from dtesn_trio.soak.cli import soak
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,3 +21,4 @@ def _add_serve() -> None:
 
 
 _add_serve()
+main.add_command(soak)

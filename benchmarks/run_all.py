@@ -1,0 +1,285 @@
+"""Run every benchmark (``--json --quick``) and write BENCHMARKS.md: one table of every claim.
+
+    python benchmarks/run_all.py                 # run all, write BENCHMARKS.md
+    python benchmarks/run_all.py --only client   # re-run some, keep the others' last results
+    python benchmarks/run_all.py --render-only   # rewrite BENCHMARKS.md from results.json
+
+Each ``benchmarks/*.py`` (but this one and ``_*.py``) runs as a subprocess with
+``--json --quick``; the last line of its stdout must be one JSON object. A benchmark that
+fails, times out or prints no JSON is recorded as failed (with the reason) and the rest go
+on. Results are kept in ``benchmarks/results.json`` so one benchmark can be re-run alone.
+
+Which keys of a benchmark's JSON are its figure, baseline, ratio and target is said once,
+below, in SPECS (from the issues that asked for each benchmark). A benchmark not in SPECS
+gets a row listing its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import operator
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "benchmarks"
+RESULTS = BENCH_DIR / "results.json"
+OUTPUT = ROOT / "BENCHMARKS.md"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: which keys are the figure, the baseline and the ratio, and the
+    target as ``"<op> <number or key>"`` checked against ``checked`` (default: the ratio if
+    there is one, else the figure)."""
+
+    figure: str
+    baseline: str | None = None
+    ratio: str | None = None
+    target: str | None = None
+    checked: str | None = None
+
+    @property
+    def target_key(self) -> str:
+        return self.checked or self.ratio or self.figure
+
+
+SPECS: dict[str, list[Row]] = {
+    # issue 2
+    "admission": [
+        Row("admission_ops_per_s", "bare_limiter_ops_per_s", "ratio", ">= 0.7"),
+        Row(
+            "contended_admission_ops_per_s", "contended_bare_ops_per_s", "contended_ratio", ">= 0.7"
+        ),
+    ],
+    # issue 3
+    "pool": [
+        Row("pool_ops_per_s", "bare_limiter_ops_per_s", "pool_ratio", ">= 0.7"),
+        Row("pool_get_per_s", "raw_socket_get_per_s", "redis_ratio", ">= 0.5"),
+        Row("fill_500_s", "fill_500_serial_s", "fill_speedup"),
+    ],
+    # issue 4
+    "queue": [
+        Row("queue_b1_per_s", "bare_roundtrip_per_s", "ratio_b1", ">= 0.7"),
+        Row("queue_b32_per_s", "bare_roundtrip_per_s", "ratio_b32", ">= 1.2"),
+    ],
+    # issue 5
+    "dtesn_quality": [Row("nrmse", "reservoirpy_nrmse", "ratio", "<= 1.1")],
+    "dtesn_batching": [Row("batch32_per_s", "single_per_s", "speedup", ">= 3")],
+    "runtime": [
+        Row("runtime_per_s", "direct_per_s", "ratio", ">= 0.8"),
+        Row("max_step_ms", target="<= 20"),
+    ],
+    # issue 6
+    "http": [
+        Row("process_per_s", "hello_per_s", "ratio", ">= 0.7"),
+        Row("p99_ms"),
+    ],
+    # issue 7
+    "client": [
+        Row("soak_client_per_s", "httpx_per_s", "ratio", ">= 2"),
+        Row("soak_client_cpu_ms_per_req", "httpx_cpu_ms_per_req"),
+    ],
+    # issue 8
+    "overload": [
+        Row("goodput_per_s", "capacity_per_s", "goodput_ratio", ">= 0.9"),
+        Row("p0_p99_ms", "p0_p99_half_load_ms", "p0_p99_ratio", "<= 2"),
+        Row("refusal_p99_ms", target="<= 50"),
+        Row("naive_goodput_ratio", target="< goodput_ratio"),
+        Row("capacity_per_s", "peer_capacity_per_s", "capacity_ratio", ">= 2"),
+        Row("peer_goodput_ratio", target="< goodput_ratio"),
+    ],
+    # issue 9
+    "scale_out": [
+        Row("goodput_2", "goodput_1", "scaling"),
+        Row("rate_error_pct"),
+    ],
+}
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+}
+
+
+def benchmark_names() -> list[str]:
+    """Every benchmark script's name (file stem), sorted."""
+    return sorted(
+        p.stem for p in BENCH_DIR.glob("*.py") if p.stem != "run_all" and not p.stem.startswith("_")
+    )
+
+
+def run_one(name: str, timeout: float) -> dict[str, Any]:
+    """Run ``benchmarks/<name>.py --json --quick``; its JSON, or the reason it failed."""
+    command = ["python", f"benchmarks/{name}.py", "--json", "--quick"]
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.perf_counter()
+    entry: dict[str, Any] = {
+        "command": " ".join(command),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    try:
+        proc = subprocess.run(
+            [sys.executable, *command[1:]],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    except subprocess.TimeoutExpired:
+        entry["error"] = f"timed out after {timeout:g} s"
+        return entry
+    entry["seconds"] = round(time.perf_counter() - t0, 1)
+    lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        entry["error"] = f"exit {proc.returncode}: {tail[:200]}"
+        return entry
+    try:
+        data = json.loads(lines[-1])
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+    except (IndexError, ValueError) as exc:
+        entry["error"] = f"no JSON object on the last line of stdout ({exc})"
+        return entry
+    entry["result"] = data
+    return entry
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if value == 0 or 0.01 <= abs(value) < 1e6:
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def _cell(result: Mapping[str, Any], key: str | None) -> str:
+    if key is None:
+        return ""
+    if key not in result:
+        return f"`{key}` missing"
+    return f"`{key}` {_num(result[key])}"
+
+
+def check_target(result: Mapping[str, Any], row: Row) -> str:
+    """``"ratio >= 2 ✓"`` / ``"✗"``, or just the target when it cannot be checked."""
+    if row.target is None:
+        return ""
+    op, _, rhs = row.target.partition(" ")
+    key = row.target_key
+    text = f"`{key}` {row.target}"
+    left = result.get(key)
+    right: Any = result.get(rhs) if rhs in result else rhs
+    try:
+        ok = _OPS[op](float(left), float(right))  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        return text
+    return f"{text} {'✓' if ok else '✗'}"
+
+
+def table_rows(name: str, entry: Mapping[str, Any]) -> list[list[str]]:
+    """The table rows of one benchmark's last run."""
+    command = f"`{entry['command']}`"
+    date = entry.get("date", "")
+    if "error" in entry:
+        return [[command, f"**failed**: {entry['error']}", "", "", "", date]]
+    result = entry["result"]
+    rows = SPECS.get(name)
+    if rows is None:
+        numbers = ", ".join(
+            f"`{k}` {_num(v)}" for k, v in result.items() if isinstance(v, int | float)
+        )
+        return [[command, numbers, "", "", "", date]]
+    return [
+        [
+            command if i == 0 else "″",
+            _cell(result, row.figure),
+            _cell(result, row.baseline),
+            _cell(result, row.ratio),
+            check_target(result, row),
+            date,
+        ]
+        for i, row in enumerate(rows)
+    ]
+
+
+def render(results: Mapping[str, Any]) -> str:
+    """BENCHMARKS.md from the stored results."""
+    header = ["command", "figure", "baseline", "ratio", "target", "date"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Every performance claim of dtesn-trio, measured: each figure next to a baseline",
+        "measured in the same run, the ratio, and the target the issue set. Generated by",
+        "`python benchmarks/run_all.py` (each benchmark run with `--json --quick`; run one",
+        "without `--quick` for the full-length figures). Do not edit by hand.",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}. "
+        "The machine is shared; figures are noisy, ratios less so.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for name in sorted(results):
+        for row in table_rows(name, results[name]):
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    failed = [n for n in sorted(results) if "error" in results[n]]
+    if failed:
+        lines += ["", "Failed in the last run: " + ", ".join(f"`{n}`" for n in failed) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def load_results() -> dict[str, Any]:
+    if RESULTS.exists():
+        data: dict[str, Any] = json.loads(RESULTS.read_text())
+        return data
+    return {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run every benchmark and write BENCHMARKS.md.")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per benchmark")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--quick", action="store_true", help="accepted for symmetry; always quick")
+    args = parser.parse_args(argv)
+
+    available = benchmark_names()
+    results = {k: v for k, v in load_results().items() if k in available}
+    if not args.render_only:
+        names = args.only or available
+        unknown = sorted(set(names) - set(available))
+        if unknown:
+            parser.error(f"no such benchmark: {', '.join(unknown)} (have: {', '.join(available)})")
+        for name in names:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            results[name] = run_one(name, args.timeout)
+            status = results[name].get("error") or f"ok in {results[name].get('seconds')} s"
+            print(f"  {name}: {status}", file=sys.stderr, flush=True)
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    OUTPUT.write_text(render(results))
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"wrote {OUTPUT.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
