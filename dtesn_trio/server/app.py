@@ -89,6 +89,7 @@ class RuntimeLike(Protocol):
         priority: int = 2,
         deadline: float | None = None,
         membrane_depth: int | None = None,
+        use_cache: bool = True,
     ) -> list[Any]: ...
 
     def get_stats(self) -> dict[str, Any]: ...
@@ -279,6 +280,7 @@ class AppState:
                 priority=req.priority,
                 deadline=deadline,
                 membrane_depth=req.membrane_depth,
+                use_cache=req.use_cache,
             )
 
         outcomes = await self._drainable(call)
