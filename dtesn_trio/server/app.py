@@ -483,8 +483,29 @@ class _Guard:
         await send({"type": "http.response.body", "body": b""})
 
 
-def create_app(runtime: RuntimeLike, config: ServerConfig | None = None) -> Starlette:
-    """The ASGI app over ``runtime``; ``app.state.dtesn`` is its ``AppState``."""
+def create_app(
+    runtime: RuntimeLike | None = None,
+    config: ServerConfig | None = None,
+    *,
+    engine: RuntimeLike | None = None,
+    enable_async_resources: bool = True,
+) -> Starlette:
+    """The ASGI app over ``runtime``; ``app.state.dtesn`` is its ``AppState``.
+
+    The seed's form ``create_app(engine=..., config=..., enable_async_resources=True)``
+    works too: ``engine`` is the runtime.  The app opens no resources of its own -- the
+    runtime (``open_runtime``) owns them all -- so ``enable_async_resources`` can only be
+    True: the resources are always there, opened by ``async with``.
+    """
+    if (runtime is None) == (engine is None):
+        raise TypeError("create_app needs the runtime, as its first argument or as engine=")
+    if not enable_async_resources:
+        raise ValueError(
+            "enable_async_resources=False is not supported: the runtime owns the pools,"
+            " limiter and queue, opened by `async with open_runtime(...)`"
+        )
+    runtime = runtime if runtime is not None else engine
+    assert runtime is not None
     config = config or ServerConfig()
     state = AppState(runtime, config)
     routes = [
