@@ -10,6 +10,7 @@ while the body is read; the rest is discarded, not buffered), error mapping, met
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -55,6 +56,8 @@ access_logger = logging.getLogger("dtesn_trio.access")
 
 T = TypeVar("T")
 
+_INTEGER_FIELDS = ("priority", "deadline_ms", "membrane_depth")
+_INT_GOT_FLOAT = re.compile(r"Expected `int( \| null)?`, got `float`")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _DRAIN_SECONDS = 2.0  # discarding an over-limit body: at most this long ...
 _DRAIN_FACTOR = 8  # ... and at most this many times the limit
@@ -135,6 +138,21 @@ _KNOWN_PATHS = frozenset(
 )
 
 
+def _max_depth(model: Any) -> int | None:
+    """The deepest ``membrane_depth`` the runtime's model accepts (a deeper tree needs
+    more reservoir units than it has), or None if the model is not a dataclass."""
+    if not dataclasses.is_dataclass(model) or isinstance(model, type):
+        return None
+    deepest = None
+    for depth in range(1, 9):
+        try:
+            dataclasses.replace(model, membrane_depth=depth)
+        except (TypeError, ValueError):
+            break
+        deepest = depth
+    return deepest
+
+
 class AppState:
     """The app's view of the runtime, its config and metrics, and the drain deadline.
 
@@ -158,8 +176,14 @@ class AppState:
         self._process_decoder = msgspec.json.Decoder(ProcessRequest)
         self._batch_decoder = msgspec.json.Decoder(BatchRequest)
         self._job_decoder = msgspec.json.Decoder(JobRequest)
-        self._openapi = _encoder.encode(openapi_document(config))
-        self._docs = docs_html(openapi_document(config))
+        model = getattr(getattr(runtime, "config", None), "model", None)
+        input_dim = getattr(model, "input_dim", None)
+        self.input_dim: int | None = input_dim if isinstance(input_dim, int) else None
+        document = openapi_document(
+            config, input_dim=self.input_dim, max_membrane_depth=_max_depth(model)
+        )
+        self._openapi = _encoder.encode(document)
+        self._docs = docs_html(document)
 
     # ------------------------------------------------------------------ draining
 
@@ -197,11 +221,29 @@ class AppState:
         try:
             return decoder.decode(body)
         except msgspec.ValidationError as exc:
-            raise validation_error(exc) from None
+            if _INT_GOT_FLOAT.search(str(exc)) is None:
+                raise validation_error(exc) from None
+            # JSON Schema (and so our OpenAPI document) counts 4.0 as the integer 4;
+            # msgspec does not.  Off the hot path: integral floats in the top-level
+            # integer fields become ints, and the body is validated again.
+            decoded: T = self._decode_integral(body, decoder.type)
+            return decoded
         except msgspec.DecodeError as exc:
             raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
         except UnicodeDecodeError:
             raise MalformedRequest("request body is not valid UTF-8") from None
+
+    def _decode_integral(self, body: bytes, type_: Any) -> Any:
+        raw = msgspec.json.decode(body)
+        if isinstance(raw, dict):
+            for key in _INTEGER_FIELDS:
+                value = raw.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    raw[key] = int(value)
+        try:
+            return msgspec.convert(raw, type_)
+        except msgspec.ValidationError as exc:
+            raise validation_error(exc) from None
 
     def _check_input(self, value: Any, field: str) -> None:
         limit = self.config.max_input_length

@@ -34,7 +34,7 @@ TextInput = Annotated[
     msgspec.Meta(min_length=1, description="Text; each UTF-8 byte is one time step."),
 ]
 NumericInput = Annotated[
-    list[list[float]],
+    list[Annotated[list[float], msgspec.Meta(min_length=1)]],
     msgspec.Meta(min_length=1, description="A T x D array of numbers driving the root."),
 ]
 Input = TextInput | NumericInput

@@ -95,11 +95,52 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
 _PUBLIC = frozenset({"/healthz", "/readyz"})
 
 
-def openapi_document(config: ServerConfig) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of an app with ``config``."""
+def _limit_input(schema: dict[str, Any], config: ServerConfig, input_dim: int | None) -> None:
+    text, numeric = schema["anyOf"]
+    text["maxLength"] = config.max_input_length
+    numeric["maxItems"] = config.max_input_length
+    if input_dim is not None:
+        numeric["items"]["minItems"] = numeric["items"]["maxItems"] = input_dim
+
+
+def _apply_limits(
+    schemas: dict[str, Any],
+    config: ServerConfig,
+    input_dim: int | None,
+    max_membrane_depth: int | None,
+) -> None:
+    """The models carry the hard ceilings; this server's config (and its model's input
+    width) may be tighter, and the document says exactly what this server accepts."""
+    for name in ("ProcessRequest", "JobRequest", "BatchRequest"):
+        props = schemas[name]["properties"]
+        if "input" in props:
+            _limit_input(props["input"], config, input_dim)
+        if "inputs" in props:
+            _limit_input(props["inputs"]["items"], config, input_dim)
+            props["inputs"]["maxItems"] = config.max_batch_inputs
+        if "deadline_ms" in props:
+            for option in props["deadline_ms"]["anyOf"]:
+                if option.get("type") == "integer":
+                    option["maximum"] = config.max_deadline_ms
+        if max_membrane_depth is not None:
+            for option in props["membrane_depth"]["anyOf"]:
+                if option.get("type") == "integer":
+                    option["maximum"] = max_membrane_depth
+
+
+def openapi_document(
+    config: ServerConfig,
+    *,
+    input_dim: int | None = None,
+    max_membrane_depth: int | None = None,
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of an app with ``config`` over a model whose numeric
+    inputs have ``input_dim`` columns and which accepts depths up to
+    ``max_membrane_depth``."""
     refs, schemas = msgspec.json.schema_components(
         _MODELS, ref_template="#/components/schemas/{name}"
     )
+    _apply_limits(schemas, config, input_dim, max_membrane_depth)
     ref = {model: r for model, r in zip(_MODELS, refs, strict=True)}
     error_ref = ref[ErrorBody]
     secured = bool(config.api_keys)

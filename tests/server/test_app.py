@@ -77,6 +77,12 @@ async def test_process_returns_the_outcome_and_echoes_the_request_id(runtime: Fa
             assert set(body) >= {"result", "cache_hit", "priority", "batch_size", "timings"}
             assert body["priority"] == 1
             assert isinstance(body["result"], dict)
+            # JSON Schema's integers include 2.0 (the OpenAPI document says "integer")
+            integral = await s.client.post(
+                "/v1/process", content=b'{"input": "x", "priority": 2.0, "deadline_ms": 5e3}'
+            )
+            assert integral.status_code == 200, integral.text
+            assert integral.json()["priority"] == 2
             numeric = await s.client.post("/v1/process", json={"input": [[0.5], [1.0], [-1.0]]})
             assert numeric.status_code == 200, numeric.text
             assert HEX32.match(numeric.headers["x-request-id"])  # generated
@@ -312,10 +318,13 @@ async def test_streamed_body_over_the_limit_is_413_while_reading(runtime: Faults
         (b'{"priority": 1}', 422, "input", "missing required field"),
         (b'{"input": ""}', 422, "input", "length >= 1"),
         (b'{"input": [[1, 2], [3]]}', 422, "input", "rectangular"),
-        (b'{"input": [[]]}', 422, "input", "rectangular"),
+        (b'{"input": [[]]}', 422, "input[0]", "length >= 1"),
         (b'{"input": [[1e999]]}', 422, "input[0][0]", "out of range"),
         (b'{"input": "' + b"z" * 101 + b'"}', 422, "input", "longer than 100"),
         (b'{"input": "x", "use_cache": "yes"}', 422, "use_cache", "Expected `bool`"),
+        (b'{"input": "x", "priority": 1.5}', 422, "priority", "Expected `int`, got `float`"),
+        (b'{"input": "x", "priority": 9.0}', 422, "priority", "<= 4"),
+        (b'{"input": "x", "priority": 1.0, "nope": 1}', 422, "nope", "unknown field"),
     ],
 )
 async def test_bad_process_bodies(
