@@ -26,11 +26,13 @@ from dtesn_trio.config import RuntimeConfig
 from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult
 from dtesn_trio.errors import DeadlineExceeded, DTESNError, InvalidRequest, ShuttingDown
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics
-from dtesn_trio.jobs import JobService, SQLiteJobStore, open_job_service
+from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
+from dtesn_trio.jobs.postgres import PostgresJobStore
 from dtesn_trio.limits import Admission
 from dtesn_trio.nurseries import (
     ConnectionPool,
     ConnectionPoolConfig,
+    PostgresConnector,
     PriorityBatchQueue,
     RedisConnector,
     SQLiteConnector,
@@ -366,6 +368,26 @@ def _numbers(value: Any) -> Any:
     return out or None
 
 
+async def _open_job_store(
+    config: RuntimeConfig, pools: dict[str, ConnectionPool[Any]], stack: AsyncExitStack
+) -> JobStore:
+    """The job store's pool (SQLite embedded, or PostgreSQL through trio-asyncio)."""
+    if config.jobs.backend == "postgres":
+        import trio_asyncio
+
+        assert config.postgres.dsn is not None  # RuntimeConfig checked it
+        await stack.enter_async_context(trio_asyncio.open_loop())
+        connector = PostgresConnector(config.postgres.dsn)
+        pools["jobs"] = await stack.enter_async_context(open_pool(connector, config.postgres.pool))
+        return PostgresJobStore(pools["jobs"])
+    sqlite = SQLiteConnector(config.jobs.sqlite_path)
+    pool_config = ConnectionPoolConfig(
+        max_connections=4, min_connections=1, max_concurrent_creates=1
+    )
+    pools["jobs"] = await stack.enter_async_context(open_pool(sqlite, pool_config))
+    return SQLiteJobStore(pools["jobs"])
+
+
 @asynccontextmanager
 async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Runtime]:
     """Build the ownership tree; leaving the block stops all of it, in order."""
@@ -396,12 +418,7 @@ async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Run
                 open_batch_queue(rt._run_batch, config.queue)
             )
             if config.jobs.enabled:
-                sqlite = SQLiteConnector(config.jobs.sqlite_path)
-                pool_config = ConnectionPoolConfig(
-                    max_connections=4, min_connections=1, max_concurrent_creates=1
-                )
-                rt.pools["jobs"] = await stack.enter_async_context(open_pool(sqlite, pool_config))
-                store = SQLiteJobStore(rt.pools["jobs"])
+                store = await _open_job_store(config, rt.pools, stack)
                 rt.jobs = await stack.enter_async_context(
                     open_job_service(store, rt._run_job, config.jobs)
                 )

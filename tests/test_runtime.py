@@ -21,10 +21,10 @@ from dtesn_trio import (
     open_runtime,
 )
 from dtesn_trio.cache import CacheConfig
-from dtesn_trio.config import RedisSettings
+from dtesn_trio.config import PostgresSettings, RedisSettings
 from dtesn_trio.jobs import JobsConfig
 from dtesn_trio.nurseries import BatchQueueConfig
-from tests.servers import RedisServer
+from tests.servers import PostgresServer, RedisServer
 
 SMALL = DTESNConfig(reservoir_size=64, membrane_depth=2)
 
@@ -179,3 +179,22 @@ async def test_redis_cache_is_shared_and_fails_open(redis: RedisServer) -> None:
             third = await b.process("redis is down now")
     assert (first.cache_hit, second.cache_hit, third.cache_hit) == (False, True, False)
     assert redis.proc is None
+
+
+@pytest.mark.postgres
+async def test_jobs_on_postgres_run_through_the_runtime(postgres_server: PostgresServer) -> None:
+    config = small_config(
+        jobs=JobsConfig(backend="postgres", workers=2, poll_interval=0.05),
+        postgres=PostgresSettings(dsn=postgres_server.dsn),
+    )
+    with trio.fail_after(60):
+        async with open_runtime(config) as rt:
+            assert rt.jobs is not None
+            record = await rt.jobs.submit({"input": "a durable job", "priority": 3})
+            while not (await rt.jobs.get(record.id) or record).finished:  # noqa: ASYNC110 - the database is the state
+                await trio.sleep(0.02)
+            done = await rt.jobs.get(record.id)
+    assert done is not None
+    assert done.status == "succeeded"
+    assert done.result is not None
+    assert len(done.result["result"]["features"]) > 0
