@@ -15,6 +15,7 @@ from dtesn_trio.cache import CacheConfig
 from dtesn_trio.dtesn import DTESNConfig, ProcessorConfig
 from dtesn_trio.jobs import JobsConfig
 from dtesn_trio.limits import AdmissionConfig
+from dtesn_trio.limits.shared_rate import SharedRateLimiterConfig
 from dtesn_trio.nurseries import BatchQueueConfig, ConnectionPoolConfig
 
 __all__ = ["PostgresSettings", "RedisSettings", "RuntimeConfig"]
@@ -68,6 +69,7 @@ class RuntimeConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     redis: RedisSettings = field(default_factory=RedisSettings)
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    shared_limit: SharedRateLimiterConfig = field(default_factory=SharedRateLimiterConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     shutdown_grace: float = 10.0
 
@@ -75,6 +77,8 @@ class RuntimeConfig:
         _checks.non_negative("runtime.shutdown_grace", self.shutdown_grace)
         if self.cache.enabled and self.cache.backend == "redis" and self.redis.url is None:
             raise ValueError("cache.backend = 'redis' needs redis.url to be set")
+        if self.shared_limit.enabled and self.redis.url is None:
+            raise ValueError("shared_limit.enabled = true needs redis.url to be set")
         if self.jobs.enabled and self.jobs.backend == "postgres" and self.postgres.dsn is None:
             raise ValueError("jobs.backend = 'postgres' needs postgres.dsn to be set")
         if self.admission.priority_levels != self.queue.priority_levels:

@@ -29,6 +29,7 @@ from dtesn_trio.instrument import LoopMonitor, LoopStatistics
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
 from dtesn_trio.limits import Admission
+from dtesn_trio.limits.shared_rate import SharedRateLimiter
 from dtesn_trio.nurseries import (
     ConnectionPool,
     ConnectionPoolConfig,
@@ -75,6 +76,7 @@ class RuntimeStatistics:
     processor: Any
     cache: CacheStatistics | None
     pools: dict[str, Any]
+    shared_limit: Any
     loop: LoopStatistics
     shutting_down: bool
 
@@ -108,6 +110,7 @@ class Runtime:
     cache: ResultCache | None = None
     queue: PriorityBatchQueue[_Work, _Done] | None = None
     jobs: JobService | None = None
+    shared_limiter: SharedRateLimiter | None = None
     pools: dict[str, ConnectionPool[Any]] = field(default_factory=dict)
     _shutdown_started: trio.Event = field(default_factory=trio.Event)
     _ready: bool = False
@@ -156,6 +159,8 @@ class Runtime:
         start = trio.current_time()
         if deadline is not None and deadline <= start:
             raise DeadlineExceeded("the deadline had passed before the request started")
+        if self.shared_limiter is not None:
+            await self.shared_limiter.try_acquire()
         async with self.admission.throttle_request(priority=priority):
             with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
                 return await self._admitted(
@@ -307,6 +312,9 @@ class Runtime:
             processor=self.processor.statistics(),
             cache=self.cache.statistics() if self.cache is not None else None,
             pools={name: pool.statistics() for name, pool in self.pools.items()},
+            shared_limit=(
+                self.shared_limiter.statistics() if self.shared_limiter is not None else None
+            ),
             loop=self.loop_monitor.statistics(),
             shutting_down=self.shutting_down,
         )
@@ -409,6 +417,8 @@ async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Run
                 rt.pools["redis"] = await stack.enter_async_context(
                     open_pool(connector, config.redis.pool)
                 )
+            if config.shared_limit.enabled:
+                rt.shared_limiter = SharedRateLimiter(rt.pools["redis"], config.shared_limit)
             if config.cache.enabled:
                 if config.cache.backend == "redis":
                     rt.cache = RedisCache(rt.pools["redis"], config.cache)

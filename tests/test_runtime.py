@@ -16,6 +16,7 @@ from dtesn_trio import (
     DTESNConfig,
     DTESNModel,
     InvalidRequest,
+    RateLimited,
     RuntimeConfig,
     ShuttingDown,
     open_runtime,
@@ -23,6 +24,7 @@ from dtesn_trio import (
 from dtesn_trio.cache import CacheConfig
 from dtesn_trio.config import PostgresSettings, RedisSettings
 from dtesn_trio.jobs import JobsConfig
+from dtesn_trio.limits.shared_rate import SharedRateLimiterConfig
 from dtesn_trio.nurseries import BatchQueueConfig
 from tests.servers import PostgresServer, RedisServer
 
@@ -198,3 +200,35 @@ async def test_jobs_on_postgres_run_through_the_runtime(postgres_server: Postgre
     assert done.status == "succeeded"
     assert done.result is not None
     assert len(done.result["result"]["features"]) > 0
+
+
+@pytest.mark.redis
+async def test_shared_limit_refuses_past_the_global_rate(redis: RedisServer) -> None:
+    config = small_config(
+        redis=RedisSettings(url=redis.url),
+        shared_limit=SharedRateLimiterConfig(enabled=True, rates="1/min:3"),
+    )
+    outcomes: list[str] = []
+    with trio.fail_after(30):
+        async with open_runtime(config) as rt:
+            for i in range(5):
+                try:
+                    await rt.process(f"input {i}")
+                    outcomes.append("ok")
+                except RateLimited as exc:
+                    outcomes.append(f"limited after {exc.retry_after or 0:.0f}s+")
+            stats = rt.statistics().shared_limit
+    assert outcomes[:3] == ["ok", "ok", "ok"]
+    # 1/min: the next slot is about 20 s (one emission interval minus elapsed) away.
+    assert all(o.startswith("limited after") and o != "limited after 0s+" for o in outcomes[3:])
+    assert stats is not None
+    assert (stats.admitted, stats.limited) == (3, 2)
+
+
+def test_config_cross_checks_name_the_missing_section() -> None:
+    with pytest.raises(ValueError, match=r"shared_limit\.enabled = true needs redis\.url"):
+        RuntimeConfig(shared_limit=SharedRateLimiterConfig(enabled=True))
+    with pytest.raises(ValueError, match=r"jobs\.backend = 'postgres' needs postgres\.dsn"):
+        RuntimeConfig(jobs=JobsConfig(backend="postgres"))
+    with pytest.raises(ValueError, match=r"cache\.backend = 'redis' needs redis\.url"):
+        RuntimeConfig(cache=CacheConfig(backend="redis"))

@@ -6,7 +6,12 @@ import pytest
 import trio
 
 from dtesn_trio.errors import BackendUnavailable, RateLimited
-from dtesn_trio.limits.shared_rate import Rate, SharedRateLimiter, SharedRateLimiterConfig
+from dtesn_trio.limits.shared_rate import (
+    Rate,
+    SharedRateLimiter,
+    SharedRateLimiterConfig,
+    parse_rates,
+)
 from dtesn_trio.nurseries import ConnectionPoolConfig, RedisConnector, open_pool
 from tests.servers import RedisServer
 
@@ -16,7 +21,7 @@ POOL = ConnectionPoolConfig(min_connections=1, max_connections=4, max_concurrent
 
 
 async def test_burst_then_refusal_with_exact_retry_after(redis: RedisServer) -> None:
-    config = SharedRateLimiterConfig(rates=(Rate(10.0, 1.0, burst=5),))
+    config = SharedRateLimiterConfig(rates="10/s:5")
     with trio.fail_after(10):
         async with open_pool(RedisConnector(redis.host, redis.port), POOL) as pool:
             limiter = SharedRateLimiter(pool, config)
@@ -33,7 +38,7 @@ async def test_burst_then_refusal_with_exact_retry_after(redis: RedisServer) -> 
 
 
 async def test_two_instances_share_one_budget(redis: RedisServer) -> None:
-    config = SharedRateLimiterConfig(key="shared-test", rates=(Rate(1.0, 1.0, burst=6),))
+    config = SharedRateLimiterConfig(key="shared-test", rates="1/s:6")
     admitted = 0
     with trio.fail_after(10):
         async with (
@@ -51,7 +56,7 @@ async def test_two_instances_share_one_budget(redis: RedisServer) -> None:
 
 
 async def test_several_rates_the_strictest_wins(redis: RedisServer) -> None:
-    config = SharedRateLimiterConfig(rates=(Rate(100.0, 1.0, burst=100), Rate(3.0, 60.0, burst=3)))
+    config = SharedRateLimiterConfig(rates="100/s:100;3/min:3")
     with trio.fail_after(10):
         async with open_pool(RedisConnector(redis.host, redis.port), POOL) as pool:
             limiter = SharedRateLimiter(pool, config)
@@ -65,7 +70,7 @@ async def test_several_rates_the_strictest_wins(redis: RedisServer) -> None:
 
 
 async def test_acquire_sleeps_retry_after_instead_of_polling(redis: RedisServer) -> None:
-    config = SharedRateLimiterConfig(rates=(Rate(50.0, 1.0, burst=1),))
+    config = SharedRateLimiterConfig(rates="50/s:1")
     with trio.fail_after(10):
         async with open_pool(RedisConnector(redis.host, redis.port), POOL) as pool:
             limiter = SharedRateLimiter(pool, config)
@@ -79,9 +84,7 @@ async def test_acquire_sleeps_retry_after_instead_of_polling(redis: RedisServer)
 
 @pytest.mark.parametrize("fail_open", [True, False])
 async def test_redis_down_falls_back_then_returns(redis: RedisServer, fail_open: bool) -> None:
-    config = SharedRateLimiterConfig(
-        rates=(Rate(100.0, 1.0, burst=20),), instances=2, fail_open=fail_open
-    )
+    config = SharedRateLimiterConfig(rates="100/s:20", instances=2, fail_open=fail_open)
     pool_config = ConnectionPoolConfig(
         min_connections=1,
         max_connections=2,
@@ -117,3 +120,12 @@ async def test_redis_down_falls_back_then_returns(redis: RedisServer, fail_open:
                     if not limiter.statistics().using_fallback:
                         break
     assert not limiter.statistics().using_fallback
+
+
+def test_parse_rates_reads_specs_and_names_bad_ones() -> None:
+    assert parse_rates("100/s:20; 5000/min") == (Rate(100.0, 1.0, 20), Rate(5000.0, 60.0))
+    assert parse_rates("10/5s") == (Rate(10.0, 5.0),)
+    with pytest.raises(ValueError, match=r"shared_limit\.rates: cannot read '10/fortnight'"):
+        parse_rates("10/fortnight")
+    with pytest.raises(ValueError, match="must name at least one rate"):
+        SharedRateLimiterConfig(rates=" ; ")
