@@ -360,9 +360,10 @@ class ConnectionPool(Generic[C]):
                     # Like CapacityLimiter.acquire: the entry is ours, so this yield must
                     # not be a place where cancellation can strand it.
                     await trio.lowlevel.cancel_shielded_checkpoint()
+                    now = start
                 else:
                     entry = await self._wait(start)
-                now = trio.current_time()
+                    now = trio.current_time()
                 if (
                     entry.suspect or now - entry.last_used > self._config.validation_bypass
                 ) and not await self._validate(entry):
@@ -490,11 +491,12 @@ class ConnectionPool(Generic[C]):
     def _reinstate(self, entry: _Entry[C], now: float) -> _Entry[C] | None:
         """Put a connection we hold back into service, or discard it."""
         cfg = self._config
+        total = len(self._idle) + len(self._in_use) + len(self._checking) + self._connecting
         if (
             self._state is not _State.RUNNING
             or entry.generation != self._generation
             or entry.expires_at <= now
-            or self._total() >= cfg.max_connections
+            or total >= cfg.max_connections
         ):
             return self._discard(entry)
         self._hand_off(entry)
@@ -502,7 +504,7 @@ class ConnectionPool(Generic[C]):
         due = entry.expires_at
         if cfg.enable_keepalive:
             due = min(due, max(entry.last_used, entry.last_checked) + cfg.keepalive_interval)
-        if cfg.idle_timeout is not None and self._total() > cfg.min_connections:
+        if cfg.idle_timeout is not None and total >= cfg.min_connections:
             due = min(due, entry.last_used + cfg.idle_timeout)
         if due < self._maint_deadline:
             self._poke()
