@@ -26,9 +26,21 @@ class UserError(Exception):
     pass
 
 
+class ResettingConnector(MemoryConnector):
+    """Adds a reset with its own checkpoints, so that release can be cancelled too."""
+
+    resets = 0
+
+    async def reset(self, conn: MemConn) -> None:
+        self.resets += 1
+        await self._delay(0.01)
+        if conn.broken:
+            raise ConnectionError("reset failed")
+
+
 async def test_cancellation_storm(autojump_clock: trio.testing.MockClock) -> None:
     rng = random.Random(20261127)
-    conn = MemoryConnector(connect_delay=0.02, check_delay=0.01, close_delay=0.01, rng=rng)
+    conn = ResettingConnector(connect_delay=0.02, check_delay=0.01, close_delay=0.01, rng=rng)
     config = ConnectionPoolConfig(
         min_connections=5,
         max_connections=20,
@@ -131,6 +143,7 @@ async def test_cancellation_storm(autojump_clock: trio.testing.MockClock) -> Non
     assert outcomes["user_error"] > 20
     assert s.checks_failed > 0
     assert s.connect_failures > 0
+    assert conn.resets > 1000
 
 
 def _never_started(outcomes: dict[str, int]) -> int:
