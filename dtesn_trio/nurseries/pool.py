@@ -263,6 +263,7 @@ class ConnectionPool(Generic[C]):
                     self._fail_all_waiters()
                     nursery.cancel_scope.cancel()
         finally:
+            self._state = _State.CLOSED  # also when the initial fill failed
             self._nursery = None
             idle, self._idle = self._idle, []
             self._closing += len(idle)
