@@ -275,3 +275,39 @@ async def test_drain_replaces_idle_now_and_in_use_on_return(
         assert not held.open
         assert not (conn.live & old)
         assert pool.statistics().open == 3
+
+
+async def test_cancelled_waiters_leave_no_slot_connecting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """httpcore #1093: waiters cancelled while their connections are being made must
+    not leave slots stuck "connecting"; the connections made go to the idle stack."""
+    conn = MemoryConnector(connect_delay=1.0)
+    async with open_pool(conn, cfg(min_connections=0, max_connections=3)) as pool:
+        with trio.move_on_after(0.5):
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(_acquire_once, pool)
+        s = pool.statistics()
+        assert (s.waiting, s.connecting, s.cancelled_requests) == (0, 3, 10)
+        await trio.sleep(1)
+        s = pool.statistics()
+        assert (s.connecting, s.idle, s.open) == (0, 3, 3)
+        t0 = trio.current_time()
+        async with pool.connection():  # served at once from the idle stack
+            assert trio.current_time() == t0
+
+
+async def _acquire_once(pool: ConnectionPool[MemConn]) -> None:
+    async with pool.connection():
+        pass  # pragma: no cover
+
+
+async def test_exit_is_bounded_when_close_hangs(autojump_clock: trio.testing.MockClock) -> None:
+    """asyncpg #547: a close that never returns must not hang the pool's exit."""
+    conn = MemoryConnector(close_delay=1000.0)
+    t0 = trio.current_time()
+    async with open_pool(conn, cfg(min_connections=4, close_grace=2.0)):
+        pass
+    # Four closes run concurrently, each given close_grace.
+    assert trio.current_time() - t0 == 2.0
