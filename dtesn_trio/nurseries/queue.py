@@ -550,12 +550,47 @@ class PriorityBatchQueue(Generic[T, R]):
 
     async def _worker(self) -> None:
         try:
+            lock = self._form_lock
+            max_batch = self._max_batch
+            waiting = self._waiting
+            sizes = self._batch_sizes
+            retry = self.config.retry_individually
+            batch: list[_Request[T, R]] | None
             while True:
-                async with self._form_lock:
-                    batch = await self._form_batch()
-                if batch is None:
-                    return
-                await self._run_batch(batch)
+                async with lock:  # one worker forms a batch at a time
+                    # fast path: a full batch is waiting; no coroutine, no timer
+                    batch = []
+                    size, closed = self._fill(batch, 0, self._now())
+                    if closed or size < max_batch:
+                        batch = await self._form_batch(batch, size, closed)
+                        if batch is None:
+                            return
+                    if self._max_skips is not None:
+                        self._count_skips(batch)
+                # run it (inline, not another coroutine: this is the per-batch hot path)
+                for req in batch:
+                    waiting[req.level] -= 1
+                    req.state = _RUNNING
+                n = len(batch)
+                self._running_batches += 1
+                self._running_items += n
+                self._processed += n
+                self._batches += 1
+                sizes[n] = sizes.get(n, 0) + 1
+                try:
+                    error = await self._call(batch)
+                    if error is not None and retry and n > 1:
+                        for req in batch:
+                            await self._call([req])
+                finally:
+                    self._running_batches -= 1
+                    self._running_items -= n
+                    # Cancelled (the queue is being torn down) or KeyboardInterrupt: the
+                    # batch never finished; its members still get an answer, and the
+                    # breaker no verdict.
+                    for req in batch:
+                        if req.state == _RUNNING:
+                            self._answer(req, None, ShuttingDown("the queue shut down mid-batch"))
         finally:
             self._workers_left -= 1
             if self._workers_left == 0:
@@ -621,14 +656,22 @@ class PriorityBatchQueue(Generic[T, R]):
                 batch.append(req)
         return size, closed
 
-    async def _form_batch(self) -> list[_Request[T, R]] | None:
-        batch: list[_Request[T, R]] = []
+    async def _form_batch(
+        self, batch: list[_Request[T, R]], size: int, closed: bool
+    ) -> list[_Request[T, R]] | None:
+        """Complete a partly filled batch: wait for more until it is full or due.
+
+        Returns ``None`` (having answered its members) once the queue is closed.
+        """
         self._forming = batch
-        size = 0
         waited = False
+        first = True
         while True:
             now = self._now()
-            size, closed = self._fill(batch, size, now)
+            if first:  # the worker has just filled it
+                first = False
+            else:
+                size, closed = self._fill(batch, size, now)
             if closed:
                 error = ShuttingDown("the queue is shutting down")
                 for req in batch:
@@ -664,12 +707,11 @@ class PriorityBatchQueue(Generic[T, R]):
                 await wakeup.wait()
             waited = True
         self._forming = []
-        self._count_skips(batch)
         return batch
 
     def _count_skips(self, batch: list[_Request[T, R]]) -> None:
-        if self._max_skips is None:
-            return
+        max_skips = self._max_skips
+        assert max_skips is not None
         served = {req.level for req in batch}
         skips = self._skips
         waiting = self._waiting
@@ -677,39 +719,11 @@ class PriorityBatchQueue(Generic[T, R]):
         for level in self._all_levels:
             if waiting[level] > 0 and level not in served:
                 skips[level] += 1
-                if skips[level] >= self._max_skips:
+                if skips[level] >= max_skips:
                     starving = True
             else:
                 skips[level] = 0
         self._starving = starving
-
-    async def _run_batch(self, batch: list[_Request[T, R]]) -> None:
-        waiting = self._waiting
-        for req in batch:
-            waiting[req.level] -= 1
-            req.state = _RUNNING
-        n = len(batch)
-        self._running_batches += 1
-        self._running_items += n
-        self._processed += n
-        self._batches += 1
-        sizes = self._batch_sizes
-        sizes[n] = sizes.get(n, 0) + 1
-        try:
-            error = await self._call(batch)
-            if error is not None and self.config.retry_individually and n > 1:
-                for req in batch:
-                    await self._call([req])
-        finally:
-            self._running_batches -= 1
-            self._running_items -= n
-            # Cancelled (the queue is being torn down) or KeyboardInterrupt: the batch
-            # never finished, and its members still get an answer.  No breaker verdict.
-            shut: ShuttingDown | None = None
-            for req in batch:
-                if req.state == _RUNNING:
-                    shut = shut or ShuttingDown("the queue shut down while the batch was running")
-                    self._answer(req, None, shut)
 
     async def _call(self, batch: list[_Request[T, R]]) -> BaseException | None:
         """Run ``process_batch`` on ``batch`` and answer its members.
@@ -735,20 +749,32 @@ class PriorityBatchQueue(Generic[T, R]):
             self._adaptive.record([finished - req.queued_at for req in batch], False)
             return exc
         finished = now()
-        self._batch_done(len(batch), finished - started, None)
-        record = self._adaptive.record_one
+        duration = finished - started
+        ewma = self._batch_ewma
+        ewma = self._batch_ewma = duration if ewma is None else 0.8 * ewma + 0.2 * duration
+        self._estimate_bound = (self._rounds_bound + 1.0) * ewma
+        self._consecutive_failures = 0
+        if self._on_batch_done is not None:
+            self._on_batch_done(len(batch), duration, None)
+        failed: list[float] | None = None
         for req, result in zip(batch, results, strict=True):
             req.state = _DONE
             if isinstance(result, BaseException):
                 req.error = result
-                record(finished - req.queued_at, False)
+                if failed is None:
+                    failed = []
+                failed.append(finished - req.queued_at)
             else:
                 req.value = result
-                record(finished - req.queued_at, True)
-            req.wake()
+            task = req.task  # inline req.wake(): this loop is the per-item hot path
+            if task is not None:
+                req.task = None
+                _reschedule(task)
+        self._adaptive.record_batch([finished - req.queued_at for req in batch], failed)
         return None
 
     def _batch_done(self, size: int, duration: float, error: BaseException | None) -> None:
+        # (the success path in _call inlines this)
         ewma = self._batch_ewma
         ewma = self._batch_ewma = duration if ewma is None else 0.8 * ewma + 0.2 * duration
         # No estimate can exceed this: below it, submit skips estimating.
