@@ -186,7 +186,10 @@ class PriorityBatchQueue(Generic[T, R]):
         self._dead = [0] * self._levels  # abandoned requests still inside a channel
         self._skips = [0] * self._levels
         self._starving = False
-        self._form_lock = trio.Lock()
+        # One worker forms a batch at a time.  A Semaphore, not a Lock: it guards no
+        # resource owned by a task, and trio.Lock's per-acquire owner bookkeeping was a
+        # measurable share of the per-batch cost.
+        self._form_lock = trio.Semaphore(1)
         # expiry bookkeeping: per level in arrival order (level timeouts), and a heap for
         # requests whose own deadline is earlier than their level's timeout
         self._order: list[deque[_Request[T, R]]] = [deque() for _ in range(self._levels)]
@@ -613,13 +616,16 @@ class PriorityBatchQueue(Generic[T, R]):
         """
         max_batch = self._max_batch
         size_fn = self._size_fn
+        waiting = self._waiting
         closed = False
         for level in self._service_order():
             if size >= max_batch:
                 break
-            receive = self._receive[level]
             delayed = self._delayed[level]
             held = self._held[level]
+            if not waiting[level] and not delayed and not held:
+                continue  # nothing live there: skip the WouldBlock exception
+            receive = self._receive[level]
             while size < max_batch:
                 if held:
                     req = held.popleft()
@@ -701,6 +707,9 @@ class PriorityBatchQueue(Generic[T, R]):
                 if now >= leave_at:
                     break
             else:
+                if self._receive[0].statistics().open_send_channels == 0:
+                    self._forming = []
+                    return None  # closed, and close() answered whatever was queued
                 leave_at = _INF
             wakeup = self._wakeup = trio.Event()
             with trio.move_on_at(leave_at):
