@@ -51,6 +51,7 @@ BatchDoneCallback = Callable[[int, float, BaseException | None], None]
 # it ran; it is skipped, never processed.
 _QUEUED, _TAKEN, _RUNNING, _DONE, _GONE = range(5)
 _INF = math.inf
+_CHECKPOINT_EVERY = 32  # items a worker may answer between two of its own checkpoints
 
 
 _reschedule = trio.lowlevel.reschedule
@@ -559,8 +560,17 @@ class PriorityBatchQueue(Generic[T, R]):
             sizes = self._batch_sizes
             retry = self.config.retry_individually
             batch: list[_Request[T, R]] | None
+            budget = 0
             while True:
-                async with lock:  # one worker forms a batch at a time
+                # One worker forms a batch at a time.  The worker checkpoints at least
+                # once per _CHECKPOINT_EVERY items: when full batches are ready and the
+                # engine did not yield, it goes on without a trip through the scheduler.
+                if budget > 0 and lock.value:
+                    lock.acquire_nowait()
+                else:
+                    await lock.acquire()
+                    budget = _CHECKPOINT_EVERY
+                try:
                     # fast path: a full batch is waiting; no coroutine, no timer
                     batch = []
                     size, closed = self._fill(batch, 0, self._now())
@@ -570,6 +580,9 @@ class PriorityBatchQueue(Generic[T, R]):
                             return
                     if self._max_skips is not None:
                         self._count_skips(batch)
+                finally:
+                    lock.release()
+                budget -= len(batch)
                 # run it (inline, not another coroutine: this is the per-batch hot path)
                 for req in batch:
                     waiting[req.level] -= 1
