@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -572,3 +573,55 @@ def test_adaptive_timeout_formula() -> None:
     assert mid.value(0.0) == pytest.approx(15.0)  # × 1.5
     mid.record([10.0] * 20, False)  # success rate 95/115 < 0.9
     assert mid.value(0.0) == pytest.approx(20.0)  # × 2.0
+
+
+async def test_a_busy_worker_still_checkpoints(autojump_clock: trio.testing.MockClock) -> None:
+    # a no-op engine never yields; the worker must, at least every 32 items
+    engine = Engine()
+    ticks: list[int] = []
+    config = cfg(max_batch_size=1, workers=1, max_queue_size=1000)
+    async with open_batch_queue(engine, config) as queue:
+        engine.hold()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.submit, -1)
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(200):
+                nursery.start_soon(queue.submit, i)
+            await trio.testing.wait_all_tasks_blocked()
+
+            async def probe() -> None:
+                while len(engine.calls) < 201:
+                    ticks.append(len(engine.calls))
+                    await trio.lowlevel.checkpoint()
+
+            nursery.start_soon(probe)
+            engine.release()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    # the worker yields every 32 items; between two probe ticks it can run twice (once
+    # late in one scheduler pass, once early in the next)
+    assert max(gaps) <= 64
+    assert len(gaps) >= 200 // 64
+    assert len(engine.calls) == 201
+
+
+async def test_close_while_forming_answers_the_partial_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = Engine()
+    outcomes: list[object] = []
+
+    async def one() -> None:
+        try:
+            outcomes.append(await queue.submit(1))
+        except ShuttingDown as exc:
+            outcomes.append(exc)
+
+    async with trio.open_nursery() as outer:
+        async with open_batch_queue(engine, cfg(max_batch_size=10, max_wait=1.0)) as queue:
+            outer.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()
+            t0 = trio.current_time()
+        assert trio.current_time() == t0  # nothing was running: no grace needed
+    assert len(outcomes) == 1
+    assert isinstance(outcomes[0], ShuttingDown)
+    assert engine.calls == []
