@@ -520,7 +520,8 @@ class PriorityBatchQueue(Generic[T, R]):
             wakeup.set()
 
     def _answer(self, req: _Request[T, R], value: R | None, error: BaseException | None) -> None:
-        # The only place a request is answered; a request is answered once.
+        # Answers a request that was not answered before (callers check its state); the
+        # engine's results (_call) and expiry (_expire) set the slot the same way.
         if req.state < _RUNNING:
             self._waiting[req.level] -= 1
         req.state = _DONE
@@ -541,6 +542,11 @@ class PriorityBatchQueue(Generic[T, R]):
         ``max_batch_size × workers``, at the recent mean batch duration; while every
         worker is busy, half a batch more.  Zero before any batch has run.
         """
+        if type(priority) is not int or not 0 <= priority < self._levels:
+            raise InvalidRequest(
+                f"priority must be an integer from 0 to {self._levels - 1} (got {priority!r})",
+                field="priority",
+            )
         ewma = self._batch_ewma
         if ewma is None:
             return 0.0
