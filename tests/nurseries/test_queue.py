@@ -486,8 +486,11 @@ async def test_close_grace_cancels_long_batches(autojump_clock: trio.testing.Moc
         except ShuttingDown as exc:
             outcomes.append(exc)
 
+    heard: list[object] = []
     async with trio.open_nursery() as outer:
-        async with open_batch_queue(engine, cfg(max_batch_size=1, close_grace=3.0)) as queue:
+        async with open_batch_queue(
+            engine, cfg(max_batch_size=1, close_grace=3.0), on_batch_done=lambda *a: heard.append(a)
+        ) as queue:
             outer.start_soon(one)
             await trio.testing.wait_all_tasks_blocked()
             t0 = trio.current_time()
@@ -498,6 +501,7 @@ async def test_close_grace_cancels_long_batches(autojump_clock: trio.testing.Moc
     assert isinstance(outcomes[0], ShuttingDown)
     assert stats.running_batches == 0
     assert stats.shut_down == 1
+    assert heard == []  # a cancelled batch is no verdict for the breaker
 
 
 async def test_bad_priority_and_deadline_are_named(autojump_clock: trio.testing.MockClock) -> None:
@@ -625,3 +629,26 @@ async def test_close_while_forming_answers_the_partial_batch(
     assert len(outcomes) == 1
     assert isinstance(outcomes[0], ShuttingDown)
     assert engine.calls == []
+
+
+async def test_waiting_for_space_respects_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = Engine()
+    config = cfg(priority_levels=1, capacity_per_level=(1,), max_batch_size=1, workers=1)
+    async with open_batch_queue(engine, config) as queue:
+        engine.hold()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: queue.submit(0, priority=0))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(lambda: queue.submit(1, priority=0))
+            await trio.testing.wait_all_tasks_blocked()
+            t0 = trio.current_time()
+            with pytest.raises(DeadlineExceeded):
+                await queue.submit(2, priority=0, wait=True, deadline=t0 + 0.25)
+            assert trio.current_time() == t0 + 0.25
+            engine.release()
+        stats = queue.statistics()
+    assert engine.processed == [0, 1]
+    assert stats.expired == 1
+    assert stats.queued == (0,)
