@@ -145,24 +145,24 @@ def test_blas_leases_restore_after_the_last_one() -> None:
     # threadpoolctl ignores changes from all but one "controlling" thread: a lease taken
     # in a thread that is still alive must not stop leases in other threads working.
     release = threading.Event()
-    inside = threading.Event()
+    leased = threading.Event()
 
-    def hold() -> None:
+    def lease_then_idle() -> None:
         with blas_threads(1):
-            inside.set()
-            release.wait(10)
+            pass
+        leased.set()
+        release.wait(10)  # alive, like a cached worker thread
 
-    other = threading.Thread(target=hold)
+    other = threading.Thread(target=lease_then_idle)
     other.start()
-    inside.wait(10)
-    release.set()
-    other.join()
-    parked = threading.Thread(target=threading.Event().wait, args=(0.5,))
-    parked.start()  # still alive while the main thread leases
-    with blas_threads(1):
-        assert all(n == 1 for n in blas())
-    assert blas() == before
-    parked.join()
+    try:
+        assert leased.wait(10)
+        with blas_threads(1):
+            assert all(n == 1 for n in blas())
+        assert blas() == before
+    finally:
+        release.set()
+        other.join()
 
 
 async def test_a_different_depth_builds_a_variant_once() -> None:
