@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+import numpy as np
+from threadpoolctl import threadpool_limits
 
-from dtesn_trio.dtesn import DTESNConfig, DTESNModel, RidgeReadout  # noqa: E402
-from dtesn_trio.dtesn.tasks import narma10, nrmse  # noqa: E402
+from dtesn_trio.dtesn import DTESNConfig, DTESNModel, RidgeReadout
+from dtesn_trio.dtesn.tasks import narma10, nrmse
 
 
 def dtesn_score(

@@ -1,6 +1,6 @@
 """Train a ridge readout on NARMA10 with the default DTESN model and print the NRMSE.
 
-    python examples/narma10.py [--steps 4000] [--depth 4] [--size 1024]
+python examples/narma10.py [--steps 4000] [--depth 4] [--size 1024]
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dtesn_trio.dtesn import DTESNConfig, DTESNModel  # noqa: E402
-from dtesn_trio.dtesn.tasks import narma10, nrmse  # noqa: E402
+from dtesn_trio.dtesn import DTESNConfig, DTESNModel
+from dtesn_trio.dtesn.tasks import narma10, nrmse
 
 
 def main() -> None:
