@@ -100,6 +100,14 @@ def test_a000081_counts() -> None:
 
 
 @pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_text_batch_equals_alone(layout: str) -> None:
+    model = DTESNModel(SMALL, batch_layout=layout)
+    texts = ["héllo", "a", "a much longer line of text than the others", b"\x00\xff", "ab"]
+    for x, r in zip(texts, model.process_batch(texts), strict=True):
+        np.testing.assert_allclose(r.features, model.process_one(x).features, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
 def test_batched_equals_alone(layout: str) -> None:
     model = DTESNModel(SMALL, batch_layout=layout)
     rng = np.random.default_rng(2)
