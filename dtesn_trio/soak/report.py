@@ -157,7 +157,8 @@ def _plot_files(report: Mapping[str, Any], directory: Path) -> list[str]:
     bucket = 1.0
     if len(series) >= 2:
         bucket = series[1]["t"] - series[0]["t"] or 1.0
-    t = [p["t"] for p in series]
+    # Each bucket's figures are drawn at its middle.
+    t = [p["t"] + bucket / 2 for p in series]
     samples = report["target_samples"]
     st = [s["t"] for s in samples]
     written: list[str] = []
@@ -206,7 +207,7 @@ def _plot_files(report: Mapping[str, Any], directory: Path) -> list[str]:
     bottom = [0.0] * len(series)
     for key in keys:
         ys = [p["by_outcome"].get(key, 0) / bucket for p in series]
-        ax.bar(t, ys, width=bucket * 0.9, bottom=bottom, align="edge", label=key)
+        ax.bar(t, ys, width=bucket * 0.9, bottom=bottom, label=key)
         bottom = [b + y for b, y in zip(bottom, ys, strict=True)]
     if keys:
         ax.legend(loc="upper left", fontsize=8)
