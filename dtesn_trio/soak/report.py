@@ -146,6 +146,17 @@ def build_report(
 
 # -- plots ------------------------------------------------------------------------------
 
+_BREAKER_STATES = {"closed": 0.0, "half_open": 0.5, "half-open": 0.5, "open": 1.0}
+
+
+def _gauge(value: Any) -> float:
+    """A headline as a number to plot (breaker states mapped to 0 / 0.5 / 1), else NaN."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return _BREAKER_STATES.get(value.lower(), math.nan)
+    return math.nan
+
 
 def _plot_files(report: Mapping[str, Any], directory: Path) -> list[str]:
     import matplotlib
@@ -230,20 +241,21 @@ def _plot_files(report: Mapping[str, Any], directory: Path) -> list[str]:
     ax.legend(loc="upper left", fontsize=8)
     save(fig, "in_flight.png")
 
-    # The target's own gauges: limiter limit, RSS, longest loop step.
-    fig, axes = plt.subplots(3, 1, figsize=(8, 6.6), sharex=True)
+    # The target's own gauges: limiter limit, breaker state, RSS, longest loop step.
+    fig, axes = plt.subplots(4, 1, figsize=(8, 8.4), sharex=True)
     for ax, (name, title, scale) in zip(
         axes,
         (
             ("limiter_limit", "Adaptive limiter limit", 1.0),
+            ("breaker_state", "Circuit breaker (0 closed, 0.5 half-open, 1 open)", 1.0),
             ("rss_bytes", "Server RSS (MiB)", 1 / 2**20),
             ("max_step_ms", "Longest event-loop step (ms)", 1.0),
         ),
         strict=True,
     ):
-        ys = [s["headlines"].get(name) for s in samples]
-        if any(isinstance(y, float) for y in ys):
-            ax.plot(st, [y * scale if isinstance(y, float) else math.nan for y in ys])
+        ys = [_gauge(s["headlines"].get(name)) for s in samples]
+        if any(not math.isnan(y) for y in ys):
+            ax.plot(st, [y * scale for y in ys])
         else:
             no_data(ax, "not reported by the target")
         ax.set_title(title, fontsize=10)

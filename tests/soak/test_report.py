@@ -171,8 +171,8 @@ def test_wire_round_trip_and_merge() -> None:
 def test_headlines_flatten_and_prometheus() -> None:
     stats = flatten(
         {
-            "load": {"current_limit": 32, "in_flight": 3},
-            "queue": {"current_size": 7, "levels": [1, 2]},
+            "load": {"effective_capacity": 32, "concurrent_requests": 3},
+            "queue": {"total_queued_requests": 7, "levels": [1, 2]},
             "breaker": {"engine": {"state": "closed"}},
             "loop": {"max_step_ms": 4.5},
             "ok": True,
