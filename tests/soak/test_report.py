@@ -74,6 +74,9 @@ def test_counts_rates_and_percentiles() -> None:
         "errors": 100,
     }
     assert report["error_rate"] == 0.1
+    assert report["goodput_within_deadline"] is None
+    assert report["latency_ms"]["refused"]["count"] == 95
+    assert report["by_priority"]["0"]["ok_latency_ms"]["count"] == 300
     assert report["offered_rate"] == 100.0
     assert report["goodput"] == 90.0
     lat = report["latency_ms"]["all"]
@@ -93,6 +96,14 @@ def test_counts_rates_and_percentiles() -> None:
     assert sum(p["sent"] for p in series) == 1000
     assert sum(p["answered"] + p["failed"] for p in series) == 1000
     assert series[0]["sent"] == 100
+
+
+def test_goodput_within_deadline_counts_ok_answers_in_time() -> None:
+    # ok answers with latency <= 500.5 ms: i < 500, minus the 50 refused or timed out.
+    report = build_report(_synthetic(), target={}, load={"deadline_ms": 500.5})
+    assert report["goodput_within_deadline"] == 45.0
+    report = build_report(_synthetic(), target={}, load={"deadline_ms": 10_000})
+    assert report["goodput_within_deadline"] == report["goodput"] == 90.0
 
 
 def test_slo_verdicts() -> None:
