@@ -12,7 +12,7 @@ from dtesn_trio.soak.http_client import (
 from dtesn_trio.soak.loadgen import InputSizes, LoadConfig, PriorityMix, RequestSpec, run_load
 from dtesn_trio.soak.recorder import LoadResult, Outcome, Recorder
 from dtesn_trio.soak.report import SLO, build_report, check_slo, write_report
-from dtesn_trio.soak.runner import SoakRun, run_soak
+from dtesn_trio.soak.runner import SoakRun, run_soak, soak_url
 from dtesn_trio.soak.targets import (
     EmbeddedTarget,
     HTTPTarget,
@@ -47,5 +47,6 @@ __all__ = [
     "open_http_target",
     "run_load",
     "run_soak",
+    "soak_url",
     "write_report",
 ]
