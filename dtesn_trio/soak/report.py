@@ -47,6 +47,31 @@ def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 3) if seconds > 0 else 0.0
 
 
+def summarize_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per headline figure of the target's samples: first, last, min, max (numbers), or
+    the states seen (strings); plus how many samples failed."""
+    out: dict[str, Any] = {"samples": len(samples), "failed": sum("error" in s for s in samples)}
+    names: list[str] = []
+    for s in samples:
+        names.extend(k for k in s.get("headlines", {}) if k not in names)
+    for name in names:
+        values = [s["headlines"].get(name) for s in samples if s.get("headlines")]
+        numbers = [v for v in values if isinstance(v, int | float)]
+        states = [v for v in values if isinstance(v, str)]
+        if numbers:
+            out[name] = {
+                "first": numbers[0],
+                "last": numbers[-1],
+                "min": min(numbers),
+                "max": max(numbers),
+            }
+        elif states:
+            out[name] = {"states": sorted(set(states)), "last": states[-1]}
+        else:
+            out[name] = None
+    return out
+
+
 def check_slo(report: Mapping[str, Any], slo: SLO) -> list[str]:
     """The SLO violations of a report, each a sentence; empty when it passes."""
     violations = []
@@ -139,6 +164,7 @@ def build_report(
         "by_priority": by_priority,
         "by_status": by_outcome,
         "timeseries": series,
+        "target_summary": summarize_samples(samples),
         "target_samples": list(samples),
         "client": dict(client or {}),
     }
@@ -348,6 +374,19 @@ def render_html(report: Mapping[str, Any], plots: Sequence[str]) -> str:
     )
     status = _table([_latency_row(k, d) for k, d in report["by_status"].items()], lat_header)
     load = _table([[k, v] for k, v in report["load"].items()], ["load", "value"])
+    target_rows = []
+    for name, d in report.get("target_summary", {}).items():
+        if not isinstance(d, dict):
+            continue
+        if "states" in d:
+            target_rows.append([name, ", ".join(d["states"]), None, None, d["last"]])
+        else:
+            target_rows.append([name, d["first"], d["min"], d["max"], d["last"]])
+    target_table = (
+        _table(target_rows, ["", "first", "min", "max", "last"])
+        if target_rows
+        else "<p>The target reported no statistics.</p>"
+    )
     images = "".join(
         f'<figure><img src="{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in plots
     )
@@ -369,6 +408,7 @@ Latency is measured from each request's intended send time.</p>
 <div class=grid><div><h2>Summary</h2>{summary}</div><div><h2>Load</h2>{load}</div></div>
 <h2>By priority</h2>{prio}
 <h2>By status</h2>{status}
+<h2>The target's own view (/v1/stats, /metrics)</h2>{target_table}
 <h2>Plots</h2>{images}
 <p>Raw numbers: <a href="report.json">report.json</a></p>
 </body></html>

@@ -158,6 +158,11 @@ def test_files_are_written_and_valid(tmp_path: Path) -> None:
     assert "p99 latency 990." in html
     assert "ms &gt; 500 ms" in html
     assert written["target_samples"][0]["headlines"]["limiter_limit"] == 10.0
+    summary = written["target_summary"]
+    assert summary["limiter_limit"] == {"first": 10.0, "last": 14.0, "min": 10.0, "max": 14.0}
+    assert summary["breaker_state"] is None
+    assert summary["samples"] == 5
+    assert "<h2>The target&#x27;s own view" in html or "The target's own view" in html
 
 
 def test_a_truncated_png_is_caught(tmp_path: Path) -> None:
