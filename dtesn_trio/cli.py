@@ -14,4 +14,11 @@ def main() -> None:
     """dtesn-trio: a Trio-native runtime for request-processing servers."""
 
 
+def _add_serve() -> None:
+    from dtesn_trio.server.cli import serve_command
+
+    main.add_command(serve_command)
+
+
+_add_serve()
 main.add_command(soak)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import RedisServer
+from tests.servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,14 @@ def redis(redis_server: RedisServer) -> Iterator[RedisServer]:
     redis_server.command("FLUSHALL")
     yield redis_server
     redis_server.start()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL cluster on a free port for the whole session."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,62 @@
+"""The runtime's configuration: one frozen dataclass per section, composed here.
+
+Each section lives beside the code it configures (``DTESNConfig`` in ``dtesn``,
+``AdmissionConfig`` in ``limits``, ...); ``RuntimeConfig()`` with no arguments is the
+embedded default: no Redis, no PostgreSQL, SQLite jobs, an in-memory cache.
+Loading from TOML, the environment and flags is ``dtesn_trio.settings``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dtesn_trio import _checks
+from dtesn_trio.cache import CacheConfig
+from dtesn_trio.dtesn import DTESNConfig, ProcessorConfig
+from dtesn_trio.jobs import JobsConfig
+from dtesn_trio.limits import AdmissionConfig
+from dtesn_trio.nurseries import BatchQueueConfig, ConnectionPoolConfig
+
+__all__ = ["RedisSettings", "RuntimeConfig"]
+
+
+def _redis_pool_default() -> ConnectionPoolConfig:
+    return ConnectionPoolConfig(
+        max_connections=64, min_connections=4, max_concurrent_creates=8, max_waiting=10_000
+    )
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Redis for the shared cache (section ``redis``); ``url`` None = no Redis."""
+
+    url: str | None = None
+    pool: ConnectionPoolConfig = field(default_factory=_redis_pool_default)
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith("redis://"):
+            raise ValueError(f"redis.url must start with redis:// (got {self.url!r})")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Everything ``open_runtime`` builds, section by section."""
+
+    model: DTESNConfig = field(default_factory=DTESNConfig)
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    queue: BatchQueueConfig = field(default_factory=BatchQueueConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    shutdown_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        _checks.non_negative("runtime.shutdown_grace", self.shutdown_grace)
+        if self.cache.enabled and self.cache.backend == "redis" and self.redis.url is None:
+            raise ValueError("cache.backend = 'redis' needs redis.url to be set")
+        if self.admission.priority_levels != self.queue.priority_levels:
+            raise ValueError(
+                "admission.priority_levels must equal queue.priority_levels "
+                f"(got {self.admission.priority_levels} != {self.queue.priority_levels})"
+            )

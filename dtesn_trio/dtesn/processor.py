@@ -1,0 +1,391 @@
+"""The processor: runs the model in worker threads without blocking the event loop.
+
+Two limits apply to every call:
+
+- ``max_concurrent_processes`` (a :class:`trio.CapacityLimiter`, default 100 as the
+  seed): calls in processing at once; the others wait, in FIFO order.
+- the cores: at most ``worker_threads`` threads compute at once (another
+  ``CapacityLimiter``, passed to :func:`trio.to_thread.run_sync`), each with BLAS held to
+  ``blas_threads`` (threadpoolctl, see :mod:`dtesn_trio.dtesn.blas`), and
+  ``worker_threads × blas_threads <= cores`` whatever ``max_concurrent_processes``
+  says. A FastAPI app whose 40 pool threads each ran multi-threaded BLAS served zero
+  requests at 64 connections on this project's 2-core machine; this is why.
+
+A cancelled call is neither a success nor a failure: it counts in
+``cancelled_requests`` only. Work already running in a thread is not abandoned (NumPy
+cannot be interrupted); if it finishes, the caller gets its result and it counts as
+completed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import trio
+
+from dtesn_trio import _checks
+from dtesn_trio.dtesn.blas import available_cores, blas_threads
+from dtesn_trio.dtesn.config import MAX_MEMBRANE_DEPTH, DTESNConfig
+from dtesn_trio.dtesn.encoding import EncodedInput, encode_input
+from dtesn_trio.dtesn.model import DTESNModel, DTESNResult
+from dtesn_trio.errors import InvalidRequest
+
+__all__ = ["DTESNProcessor", "ProcessorConfig", "ProcessorStatistics"]
+
+StatsProvider = Callable[[], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """How the processor runs the model.
+
+    - ``max_concurrent_processes``: calls processed at once (the rest wait).
+    - ``enable_async_optimization``: ``False`` runs one computation at a time (one
+      worker thread), the seed's "standard processing" fallback.
+    - ``blas_threads``: BLAS threads per worker thread; default 1.
+    - ``worker_threads``: threads computing at once; default ``cores // blas_threads``.
+      Both are clamped so that ``worker_threads × blas_threads <= cores``.
+    - ``throughput_window``: seconds over which ``throughput`` counts completions.
+    """
+
+    max_concurrent_processes: int = 100
+    enable_async_optimization: bool = True
+    blas_threads: int | None = None
+    worker_threads: int | None = None
+    throughput_window: float = 10.0
+
+    def __post_init__(self) -> None:
+        _checks.integer(
+            "processor.max_concurrent_processes", self.max_concurrent_processes, minimum=1
+        )
+        if not isinstance(self.enable_async_optimization, bool):
+            raise ValueError(
+                "processor.enable_async_optimization must be a bool "
+                f"(got {self.enable_async_optimization!r})"
+            )
+        if self.blas_threads is not None:
+            _checks.integer("processor.blas_threads", self.blas_threads, minimum=1)
+        if self.worker_threads is not None:
+            _checks.integer("processor.worker_threads", self.worker_threads, minimum=1)
+        _checks.positive("processor.throughput_window", self.throughput_window)
+
+    def resolved_threads(self, cores: int | None = None) -> tuple[int, int]:
+        """``(worker_threads, blas_threads)`` for this machine, never above its cores."""
+        cores = available_cores() if cores is None else cores
+        blas = min(self.blas_threads or 1, cores)
+        most = max(1, cores // blas)
+        workers = min(self.worker_threads or most, most)
+        if not self.enable_async_optimization:
+            workers = 1
+        return workers, blas
+
+
+@dataclass(frozen=True)
+class ProcessorStatistics:
+    """A snapshot of the processor. Counts are of inputs (a batch of n counts n)."""
+
+    total_requests: int
+    completed_requests: int
+    failed_requests: int
+    cancelled_requests: int
+    concurrent_requests: int
+    peak_concurrent: int
+    batch_requests: int
+    avg_processing_time: float  # seconds per completed input, slot acquired to done
+    throughput: float  # completed inputs per second over the last throughput_window
+    max_concurrent_processes: int
+    available_processing_slots: int
+    worker_threads: int
+    blas_threads: int
+    async_optimization_enabled: bool
+    model_depths: tuple[int, ...]  # membrane depths with a built model
+
+
+class RateWindow:
+    """Events per second over the last ``window`` seconds (explicit times: testable)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._events: deque[tuple[float, int]] = deque()
+        self._count = 0
+
+    def record(self, now: float, n: int = 1) -> None:
+        self._events.append((now, n))
+        self._count += n
+        self._prune(now)
+
+    def rate(self, now: float) -> float:
+        self._prune(now)
+        return self._count / self.window
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.window
+        while self._events and self._events[0][0] <= horizon:
+            self._count -= self._events.popleft()[1]
+
+
+class DTESNProcessor:
+    """Owns the DTESN model(s) and runs them off the event loop.
+
+    ``DTESNProcessor(model_or_config, config)``, or with the seed's keywords
+    ``DTESNProcessor(max_concurrent_processes=100, enable_async_optimization=True)``
+    (they override ``config``). A :class:`DTESNModel` is used as given; a
+    :class:`DTESNConfig` (or nothing: the defaults) is built on first use in a worker
+    thread — ``await start_async_resources()`` builds it ahead of time. A different
+    ``membrane_depth`` per call uses a variant of the model built once and kept (it has
+    no readout: a readout belongs to one state size).
+
+    The optional ``*_stats`` callables fill the nested dicts of
+    :meth:`get_processing_stats`.
+    """
+
+    def __init__(
+        self,
+        model_or_config: DTESNModel | DTESNConfig | None = None,
+        config: ProcessorConfig | None = None,
+        *,
+        max_concurrent_processes: int | None = None,
+        enable_async_optimization: bool | None = None,
+        blas_threads: int | None = None,
+        worker_threads: int | None = None,
+        concurrency_stats: StatsProvider | None = None,
+        connection_pool_stats: StatsProvider | None = None,
+        queue_stats: StatsProvider | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        config = config if config is not None else ProcessorConfig()
+        overrides: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("max_concurrent_processes", max_concurrent_processes),
+                ("enable_async_optimization", enable_async_optimization),
+                ("blas_threads", blas_threads),
+                ("worker_threads", worker_threads),
+            )
+            if v is not None
+        }
+        self.config = replace(config, **overrides) if overrides else config
+        if isinstance(model_or_config, DTESNModel):
+            self.model_config = model_or_config.config
+            self._models: dict[int, DTESNModel] = {
+                model_or_config.config.membrane_depth: model_or_config
+            }
+        else:
+            self.model_config = model_or_config if model_or_config is not None else DTESNConfig()
+            self._models = {}
+        self._building: dict[int, trio.Event] = {}
+        self._workers, self._blas = self.config.resolved_threads()
+        self._slots = trio.CapacityLimiter(self.config.max_concurrent_processes)
+        self._threads = trio.CapacityLimiter(self._workers)
+        self._providers = {
+            "concurrency_stats": concurrency_stats,
+            "connection_pool_stats": connection_pool_stats,
+            "queue_stats": queue_stats,
+        }
+        self._clock = clock
+        self._rate = RateWindow(self.config.throughput_window)
+        self._total = 0
+        self._completed = 0
+        self._failed = 0
+        self._cancelled = 0
+        self._concurrent = 0
+        self._peak = 0
+        self._batches = 0
+        self._busy_time = 0.0
+
+    # ------------------------------------------------------------------ models
+    @property
+    def max_concurrent_processes(self) -> int:
+        return int(self._slots.total_tokens)
+
+    @max_concurrent_processes.setter
+    def max_concurrent_processes(self, value: int) -> None:
+        """Resize the slot limiter (an adaptive controller may move it)."""
+        _checks.integer("processor.max_concurrent_processes", value, minimum=1)
+        self._slots.total_tokens = value
+
+    @property
+    def model(self) -> DTESNModel:
+        """The model at the configured depth (built here, synchronously, if not yet)."""
+        depth = self.model_config.membrane_depth
+        if depth not in self._models:
+            self._models[depth] = DTESNModel(self.model_config)
+        return self._models[depth]
+
+    async def start_async_resources(self) -> None:
+        """Build the default model in a worker thread (the seed's start-up hook)."""
+        await self._model_for(None)
+
+    async def stop_async_resources(self) -> None:
+        """Nothing to release (threads belong to Trio's cache); kept for the seed."""
+        await trio.lowlevel.checkpoint()
+
+    def _depth(self, membrane_depth: int | None) -> int:
+        if membrane_depth is None:
+            return self.model_config.membrane_depth
+        if (
+            not isinstance(membrane_depth, int)
+            or isinstance(membrane_depth, bool)
+            or not 1 <= membrane_depth <= MAX_MEMBRANE_DEPTH
+        ):
+            raise InvalidRequest(
+                f"membrane_depth must be an integer between 1 and {MAX_MEMBRANE_DEPTH} "
+                f"(got {membrane_depth!r})",
+                field="membrane_depth",
+            )
+        return membrane_depth
+
+    async def _model_for(self, membrane_depth: int | None) -> DTESNModel:
+        depth = self._depth(membrane_depth)
+        while True:
+            model = self._models.get(depth)
+            if model is not None:
+                await trio.lowlevel.checkpoint()
+                return model
+            building = self._building.get(depth)
+            if building is not None:
+                await building.wait()
+                continue  # built, or the builder failed: look again
+            try:
+                cfg = replace(self.model_config, membrane_depth=depth)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), field="membrane_depth") from None
+            done = self._building[depth] = trio.Event()
+            try:
+                model = await trio.to_thread.run_sync(
+                    self._build, cfg, limiter=self._threads, abandon_on_cancel=False
+                )
+                self._models[depth] = model
+            finally:
+                del self._building[depth]
+                done.set()
+            return model
+
+    def _build(self, cfg: DTESNConfig) -> DTESNModel:
+        with blas_threads(self._blas):
+            return DTESNModel(cfg)
+
+    # ------------------------------------------------------------------ processing
+    async def process(
+        self,
+        input_data: object,
+        *,
+        membrane_depth: int | None = None,
+        use_batching: bool = False,
+        enable_concurrent: bool = True,
+    ) -> DTESNResult:
+        """Process one input on the model's single-input path.
+
+        ``use_batching`` and ``enable_concurrent`` are the seed's keywords, accepted and
+        without effect here: batching across callers is the runtime's queue, and the
+        limits above decide concurrency. Raises :class:`InvalidRequest` for bad input.
+        """
+        results = await self._submit([input_data], membrane_depth, batch=False)
+        return results[0]
+
+    async def process_batch(
+        self, inputs: Sequence[object], *, membrane_depth: int | None = None
+    ) -> list[DTESNResult]:
+        """Process a batch as one set of matrix products per step (one worker thread).
+
+        A bad input raises :class:`InvalidRequest` naming ``inputs[i]``; nothing runs.
+        """
+        if isinstance(inputs, str | bytes | bytearray):
+            raise InvalidRequest("inputs must be a list of inputs", field="inputs")
+        return await self._submit(list(inputs), membrane_depth, batch=True)
+
+    async def _submit(
+        self, inputs: list[object], membrane_depth: int | None, *, batch: bool
+    ) -> list[DTESNResult]:
+        n = len(inputs)
+        self._total += n
+        if batch:
+            self._batches += 1
+        self._concurrent += n
+        self._peak = max(self._peak, self._concurrent)
+        try:
+            dim = self.model_config.input_dim
+            encs = [
+                encode_input(x, dim, field=f"inputs[{i}]" if batch else "input")
+                for i, x in enumerate(inputs)
+            ]
+            model = await self._model_for(membrane_depth)
+            async with self._slots:
+                started = self._clock()
+                results = await trio.to_thread.run_sync(
+                    self._compute,
+                    model,
+                    encs,
+                    batch,
+                    limiter=self._threads,
+                    abandon_on_cancel=False,
+                )
+                elapsed = self._clock() - started
+        except trio.Cancelled:
+            self._cancelled += n
+            raise
+        except BaseException:
+            self._failed += n
+            raise
+        finally:
+            self._concurrent -= n
+        self._completed += n
+        self._busy_time += elapsed * n
+        self._rate.record(self._clock(), n)
+        return results
+
+    def _compute(
+        self, model: DTESNModel, encs: list[EncodedInput], batch: bool
+    ) -> list[DTESNResult]:
+        with blas_threads(self._blas):
+            if batch:
+                return model.process_batch(encs)
+            return [model.process_one(encs[0])]
+
+    # ------------------------------------------------------------------ statistics
+    def statistics(self) -> ProcessorStatistics:
+        """A frozen snapshot; ``throughput`` is over the last ``throughput_window``."""
+        return ProcessorStatistics(
+            total_requests=self._total,
+            completed_requests=self._completed,
+            failed_requests=self._failed,
+            cancelled_requests=self._cancelled,
+            concurrent_requests=self._concurrent,
+            peak_concurrent=self._peak,
+            batch_requests=self._batches,
+            avg_processing_time=self._busy_time / self._completed if self._completed else 0.0,
+            throughput=self._rate.rate(self._clock()),
+            max_concurrent_processes=int(self._slots.total_tokens),
+            available_processing_slots=int(self._slots.available_tokens),
+            worker_threads=self._workers,
+            blas_threads=self._blas,
+            async_optimization_enabled=self.config.enable_async_optimization,
+            model_depths=tuple(sorted(self._models)),
+        )
+
+    def get_processing_stats(self) -> dict[str, Any]:
+        """The seed's stats dict, built from :meth:`statistics`."""
+        st = self.statistics()
+        out: dict[str, Any] = {
+            "total_requests": st.total_requests,
+            "completed_requests": st.completed_requests,
+            "concurrent_requests": st.concurrent_requests,
+            "failed_requests": st.failed_requests,
+            "cancelled_requests": st.cancelled_requests,
+            "avg_processing_time": st.avg_processing_time,
+            "throughput": st.throughput,
+            "peak_concurrent": st.peak_concurrent,
+            "batch_requests": st.batch_requests,
+            "max_concurrent_processes": st.max_concurrent_processes,
+            "available_processing_slots": st.available_processing_slots,
+            "async_optimization_enabled": st.async_optimization_enabled,
+            "worker_threads": st.worker_threads,
+            "blas_threads": st.blas_threads,
+        }
+        for key, provider in self._providers.items():
+            out[key] = dict(provider()) if provider is not None else {}
+        return out

@@ -1,0 +1,26 @@
+"""Durable jobs: ``JobsConfig``, the ``JobStore`` protocol, ``SQLiteJobStore`` and
+``open_job_service`` / ``JobService``."""
+
+from dtesn_trio.jobs.config import JobsConfig
+from dtesn_trio.jobs.service import (
+    JobService,
+    JobServiceStatistics,
+    ProcessFn,
+    open_job_service,
+    owner_is_dead,
+)
+from dtesn_trio.jobs.sqlite import SQLiteJobStore
+from dtesn_trio.jobs.store import JobRecord, JobStatus, JobStore
+
+__all__ = [
+    "JobRecord",
+    "JobService",
+    "JobServiceStatistics",
+    "JobStatus",
+    "JobStore",
+    "JobsConfig",
+    "ProcessFn",
+    "SQLiteJobStore",
+    "open_job_service",
+    "owner_is_dead",
+]

@@ -1,0 +1,330 @@
+"""``open_job_service``: durable jobs, claimed from a ``JobStore`` by claimer tasks.
+
+Life of a job: ``submit`` inserts a queued row (committed before it returns, so an HTTP
+202 always follows a commit) and wakes a claimer; the claimer takes the row with a lease,
+runs ``process(payload)`` while renewing the lease, and records the outcome with a write
+that succeeds only if the row is still running under its own lease -- so an outcome is
+recorded exactly once even if a lease ran out and another process took the job over.
+
+Start-up requeues the jobs left running by a process that is gone: an owner on this
+host whose PID is not alive (or, for this process, a service that is closed).  Jobs of
+owners on other hosts are taken over when their lease runs out.
+
+Errors: a transient refusal (overloaded, rate limited, circuit open, backend down)
+puts the job back with a delay; ``ShuttingDown`` puts it back and stops that claimer; any
+other ``DTESNError`` fails the job with its error body; an unexpected exception is logged
+and fails the job with ``internal_error``.  Cancellation records nothing: on a graceful
+stop the lease is released (shielded, bounded) so the job is runnable at once; on a
+hard stop the row stays leased and the next start requeues it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from dtesn_trio.errors import (
+    BackendUnavailable,
+    CircuitOpen,
+    DTESNError,
+    Overloaded,
+    RateLimited,
+    ShuttingDown,
+)
+from dtesn_trio.jobs.config import JobsConfig
+from dtesn_trio.jobs.store import JobRecord, JobStore
+
+__all__ = ["JobService", "JobServiceStatistics", "ProcessFn", "open_job_service"]
+
+logger = logging.getLogger("dtesn_trio.jobs")
+
+ProcessFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+_TRANSIENT = (Overloaded, RateLimited, CircuitOpen, BackendUnavailable)
+_RELEASE_GRACE = 2.0
+
+# Owners of the job services open in this process.  Deliberately process-wide, not a
+# RunVar: a job row is owned by a process (the SQLite file may be shared by several
+# trio runs), and start-up must tell "closed service of this process" from "live one".
+_LIVE_OWNERS: set[str] = set()
+_HOST = socket.gethostname()
+
+
+def _new_owner() -> str:
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_is_dead(owner: str) -> bool:
+    """Whether the claimer ``owner`` certainly no longer runs (see the module docstring)."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, _token = rest.partition(":")
+    if host != _HOST or not pid_text.isdigit():
+        return False  # another machine: its lease decides
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return owner not in _LIVE_OWNERS
+    return not _pid_alive(pid)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobServiceStatistics:
+    """Counters of this service since it opened (this process only)."""
+
+    owner: str
+    workers: int
+    busy: int
+    submitted: int
+    claimed: int
+    succeeded: int
+    failed: int
+    retried: int
+    lost_leases: int
+    recovered: int
+
+
+class JobService:
+    """Submit and look up durable jobs.  Made by ``open_job_service`` only."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        process: ProcessFn,
+        config: JobsConfig,
+        owner: str,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.owner = owner
+        self._store = store
+        self._process = process
+        self._now = wall_clock
+        self._wake = trio.Event()
+        self._busy = 0
+        self._submitted = 0
+        self._claimed = 0
+        self._succeeded = 0
+        self._failed = 0
+        self._retried = 0
+        self._lost_leases = 0
+        self._recovered = 0
+
+    # ------------------------------------------------------------------ public API
+
+    async def submit(self, payload: dict[str, Any]) -> JobRecord:
+        """Store a new job and wake a claimer; the row is committed when this returns."""
+        record = JobRecord(
+            id=uuid.uuid4().hex,
+            status="queued",
+            payload=payload,
+            created_at=self._now(),
+        )
+        await self._store.insert(record)
+        self._submitted += 1
+        self._wake_claimers()
+        return record
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job ``job_id`` as stored now, or None."""
+        return await self._store.get(job_id)
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs per status in the store (all processes)."""
+        return await self._store.counts()
+
+    def statistics(self) -> JobServiceStatistics:
+        return JobServiceStatistics(
+            owner=self.owner,
+            workers=self.config.workers,
+            busy=self._busy,
+            submitted=self._submitted,
+            claimed=self._claimed,
+            succeeded=self._succeeded,
+            failed=self._failed,
+            retried=self._retried,
+            lost_leases=self._lost_leases,
+            recovered=self._recovered,
+        )
+
+    def get_stats(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.statistics())
+
+    # ------------------------------------------------------------------ claimers
+
+    def _wake_claimers(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
+
+    async def _claimer(self) -> None:
+        while True:
+            # Taken before the query: a submit that commits while we query sets this
+            # very event, so its wake-up is never lost.
+            wake = self._wake
+            try:
+                job = await self._store.claim(self.owner, self._now(), self.config.lease_seconds)
+            except DTESNError as exc:
+                logger.warning("job claim failed: %s", exc)
+                job = None
+            if job is None:
+                with trio.move_on_after(await self._idle_wait()):
+                    await wake.wait()
+                continue
+            self._claimed += 1
+            if not await self._run(job):
+                return
+
+    async def _idle_wait(self) -> float:
+        """Sleep no longer than the poll interval, nor past a delayed job's time."""
+        try:
+            nxt = await self._store.next_available()
+        except DTESNError:
+            nxt = None
+        wait = self.config.poll_interval
+        if nxt is not None:
+            wait = min(wait, max(nxt - self._now(), 0.0) + 0.001)
+        return wait
+
+    async def _run(self, job: JobRecord) -> bool:
+        """Run one claimed job; False when the claimer should stop (shutting down)."""
+        if job.attempts > self.config.max_attempts:
+            poisoned = {
+                "code": "too_many_attempts",
+                "message": f"the job was started {job.attempts - 1} times without finishing",
+            }
+            await self._finish(job, error=poisoned)
+            return True
+        self._busy += 1
+        released = False
+        try:
+            async with trio.open_nursery() as nursery:
+                work = trio.CancelScope()
+                nursery.start_soon(self._keep_lease, job, work)
+                result: dict[str, Any] | None = None
+                error: DTESNError | None = None
+                failure: dict[str, Any] | None = None
+                with work:
+                    try:
+                        result = await self._process(job.payload)
+                    except DTESNError as exc:
+                        error = exc
+                    except Exception:
+                        logger.exception("job %s failed with an unexpected error", job.id)
+                        failure = {"code": "internal_error", "message": "internal error"}
+                nursery.cancel_scope.cancel()
+            if work.cancelled_caught:
+                return True  # lease lost: the new owner records the outcome
+            if isinstance(error, ShuttingDown):
+                released = await self._release(job, self._now())
+                return False
+            if isinstance(error, _TRANSIENT):
+                delay = error.retry_after or self.config.retry_delay
+                released = await self._release(job, self._now() + delay)
+                return True
+            if error is not None:
+                failure = error.to_dict()
+            await self._finish(job, result=result, error=failure)
+            released = True
+            return True
+        finally:
+            self._busy -= 1
+            if not released:
+                # Cancelled or failed before recording anything: give the job back so
+                # it runs again at once instead of when the lease runs out.
+                with trio.move_on_after(_RELEASE_GRACE, shield=True):
+                    try:
+                        await self._store.release(job.id, self.owner, 0.0)
+                    except DTESNError as exc:
+                        logger.warning("could not release job %s: %s", job.id, exc)
+
+    async def _release(self, job: JobRecord, available_at: float) -> bool:
+        self._retried += 1
+        await self._store.release(job.id, self.owner, available_at)
+        if available_at <= self._now():
+            self._wake_claimers()
+        return True
+
+    async def _finish(
+        self,
+        job: JobRecord,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        recorded = await self._store.finish(
+            job.id, self.owner, self._now(), result=result, error=error
+        )
+        if not recorded:
+            self._lost_leases += 1
+            logger.warning("job %s: lease lost before its outcome was recorded", job.id)
+        elif error is None:
+            self._succeeded += 1
+        else:
+            self._failed += 1
+
+    async def _keep_lease(self, job: JobRecord, work: trio.CancelScope) -> None:
+        interval = self.config.lease_seconds / 3
+        while True:
+            await trio.sleep(interval)
+            try:
+                kept = await self._store.renew(
+                    job.id, self.owner, self._now() + self.config.lease_seconds
+                )
+            except DTESNError as exc:
+                logger.warning("job %s: lease renewal failed: %s", job.id, exc)
+                continue
+            if not kept:
+                self._lost_leases += 1
+                logger.warning("job %s: lease lost; abandoning the run", job.id)
+                work.cancel()
+                return
+
+
+@asynccontextmanager
+async def open_job_service(
+    store: JobStore,
+    process: ProcessFn,
+    config: JobsConfig | None = None,
+    *,
+    wall_clock: Callable[[], float] = time.time,
+) -> AsyncIterator[JobService]:
+    """Set up ``store``, requeue jobs of dead owners, and run ``config.workers`` claimers.
+
+    Leaving the block cancels the claimers; a job in progress is released (bounded,
+    shielded) so it is runnable again at once.
+    """
+    config = config or JobsConfig()
+    await store.setup()
+    owner = _new_owner()
+    _LIVE_OWNERS.add(owner)
+    try:
+        service = JobService(store, process, config, owner, wall_clock)
+        service._recovered = await store.recover(owner_is_dead)
+        if service._recovered:
+            logger.info("requeued %d jobs left by stopped processes", service._recovered)
+        async with trio.open_nursery() as nursery:
+            for _ in range(config.workers):
+                nursery.start_soon(service._claimer)
+            try:
+                yield service
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        _LIVE_OWNERS.discard(owner)

@@ -1,0 +1,193 @@
+"""``SQLiteJobStore``: jobs in one SQLite table, reached through the connection pool.
+
+Each method is one statement on a pooled connection in autocommit mode, so each change
+is committed (and, in WAL mode, visible to other processes) when the method returns.
+Claiming is a single ``UPDATE ... WHERE id = (SELECT ...) RETURNING``: SQLite runs it
+under its write lock, so two claimers -- in this process or another -- never take the
+same job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import msgspec
+
+from dtesn_trio.jobs.store import JobRecord
+
+__all__ = ["SQLiteJobStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dtesn_jobs (
+    id            TEXT PRIMARY KEY,
+    status        TEXT NOT NULL,
+    payload       BLOB NOT NULL,
+    result        BLOB,
+    error         BLOB,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    created_at    REAL NOT NULL,
+    started_at    REAL,
+    finished_at   REAL,
+    lease_owner   TEXT,
+    lease_expires REAL,
+    available_at  REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS dtesn_jobs_runnable ON dtesn_jobs (status, available_at);
+"""
+
+_COLUMNS = (
+    "id, status, payload, result, error, attempts, created_at, started_at, finished_at,"
+    " lease_owner, lease_expires, available_at"
+)
+
+
+class _Conn(Protocol):
+    async def execute(self, sql: str, params: Any = ()) -> list[Any]: ...
+
+    async def executescript(self, sql: str) -> None: ...
+
+
+class _Pool(Protocol):
+    def connection(self) -> AbstractAsyncContextManager[Any]: ...
+
+
+_encode = msgspec.json.encode
+_decode_dict = msgspec.json.Decoder(dict[str, Any])
+
+
+def _row(row: tuple[Any, ...]) -> JobRecord:
+    return JobRecord(
+        id=row[0],
+        status=row[1],
+        payload=_decode_dict.decode(row[2]),
+        result=None if row[3] is None else _decode_dict.decode(row[3]),
+        error=None if row[4] is None else _decode_dict.decode(row[4]),
+        attempts=row[5],
+        created_at=row[6],
+        started_at=row[7],
+        finished_at=row[8],
+        lease_owner=row[9],
+        lease_expires=row[10],
+        available_at=row[11],
+    )
+
+
+class SQLiteJobStore:
+    """The ``JobStore`` of the embedded backend; ``pool`` is an ``open_pool`` of
+    ``SQLiteConnector`` connections."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+
+    async def _execute(self, sql: str, params: Any = ()) -> list[Any]:
+        async with self._pool.connection() as conn:
+            rows: list[Any] = await conn.execute(sql, params)
+            return rows
+
+    async def setup(self) -> None:
+        async with self._pool.connection() as conn:
+            await conn.executescript(_SCHEMA)
+
+    async def insert(self, record: JobRecord) -> None:
+        await self._execute(
+            "INSERT INTO dtesn_jobs (id, status, payload, attempts, created_at, available_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.status,
+                _encode(record.payload),
+                record.attempts,
+                record.created_at,
+                record.available_at,
+            ),
+        )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        rows = await self._execute(f"SELECT {_COLUMNS} FROM dtesn_jobs WHERE id = ?", (job_id,))
+        return _row(rows[0]) if rows else None
+
+    async def claim(self, owner: str, now: float, lease_seconds: float) -> JobRecord | None:
+        rows = await self._execute(
+            "UPDATE dtesn_jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
+            " attempts = attempts + 1, started_at = ?"
+            " WHERE id = (SELECT id FROM dtesn_jobs"
+            "   WHERE (status = 'queued' AND available_at <= ?)"
+            "      OR (status = 'running' AND lease_expires < ?)"
+            "   ORDER BY rowid LIMIT 1)"
+            f" RETURNING {_COLUMNS}",
+            (owner, now + lease_seconds, now, now, now),
+        )
+        return _row(rows[0]) if rows else None
+
+    async def renew(self, job_id: str, owner: str, lease_expires: float) -> bool:
+        rows = await self._execute(
+            "UPDATE dtesn_jobs SET lease_expires = ?"
+            " WHERE id = ? AND status = 'running' AND lease_owner = ? RETURNING id",
+            (lease_expires, job_id, owner),
+        )
+        return bool(rows)
+
+    async def finish(
+        self,
+        job_id: str,
+        owner: str,
+        now: float,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        status = "failed" if error is not None else "succeeded"
+        rows = await self._execute(
+            "UPDATE dtesn_jobs SET status = ?, result = ?, error = ?, finished_at = ?,"
+            " lease_owner = NULL, lease_expires = NULL"
+            " WHERE id = ? AND status = 'running' AND lease_owner = ? RETURNING id",
+            (
+                status,
+                None if result is None else _encode(result),
+                None if error is None else _encode(error),
+                now,
+                job_id,
+                owner,
+            ),
+        )
+        return bool(rows)
+
+    async def release(self, job_id: str, owner: str, available_at: float) -> bool:
+        rows = await self._execute(
+            "UPDATE dtesn_jobs SET status = 'queued', lease_owner = NULL,"
+            " lease_expires = NULL, available_at = ?, attempts = MAX(attempts - 1, 0)"
+            " WHERE id = ? AND status = 'running' AND lease_owner = ? RETURNING id",
+            (available_at, job_id, owner),
+        )
+        return bool(rows)
+
+    async def recover(self, is_dead: Callable[[str], bool]) -> int:
+        rows = await self._execute(
+            "SELECT DISTINCT lease_owner FROM dtesn_jobs WHERE status = 'running'"
+        )
+        total = 0
+        for (owner,) in rows:
+            if owner is None or is_dead(owner):
+                requeued = await self._execute(
+                    "UPDATE dtesn_jobs SET status = 'queued', lease_owner = NULL,"
+                    " lease_expires = NULL, available_at = 0"
+                    " WHERE status = 'running' AND lease_owner IS ? RETURNING id",
+                    (owner,),
+                )
+                total += len(requeued)
+        return total
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._execute("SELECT status, COUNT(*) FROM dtesn_jobs GROUP BY status")
+        counts = {"queued": 0, "running": 0, "succeeded": 0, "failed": 0}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    async def next_available(self) -> float | None:
+        rows = await self._execute(
+            "SELECT MIN(available_at) FROM dtesn_jobs WHERE status = 'queued'"
+        )
+        value = rows[0][0] if rows else None
+        return None if value is None else float(value)

@@ -1,0 +1,179 @@
+"""A rate limit shared by every instance: GCRA as a Lua script on the Redis server.
+
+The script reads Redis's own clock (``TIME``), checks every rate of a key at once
+(e.g. 100/s *and* 5000/min) and either admits the call (updating each rate's
+theoretical arrival time, with a key expiry of exactly the time until it would be
+full again) or refuses it with the exact ``retry_after`` — so a waiter sleeps that long
+instead of polling.  The rates travel with every call, so adaptive changes apply at
+once.  When Redis cannot be reached, a local fallback limiter takes over with this
+instance's share of the global rate (``fail_open``) or calls are refused
+(``BackendUnavailable``); the next call after Redis answers again is shared again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from dtesn_trio import _checks
+from dtesn_trio.errors import BackendUnavailable, RateLimited
+from dtesn_trio.limits.rate import RateLimiter, RateLimiterConfig
+from dtesn_trio.nurseries import ConnectionPool, RedisConnection
+
+__all__ = ["GCRA_SCRIPT", "Rate", "SharedRateLimiter", "SharedRateLimiterConfig"]
+
+log = logging.getLogger(__name__)
+
+# KEYS: one key per rate.  ARGV[1] = cost; then per rate: emission interval and
+# burst tolerance, both in microseconds.  Returns {allowed, retry_after_us, remaining}.
+GCRA_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cost = tonumber(ARGV[1])
+local retry = 0
+local remaining = -1
+local tats = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i])
+  local tolerance = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + cost * interval
+  local over = new_tat - now - tolerance
+  if over > 0 then
+    if over > retry then retry = over end
+  else
+    local left = math.floor((tolerance - (new_tat - now)) / interval)
+    if remaining < 0 or left < remaining then remaining = left end
+  end
+  tats[i] = new_tat
+end
+if retry > 0 then
+  return {0, retry, 0}
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], tats[i], 'PX', math.max(1, math.ceil((tats[i] - now) / 1000)))
+end
+return {1, 0, remaining}
+"""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``limit`` calls per ``period`` seconds, of which ``burst`` may come at once."""
+
+    limit: float
+    period: float = 1.0
+    burst: int | None = None  # default: limit (a full period's worth)
+
+    def __post_init__(self) -> None:
+        _checks.positive("rate.limit", self.limit)
+        _checks.positive("rate.period", self.period)
+        if self.burst is not None:
+            _checks.integer("rate.burst", self.burst, minimum=1)
+
+    @property
+    def per_second(self) -> float:
+        return self.limit / self.period
+
+    def script_args(self) -> tuple[int, int]:
+        interval = self.period / self.limit * 1e6
+        burst = self.burst if self.burst is not None else max(1, math.floor(self.limit))
+        return round(interval), round(burst * interval)
+
+
+@dataclass(frozen=True)
+class SharedRateLimiterConfig:
+    """Section ``shared_limit``: the global rates and what to do while Redis is down."""
+
+    key: str = "dtesn:rate:global"
+    rates: tuple[Rate, ...] = field(default_factory=lambda: (Rate(1000.0, 1.0, 100),))
+    instances: int = 1  # this instance's share of the fallback rate is 1/instances
+    fail_open: bool = True  # Redis down: local fallback (True) or refuse (False)
+
+    def __post_init__(self) -> None:
+        if not self.rates:
+            raise ValueError("shared_limit.rates must name at least one rate")
+        _checks.integer("shared_limit.instances", self.instances, minimum=1)
+
+
+@dataclass(frozen=True)
+class SharedRateLimiterStatistics:
+    admitted: int
+    limited: int
+    fallback_calls: int
+    redis_errors: int
+    using_fallback: bool
+
+
+class SharedRateLimiter:
+    """The global limit: ``await try_acquire()`` (one ``EVALSHA``) or ``await acquire()``."""
+
+    def __init__(
+        self, pool: ConnectionPool[RedisConnection], config: SharedRateLimiterConfig
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self._keys = [f"{{{config.key}}}:{i}" for i in range(len(config.rates))]
+        self._fallback = self._make_fallback(config)
+        self._admitted = self._limited = self._fallback_calls = self._errors = 0
+        self._using_fallback = False
+
+    @staticmethod
+    def _make_fallback(config: SharedRateLimiterConfig) -> RateLimiter:
+        strictest = min(config.rates, key=lambda r: r.per_second)
+        share = strictest.per_second / config.instances
+        burst = strictest.burst if strictest.burst is not None else math.floor(strictest.limit)
+        return RateLimiter(RateLimiterConfig(rate=share, burst=max(1, burst // config.instances)))
+
+    def set_rates(self, rates: Sequence[Rate]) -> None:
+        """Change the global rates; the next call carries them to Redis."""
+        if len(rates) != len(self.config.rates):
+            raise ValueError("shared_limit.rates: set_rates must keep the number of rates")
+        self.config = SharedRateLimiterConfig(
+            self.config.key, tuple(rates), self.config.instances, self.config.fail_open
+        )
+        self._fallback = self._make_fallback(self.config)
+
+    async def try_acquire(self, cost: int = 1) -> None:
+        """Admit ``cost`` calls now or raise ``RateLimited`` with the exact ``retry_after``."""
+        args: list[int] = [cost]
+        for rate in self.config.rates:
+            args.extend(rate.script_args())
+        try:
+            async with self.pool.connection() as conn:
+                reply = await conn.eval_script(GCRA_SCRIPT, self._keys, args)
+        except (BackendUnavailable, OSError, trio.BrokenResourceError) as exc:
+            self._errors += 1
+            if not self._using_fallback:
+                log.warning("shared rate limit: redis unavailable (%s); local fallback", exc)
+            self._using_fallback = True
+            if not self.config.fail_open:
+                raise BackendUnavailable(f"shared rate limit unavailable: {exc}") from exc
+            self._fallback_calls += 1
+            self._fallback.acquire_nowait(cost)
+            return
+        self._using_fallback = False
+        allowed, retry_us, _remaining = (int(v) for v in reply)
+        if not allowed:
+            self._limited += 1
+            raise RateLimited("global rate limit reached", retry_after=retry_us / 1e6)
+        self._admitted += 1
+
+    async def acquire(self, cost: int = 1) -> None:
+        """Wait until admitted, sleeping exactly each ``retry_after`` (no polling)."""
+        while True:
+            try:
+                await self.try_acquire(cost)
+                return
+            except RateLimited as exc:
+                await trio.sleep(exc.retry_after or 0.0)
+
+    def statistics(self) -> SharedRateLimiterStatistics:
+        return SharedRateLimiterStatistics(
+            self._admitted, self._limited, self._fallback_calls, self._errors, self._using_fallback
+        )

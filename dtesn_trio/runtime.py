@@ -1,0 +1,418 @@
+"""The embedded runtime: the ownership tree of DESIGN.md in one root nursery.
+
+``async with open_runtime(config) as rt:`` builds, in order, the pools (Redis when
+configured, SQLite for jobs), the processor and its model, admission, the cache, the
+priority batch queue with its workers, and the job service; ``await rt.process(...)``
+runs one request through admission -> cache -> queue -> batch -> engine.  Leaving the
+block stops intake, lets in-flight batches finish within the grace, answers everything
+still queued with ``ShuttingDown``, and closes every connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+
+from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache, cache_key
+from dtesn_trio.config import RuntimeConfig
+from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult
+from dtesn_trio.errors import DeadlineExceeded, DTESNError, InvalidRequest, ShuttingDown
+from dtesn_trio.instrument import LoopMonitor, LoopStatistics
+from dtesn_trio.jobs import JobService, SQLiteJobStore, open_job_service
+from dtesn_trio.limits import Admission
+from dtesn_trio.nurseries import (
+    ConnectionPool,
+    ConnectionPoolConfig,
+    PriorityBatchQueue,
+    RedisConnector,
+    SQLiteConnector,
+    open_batch_queue,
+    open_pool,
+)
+from dtesn_trio.redis_cache import RedisCache
+
+__all__ = ["ProcessOutcome", "Runtime", "RuntimeConfig", "RuntimeStatistics", "open_runtime"]
+
+InputData = str | np.ndarray
+
+
+@dataclass(frozen=True)
+class ProcessOutcome:
+    """One request's answer: the engine's result and how it was produced."""
+
+    result: dict[str, Any]
+    cache_hit: bool
+    priority: int
+    batch_size: int
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "result": self.result,
+            "cache_hit": self.cache_hit,
+            "priority": self.priority,
+            "batch_size": self.batch_size,
+            "timings": self.timings,
+        }
+
+
+@dataclass(frozen=True)
+class RuntimeStatistics:
+    """Every part's statistics, as frozen records."""
+
+    admission: Any
+    queue: Any
+    processor: Any
+    cache: CacheStatistics | None
+    pools: dict[str, Any]
+    loop: LoopStatistics
+    shutting_down: bool
+
+
+@dataclass
+class _Work:
+    """One queued request, as the batch workers see it."""
+
+    data: InputData
+    depth: int | None
+    enqueued: float
+
+
+@dataclass(frozen=True)
+class _Done:
+    result: DTESNResult
+    batch_size: int
+    started: float
+    finished: float
+
+
+@dataclass
+class Runtime:
+    """The running tree; create it with ``open_runtime``, never directly."""
+
+    config: RuntimeConfig
+    nursery: trio.Nursery
+    processor: DTESNProcessor
+    admission: Admission
+    loop_monitor: LoopMonitor
+    cache: ResultCache | None = None
+    queue: PriorityBatchQueue[_Work, _Done] | None = None
+    jobs: JobService | None = None
+    pools: dict[str, ConnectionPool[Any]] = field(default_factory=dict)
+    _shutdown_started: trio.Event = field(default_factory=trio.Event)
+    _ready: bool = False
+
+    # ---- state ---------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Pools up, workers running, not shutting down."""
+        return self._ready and not self._shutdown_started.is_set()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown_started.is_set()
+
+    def begin_shutdown(self) -> None:
+        """Stop intake: new requests get ``ShuttingDown``.  Idempotent."""
+        if self._shutdown_started.is_set():
+            return
+        self._shutdown_started.set()
+        if self.queue is not None:
+            self.queue.close()
+
+    async def wait_shutdown_started(self) -> None:
+        """Return once ``begin_shutdown()`` was called (a server's shutdown trigger)."""
+        await self._shutdown_started.wait()
+
+    # ---- the request path ----------------------------------------------------
+
+    async def process(
+        self,
+        input: str | Sequence[Sequence[float]] | np.ndarray,
+        *,
+        priority: int = 2,
+        deadline: float | None = None,
+        membrane_depth: int | None = None,
+        use_cache: bool = True,
+    ) -> ProcessOutcome:
+        """Run one input through admission, cache, queue and engine.
+
+        ``deadline`` is an absolute ``trio.current_time()``; raises only ``DTESNError``s.
+        """
+        data = self._validate(input, priority, membrane_depth)
+        if self._shutdown_started.is_set():
+            raise ShuttingDown("the runtime is shutting down", retry_after=1.0)
+        start = trio.current_time()
+        if deadline is not None and deadline <= start:
+            raise DeadlineExceeded("the deadline had passed before the request started")
+        async with self.admission.throttle_request(priority=priority):
+            with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
+                return await self._admitted(
+                    data, priority, deadline, membrane_depth, use_cache, start
+                )
+            assert scope.cancelled_caught
+            waited = trio.current_time() - start
+            raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
+
+    async def process_batch(
+        self,
+        inputs: Sequence[str | Sequence[Sequence[float]] | np.ndarray],
+        *,
+        priority: int = 2,
+        deadline: float | None = None,
+        membrane_depth: int | None = None,
+        use_cache: bool = True,
+    ) -> list[ProcessOutcome | DTESNError]:
+        """Run several inputs concurrently; each gets its outcome or its own error."""
+        if not inputs:
+            raise InvalidRequest("inputs must not be empty", field="inputs")
+        out: list[ProcessOutcome | DTESNError | None] = [None] * len(inputs)
+
+        async def one(i: int) -> None:
+            try:
+                out[i] = await self.process(
+                    inputs[i],
+                    priority=priority,
+                    deadline=deadline,
+                    membrane_depth=membrane_depth,
+                    use_cache=use_cache,
+                )
+            except DTESNError as exc:
+                out[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(inputs)):
+                nursery.start_soon(one, i)
+        return [o for o in out if o is not None]
+
+    async def _admitted(
+        self,
+        data: InputData,
+        priority: int,
+        deadline: float | None,
+        depth: int | None,
+        use_cache: bool,
+        start: float,
+    ) -> ProcessOutcome:
+        key = None
+        if use_cache and self.cache is not None:
+            key = cache_key(self._model_key(depth), data)
+            hit = await self.cache.get(key)
+            if hit is not None:
+                total = (trio.current_time() - start) * 1000
+                timings = {"queued_ms": 0.0, "processing_ms": 0.0, "total_ms": total}
+                return ProcessOutcome(hit, True, priority, 0, timings)
+        assert self.queue is not None
+        work = _Work(data, depth, trio.current_time())
+        done = await self.queue.submit(work, priority=priority, deadline=deadline)
+        result = done.result.to_dict()
+        if key is not None and self.cache is not None:
+            await self.cache.set(key, result)
+        end = trio.current_time()
+        timings = {
+            "queued_ms": (done.started - work.enqueued) * 1000,
+            "processing_ms": (done.finished - done.started) * 1000,
+            "total_ms": (end - start) * 1000,
+        }
+        return ProcessOutcome(result, False, priority, done.batch_size, timings)
+
+    async def _run_batch(self, items: list[_Work]) -> list[_Done | BaseException]:
+        """The queue's batch function: one engine call per membrane depth in the batch."""
+        groups: dict[int | None, list[int]] = {}
+        for i, work in enumerate(items):
+            groups.setdefault(work.depth, []).append(i)
+        out: list[_Done | BaseException] = [ShuttingDown("not run")] * len(items)
+        started = trio.current_time()
+        for depth, idxs in groups.items():
+            results = await self.processor.process_batch(
+                [items[i].data for i in idxs], membrane_depth=depth
+            )
+            finished = trio.current_time()
+            for i, result in zip(idxs, results, strict=True):
+                out[i] = _Done(result, len(items), started, finished)
+        return out
+
+    async def _run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A durable job: already accepted, so it skips admission but not the queue."""
+        data = self._validate(
+            payload["input"], payload.get("priority", 4), payload.get("membrane_depth")
+        )
+        assert self.queue is not None
+        work = _Work(data, payload.get("membrane_depth"), trio.current_time())
+        done = await self.queue.submit(work, priority=payload.get("priority", 4), wait=True)
+        return {"result": done.result.to_dict(), "batch_size": done.batch_size}
+
+    # ---- validation ------------------------------------------------------------
+
+    def _validate(self, data: object, priority: object, depth: object) -> InputData:
+        levels = self.config.queue.priority_levels
+        if (
+            not isinstance(priority, int)
+            or isinstance(priority, bool)
+            or not (0 <= priority < levels)
+        ):
+            raise InvalidRequest(
+                f"priority must be an integer from 0 to {levels - 1} (got {priority!r})",
+                field="priority",
+            )
+        if depth is not None and (
+            not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 8
+        ):
+            raise InvalidRequest(
+                f"membrane_depth must be an integer from 1 to 8 (got {depth!r})",
+                field="membrane_depth",
+            )
+        if isinstance(data, str):
+            if not data:
+                raise InvalidRequest("input must not be empty", field="input")
+            return data
+        try:
+            array = np.asarray(data, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(
+                "input must be a string or a T x D array of numbers", field="input"
+            ) from exc
+        if array.ndim == 1:
+            array = array[:, None]
+        dim = self.config.model.input_dim
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != dim:
+            raise InvalidRequest(
+                f"numeric input must be a non-empty T x {dim} array (got shape {array.shape})",
+                field="input",
+            )
+        if not np.isfinite(array).all():
+            raise InvalidRequest("numeric input must be finite", field="input")
+        return array
+
+    def _model_key(self, depth: int | None) -> str:
+        return f"{self.config.model.cache_key()}/{depth or self.config.model.membrane_depth}"
+
+    # ---- statistics -------------------------------------------------------------
+
+    def statistics(self) -> RuntimeStatistics:
+        return RuntimeStatistics(
+            admission=self.admission.statistics(),
+            queue=self.queue.statistics() if self.queue is not None else None,
+            processor=self.processor.statistics(),
+            cache=self.cache.statistics() if self.cache is not None else None,
+            pools={name: pool.statistics() for name, pool in self.pools.items()},
+            loop=self.loop_monitor.statistics(),
+            shutting_down=self.shutting_down,
+        )
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Every number of ``statistics()``, nested, for gauges at scrape time.
+
+        Tuples become per-index keys (``queue.queued.0`` is the depth of priority 0) and
+        an enum state becomes one 0/1 flag per value (``breaker.state.open``).
+        """
+        snapshot = _numbers(self.statistics())
+        assert isinstance(snapshot, dict)
+        return snapshot
+
+    def get_stats(self) -> dict[str, Any]:
+        """The seed's stats dictionaries, built from ``statistics()`` of every part."""
+        load = self.admission.get_current_load()
+        queue = self.queue.get_queue_stats() if self.queue is not None else {}
+        pools = {name: pool.get_stats() for name, pool in self.pools.items()}
+        processing = self.processor.get_processing_stats()
+        processing["concurrency_stats"] = load
+        processing["queue_stats"] = queue
+        processing["connection_pool_stats"] = pools
+        loop = self.loop_monitor.statistics()
+        cache = self.cache.statistics() if self.cache is not None else None
+        return {
+            "processing": processing,
+            "load": load,
+            "queue": queue,
+            "pool": pools,
+            "cache": None if cache is None else cache.__dict__.copy(),
+            "loop": {
+                "max_step_ms": loop.max_step * 1000,
+                "max_step_task": loop.max_step_task,
+                "slow_steps": loop.slow_steps,
+            },
+            "ready": self.ready,
+            "shutting_down": self.shutting_down,
+        }
+
+
+def _numbers(value: Any) -> Any:
+    """The numeric content of a statistics record (strings and None dropped)."""
+    if isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, enum.Enum):
+        return {
+            m.value if isinstance(m.value, str) else m.name.lower(): m is value for m in type(value)
+        }
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items: Any = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, tuple | list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    out = {str(k): n for k, v in items if (n := _numbers(v)) is not None}
+    return out or None
+
+
+@asynccontextmanager
+async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Runtime]:
+    """Build the ownership tree; leaving the block stops all of it, in order."""
+    config = config or RuntimeConfig()
+    monitor = LoopMonitor()
+    trio.lowlevel.add_instrument(monitor)
+    try:
+        model = await trio.to_thread.run_sync(DTESNModel, config.model)
+        async with trio.open_nursery() as root, AsyncExitStack() as stack:
+            rt = Runtime(
+                config=config,
+                nursery=root,
+                processor=DTESNProcessor(model, config.processor),
+                admission=Admission(config.admission),
+                loop_monitor=monitor,
+            )
+            if config.redis.url is not None:
+                connector = RedisConnector.from_url(config.redis.url)
+                rt.pools["redis"] = await stack.enter_async_context(
+                    open_pool(connector, config.redis.pool)
+                )
+            if config.cache.enabled:
+                if config.cache.backend == "redis":
+                    rt.cache = RedisCache(rt.pools["redis"], config.cache)
+                else:
+                    rt.cache = MemoryCache(config.cache)
+            rt.queue = await stack.enter_async_context(
+                open_batch_queue(rt._run_batch, config.queue)
+            )
+            if config.jobs.enabled:
+                sqlite = SQLiteConnector(config.jobs.sqlite_path)
+                pool_config = ConnectionPoolConfig(
+                    max_connections=4, min_connections=1, max_concurrent_creates=1
+                )
+                rt.pools["jobs"] = await stack.enter_async_context(open_pool(sqlite, pool_config))
+                store = SQLiteJobStore(rt.pools["jobs"])
+                rt.jobs = await stack.enter_async_context(
+                    open_job_service(store, rt._run_job, config.jobs)
+                )
+            rt._ready = True
+            try:
+                yield rt
+            finally:
+                rt.begin_shutdown()
+            # Leaving the stack closes jobs, then the queue (grace), then the pools;
+            # anything the user started in rt.nursery (a server) is stopped last.
+            await stack.aclose()
+            root.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(monitor)

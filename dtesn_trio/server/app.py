@@ -1,0 +1,510 @@
+"""``create_app(runtime, config)``: the ASGI app (Starlette routes, msgspec bodies).
+
+One runtime per server: every request goes through the same runtime, so its limiter,
+queue and breaker see all the traffic.  The app owns no tasks and no resources; the
+runtime does (see ``serve``), so the ASGI lifespan is not used.
+
+Every HTTP request passes ``_Guard`` first: request id, API key, body limit (counted
+while the body is read; the rest is discarded, not buffered), error mapping, metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dtesn_trio.errors import DTESNError, InvalidRequest, PayloadTooLarge, ShuttingDown
+from dtesn_trio.server.auth import ApiKeyAuth
+from dtesn_trio.server.config import ServerConfig
+from dtesn_trio.server.errors import (
+    MalformedRequest,
+    NotFound,
+    NotReady,
+    error_response_parts,
+    internal_error_parts,
+    too_large,
+    validation_error,
+)
+from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
+from dtesn_trio.server.models import (
+    BatchRequest,
+    JobRequest,
+    ProcessRequest,
+)
+from dtesn_trio.server.openapi import docs_html, openapi_document
+from dtesn_trio.server.requestid import new_request_id, request_id_var
+
+__all__ = ["AppState", "RuntimeLike", "create_app"]
+
+logger = logging.getLogger("dtesn_trio.server")
+access_logger = logging.getLogger("dtesn_trio.access")
+
+T = TypeVar("T")
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_DRAIN_SECONDS = 2.0  # discarding an over-limit body: at most this long ...
+_DRAIN_FACTOR = 8  # ... and at most this many times the limit
+
+
+class RuntimeLike(Protocol):
+    """What the app needs of ``dtesn_trio.runtime.Runtime``."""
+
+    @property
+    def jobs(self) -> Any: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    async def process(
+        self,
+        input: Any,
+        *,
+        priority: int = 2,
+        deadline: float | None = None,
+        membrane_depth: int | None = None,
+        use_cache: bool = True,
+    ) -> Any: ...
+
+    async def process_batch(
+        self,
+        inputs: Sequence[Any],
+        *,
+        priority: int = 2,
+        deadline: float | None = None,
+        membrane_depth: int | None = None,
+    ) -> list[Any]: ...
+
+    def get_stats(self) -> dict[str, Any]: ...
+
+    def metrics_snapshot(self) -> dict[str, Any]: ...
+
+
+def _enc_hook(obj: Any) -> Any:
+    # The engine's results may hold NumPy arrays or scalars.
+    tolist = getattr(obj, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encoder.encode(data), status, headers, media_type="application/json")
+
+
+def _route_label(path: str) -> str:
+    if path in _KNOWN_PATHS:
+        return path
+    if path.startswith("/v1/jobs/"):
+        return "/v1/jobs/{job_id}"
+    return "other"
+
+
+_KNOWN_PATHS = frozenset(
+    {
+        "/v1/process",
+        "/v1/process/batch",
+        "/v1/jobs",
+        "/v1/stats",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+    }
+)
+
+
+class AppState:
+    """The app's view of the runtime, its config and metrics, and the drain deadline.
+
+    ``begin_drain(grace)`` is called by ``serve`` when a graceful stop begins: requests
+    still running ``grace`` seconds later are cancelled and answered ``503
+    shutting_down``, so each gets an answer before the server closes its connection.
+    """
+
+    def __init__(self, runtime: RuntimeLike, config: ServerConfig) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.auth = ApiKeyAuth(config.api_keys)
+        self.metrics = AppMetrics()
+        self.metrics.add_snapshot("runtime", runtime.metrics_snapshot)
+        self.public_paths = frozenset(
+            {"/healthz", "/readyz"} | (set() if config.metrics_require_auth else {"/metrics"})
+        )
+        self.in_flight = 0
+        self._drain_deadline = math.inf
+        self._scopes: set[trio.CancelScope] = set()
+        self._process_decoder = msgspec.json.Decoder(ProcessRequest)
+        self._batch_decoder = msgspec.json.Decoder(BatchRequest)
+        self._job_decoder = msgspec.json.Decoder(JobRequest)
+        self._openapi = _encoder.encode(openapi_document(config))
+        self._docs = docs_html(openapi_document(config))
+
+    # ------------------------------------------------------------------ draining
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_deadline != math.inf
+
+    def begin_drain(self, grace: float) -> None:
+        """Answer requests still running after ``grace`` seconds with 503 (idempotent;
+        a second call can only shorten the grace)."""
+        deadline = trio.current_time() + grace
+        if deadline >= self._drain_deadline:
+            return
+        self._drain_deadline = deadline
+        for scope in self._scopes:
+            scope.deadline = min(scope.deadline, deadline)
+
+    async def _drainable(self, fn: Callable[[], Awaitable[T]]) -> T:
+        with trio.CancelScope(deadline=self._drain_deadline) as scope:
+            self._scopes.add(scope)
+            try:
+                return await fn()
+            finally:
+                self._scopes.discard(scope)
+        raise ShuttingDown(
+            "the server is shutting down and this request did not finish in time",
+            retry_after=1.0,
+        )
+
+    # ------------------------------------------------------------------ validation
+
+    def _decode(self, body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+        if not body:
+            raise MalformedRequest("request body is empty; expected a JSON object")
+        try:
+            return decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise validation_error(exc) from None
+        except msgspec.DecodeError as exc:
+            raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+        except UnicodeDecodeError:
+            raise MalformedRequest("request body is not valid UTF-8") from None
+
+    def _check_input(self, value: Any, field: str) -> None:
+        limit = self.config.max_input_length
+        if isinstance(value, str):
+            if len(value) > limit:
+                raise InvalidRequest(
+                    f"{field} is longer than {limit} characters (got {len(value)})",
+                    field=field,
+                )
+            return
+        if len(value) > limit:
+            raise InvalidRequest(
+                f"{field} has more than {limit} rows (got {len(value)})", field=field
+            )
+        width = len(value[0])
+        if width == 0 or any(len(row) != width for row in value):
+            raise InvalidRequest(
+                f"{field} must be a rectangular T x D array with D >= 1", field=field
+            )
+
+    def _deadline(self, deadline_ms: int | None) -> float | None:
+        if deadline_ms is None:
+            return None
+        if deadline_ms > self.config.max_deadline_ms:
+            raise InvalidRequest(
+                f"deadline_ms must be <= {self.config.max_deadline_ms} (got {deadline_ms})",
+                field="deadline_ms",
+            )
+        return trio.current_time() + deadline_ms / 1000
+
+    def _jobs(self) -> Any:
+        jobs = self.runtime.jobs
+        if jobs is None:
+            raise NotFound("durable jobs are disabled on this server (jobs.enabled = false)")
+        return jobs
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def process(self, request: Request) -> Response:
+        req = self._decode(await request.body(), self._process_decoder)
+        self._check_input(req.input, "input")
+        deadline = self._deadline(req.deadline_ms)
+        start = time.perf_counter()
+        runtime = self.runtime
+
+        async def call() -> Any:
+            return await runtime.process(
+                req.input,
+                priority=req.priority,
+                deadline=deadline,
+                membrane_depth=req.membrane_depth,
+                use_cache=req.use_cache,
+            )
+
+        outcome = await self._drainable(call)
+        self.metrics.process_latency.labels(str(req.priority)).observe(time.perf_counter() - start)
+        return _json(outcome.to_dict())
+
+    async def process_batch(self, request: Request) -> Response:
+        req = self._decode(await request.body(), self._batch_decoder)
+        if len(req.inputs) > self.config.max_batch_inputs:
+            raise InvalidRequest(
+                f"inputs has more than {self.config.max_batch_inputs} items"
+                f" (got {len(req.inputs)})",
+                field="inputs",
+            )
+        for i, value in enumerate(req.inputs):
+            self._check_input(value, f"inputs[{i}]")
+        deadline = self._deadline(req.deadline_ms)
+        start = time.perf_counter()
+        runtime = self.runtime
+
+        async def call() -> list[Any]:
+            return await runtime.process_batch(
+                req.inputs,
+                priority=req.priority,
+                deadline=deadline,
+                membrane_depth=req.membrane_depth,
+            )
+
+        outcomes = await self._drainable(call)
+        items: list[dict[str, Any]] = []
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, DTESNError):
+                items.append(
+                    {"index": i, "status": outcome.http_status, "error": outcome.to_dict()}
+                )
+            else:
+                items.append({"index": i, "status": 200, "outcome": outcome.to_dict()})
+        self.metrics.process_latency.labels(str(req.priority)).observe(time.perf_counter() - start)
+        return _json({"results": items})
+
+    async def submit_job(self, request: Request) -> Response:
+        jobs = self._jobs()
+        req = self._decode(await request.body(), self._job_decoder)
+        self._check_input(req.input, "input")
+        if self.runtime.shutting_down or self.draining:
+            raise ShuttingDown("the server is shutting down; submit the job again later")
+        record = await jobs.submit(msgspec.to_builtins(req))
+        location = f"/v1/jobs/{record.id}"
+        body = {"job_id": record.id, "status": record.status, "location": location}
+        return _json(body, 202, {"location": location})
+
+    async def get_job(self, request: Request) -> Response:
+        jobs = self._jobs()
+        job_id = request.path_params["job_id"]
+        record = await jobs.get(job_id) if _JOB_ID.match(job_id) else None
+        if record is None:
+            raise NotFound(f"no job with id {job_id!r}", field="job_id")
+        body: dict[str, Any] = {
+            "job_id": record.id,
+            "status": record.status,
+            "attempts": record.attempts,
+            "created_at": record.created_at,
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+            "result": record.result,
+            "error": record.error,
+        }
+        return _json(body)
+
+    async def stats(self, request: Request) -> Response:
+        stats = dict(self.runtime.get_stats())
+        jobs = self.runtime.jobs
+        if jobs is not None:
+            job_stats = dict(jobs.get_stats())
+            job_stats["store"] = await jobs.counts()
+            stats["jobs"] = job_stats
+        stats["server"] = {"in_flight": self.in_flight, "draining": self.draining}
+        return _json(stats)
+
+    async def healthz(self, request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        if self.runtime.shutting_down or self.draining:
+            raise ShuttingDown("the server is shutting down")
+        if not self.runtime.ready:
+            raise NotReady("the runtime is not ready (pools starting or down)")
+        return _json({"status": "ready"})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), headers={"content-type": CONTENT_TYPE.decode()})
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(self._openapi, media_type="application/json")
+
+    async def docs(self, request: Request) -> Response:
+        return HTMLResponse(self._docs)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _json(
+        {"error": {"code": code, "message": str(exc.detail)}},
+        exc.status_code,
+        dict(exc.headers or {}),
+    )
+
+
+class _Guard:
+    """Request id, API key, body limit, error mapping, metrics and access log."""
+
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        offered_id = authorization = content_length = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                offered_id = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                content_length = value
+        request_id = new_request_id(offered_id)
+        token = request_id_var.set(request_id)
+        id_header = (b"x-request-id", request_id.encode())
+        limit = state.config.max_body_size
+        path: str = scope["path"]
+        started = False
+        status = 500
+        received = 0
+        body_done = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = [*message.get("headers", ()), id_header]
+                if state.draining:
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > limit:
+                    raise too_large(limit)
+            return message
+
+        state.in_flight += 1
+        state.metrics.in_flight.inc()
+        start = time.perf_counter()
+        try:
+            try:
+                if path not in state.public_paths:
+                    state.auth.check(authorization)
+                if (
+                    content_length is not None
+                    and content_length.isdigit()
+                    and int(content_length) > limit
+                ):
+                    raise too_large(limit)
+                await self.app(scope, limited_receive, guarded_send)
+            except DTESNError as exc:
+                if started:
+                    logger.warning("%s after the response started: %r", path, exc)
+                else:
+                    drain = isinstance(exc, PayloadTooLarge) and not body_done
+                    await self._send_error(exc, guarded_send, receive if drain else None)
+            except ClientDisconnect:
+                status = 499  # nginx's "client closed request", for the metrics only
+            except Exception:
+                logger.exception("unhandled error on %s %s", scope["method"], path)
+                if not started:
+                    await self._send_parts(internal_error_parts(), guarded_send)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = _route_label(path)
+            state.in_flight -= 1
+            state.metrics.in_flight.dec()
+            state.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            state.metrics.duration.labels(route).observe(elapsed)
+            if state.config.access_log:
+                access_logger.info("%s %s %d %.1fms", scope["method"], path, status, elapsed * 1000)
+            request_id_var.reset(token)
+
+    @staticmethod
+    async def _send_parts(parts: tuple[int, list[tuple[bytes, bytes]], bytes], send: Send) -> None:
+        status, headers, body = parts
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _send_error(self, exc: DTESNError, send: Send, drain: Receive | None) -> None:
+        status, headers, body = error_response_parts(exc)
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        if drain is None:
+            await self._send_parts((status, headers[:-1], body), send)
+            return
+        # 413 before the body has ended: answer at once, then read and DISCARD the rest
+        # (bounded) before finishing the response.  Closing with unread bytes in the
+        # socket would make the kernel reset the connection, and a client still
+        # sending would never see the 413.
+        headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        budget = _DRAIN_FACTOR * self.state.config.max_body_size
+        with trio.move_on_after(_DRAIN_SECONDS):
+            while budget > 0:
+                message = await drain()
+                if message["type"] != "http.request":
+                    break
+                budget -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        await send({"type": "http.response.body", "body": b""})
+
+
+def create_app(runtime: RuntimeLike, config: ServerConfig | None = None) -> Starlette:
+    """The ASGI app over ``runtime``; ``app.state.dtesn`` is its ``AppState``."""
+    config = config or ServerConfig()
+    state = AppState(runtime, config)
+    routes = [
+        Route("/v1/process", state.process, methods=["POST"]),
+        Route("/v1/process/batch", state.process_batch, methods=["POST"]),
+        Route("/v1/jobs", state.submit_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}", state.get_job, methods=["GET"]),
+        Route("/v1/stats", state.stats, methods=["GET"]),
+        Route("/healthz", state.healthz, methods=["GET"]),
+        Route("/readyz", state.readyz, methods=["GET"]),
+        Route("/metrics", state.metrics_endpoint, methods=["GET"]),
+    ]
+    if config.docs:
+        routes += [
+            Route("/openapi.json", state.openapi, methods=["GET"]),
+            Route("/docs", state.docs, methods=["GET"]),
+        ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(_Guard, state=state)],
+        exception_handlers={HTTPException: _http_exception},
+    )
+    app.state.dtesn = state
+    return app

@@ -1,0 +1,166 @@
+"""``dtesn-trio serve``: load the config, open the runtime, serve until a signal."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import sys
+import typing
+from typing import Any
+
+import click
+import trio
+
+from dtesn_trio.server.config import ServerConfig
+from dtesn_trio.server.requestid import RequestIDFilter
+from dtesn_trio.settings import SettingsError, load_settings, parse_set_option
+
+__all__ = ["load_serve_config", "serve_command"]
+
+ENV_ALIASES = {"API_KEYS": "server.api_keys"}
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+
+
+def _settings_class() -> type[Any]:
+    """``RuntimeConfig``'s sections plus ``[server]``: the tree a config file holds."""
+    from dtesn_trio.runtime import RuntimeConfig  # type: ignore[import-not-found,unused-ignore]
+
+    hints = typing.get_type_hints(RuntimeConfig)
+    fields: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(RuntimeConfig):
+        if f.default is not dataclasses.MISSING:
+            spec = dataclasses.field(default=f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            spec = dataclasses.field(default_factory=f.default_factory)
+        else:
+            spec = dataclasses.field(default_factory=hints[f.name])
+        fields.append((f.name, hints[f.name], spec))
+    fields.append(("server", ServerConfig, dataclasses.field(default_factory=ServerConfig)))
+    return dataclasses.make_dataclass("ServeSettings", fields, frozen=True)
+
+
+def load_serve_config(
+    *,
+    config_file: str | None = None,
+    sets: typing.Sequence[str] = (),
+    flags: typing.Mapping[str, Any] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> tuple[Any, ServerConfig]:
+    """``(RuntimeConfig, ServerConfig)`` from a TOML file < ``DTESN_*`` < ``--set`` <
+    the named flags (``{"server.port": 9000}``).  Raises ``SettingsError``."""
+    from dtesn_trio.runtime import RuntimeConfig  # type: ignore[import-not-found,unused-ignore]
+
+    cls = _settings_class()
+    overrides: list[tuple[str, Any]] = [parse_set_option(s) for s in sets]
+    overrides += [(k, v) for k, v in (flags or {}).items() if v is not None]
+    settings = load_settings(
+        cls,
+        toml_path=config_file,
+        environ=environ,
+        overrides=overrides,
+        aliases=ENV_ALIASES,
+    )
+    runtime_fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(RuntimeConfig)}
+    try:
+        runtime_config = RuntimeConfig(**runtime_fields)
+    except ValueError as exc:
+        raise SettingsError("runtime", str(exc)) from None
+    return runtime_config, settings.server
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RequestIDFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def _serve_main(runtime_config: Any, server_config: ServerConfig) -> None:
+    from dtesn_trio.runtime import open_runtime  # type: ignore[import-not-found,unused-ignore]
+    from dtesn_trio.server.serve import ServerInfo, serve
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_runtime(runtime_config) as rt:
+            stop = trio.Event()
+            stopped = trio.Event()
+
+            async def run_server(*, task_status: trio.TaskStatus[ServerInfo]) -> None:
+                try:
+                    await serve(
+                        rt, server_config, shutdown_trigger=stop.wait, task_status=task_status
+                    )
+                finally:
+                    stopped.set()
+
+            info: ServerInfo = await rt.nursery.start(run_server)
+            click.echo(f"dtesn-trio listening on {info.url}")
+            sys.stdout.flush()
+            async with trio.open_nursery() as watch:
+
+                async def on_signals() -> None:
+                    async for signum in signals:
+                        if not stop.is_set():
+                            click.echo(
+                                f"received {signal.Signals(signum).name}: stopping gracefully"
+                                " (again to stop at once)"
+                            )
+                            stop.set()
+                        else:
+                            click.echo("stopping now")
+                            rt.nursery.cancel_scope.cancel()
+                            return
+
+                watch.start_soon(on_signals)
+                await stopped.wait()
+                watch.cancel_scope.cancel()
+    click.echo("dtesn-trio stopped")
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Listen address (server.host; default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Listen port (server.port; default 8000).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML config file.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override one setting (repeatable), e.g. --set jobs.workers=4.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    show_default=True,
+)
+def serve_command(
+    host: str | None,
+    port: int | None,
+    config_file: str | None,
+    sets: tuple[str, ...],
+    log_level: str,
+) -> None:
+    """Serve the HTTP API on hypercorn's Trio worker.
+
+    Settings: TOML file < DTESN_SECTION__KEY environment variables < --set < --host/--port.
+    SIGINT/SIGTERM drain gracefully; a second signal stops at once.
+    """
+    try:
+        runtime_config, server_config = load_serve_config(
+            config_file=config_file,
+            sets=sets,
+            flags={"server.host": host, "server.port": port},
+        )
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    _setup_logging(log_level)
+    trio.run(_serve_main, runtime_config, server_config)

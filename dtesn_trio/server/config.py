@@ -1,0 +1,84 @@
+"""``ServerConfig``: how the HTTP layer listens, authenticates and bounds requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dtesn_trio import _checks
+
+__all__ = ["ServerConfig"]
+
+MiB = 1024 * 1024
+MAX_BATCH_INPUTS = 100
+MAX_DEADLINE_MS = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The ``[server]`` section.  Times are seconds.
+
+    - ``host`` / ``port``: where to listen (port 0 picks a free port).
+    - ``api_keys``: Bearer tokens accepted; empty means no authentication.  Also read
+      from ``DTESN_API_KEYS`` (comma-separated).
+    - ``max_body_size``: request bodies over this many bytes get 413, counted while the
+      body is read.
+    - ``max_input_length``: characters of a text input, or rows of a numeric one.
+    - ``max_batch_inputs``: inputs of one ``/v1/process/batch`` request.
+    - ``max_deadline_ms``: the largest ``deadline_ms`` a request may ask for.
+    - ``metrics_require_auth``: whether ``/metrics`` needs an API key too.
+    - ``docs``: serve ``/openapi.json`` and ``/docs``.
+    - ``graceful_timeout``: how long hypercorn waits for open requests after a graceful
+      stop; ``None`` means the runtime's ``shutdown_grace`` plus ``response_margin``.
+    - ``response_margin``: time left after the drain deadline to write the 503s.
+    - ``keep_alive_timeout``, ``backlog``: passed to hypercorn.
+    - ``access_log``: log one line per request (with its request id).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    max_body_size: int = 1 * MiB
+    max_input_length: int = 16_384
+    max_batch_inputs: int = 100
+    max_deadline_ms: int = 600_000
+    metrics_require_auth: bool = False
+    docs: bool = True
+    graceful_timeout: float | None = None
+    response_margin: float = 2.0
+    keep_alive_timeout: float = 5.0
+    backlog: int = 1024
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        p = "server."
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError(f"{p}host must be a non-empty string (got {self.host!r})")
+        _checks.integer(p + "port", self.port, minimum=0)
+        if self.port > 65535:
+            raise ValueError(f"{p}port must be <= 65535 (got {self.port!r})")
+        if not isinstance(self.api_keys, tuple) or not all(
+            isinstance(k, str) for k in self.api_keys
+        ):
+            raise ValueError(f"{p}api_keys must be a tuple of strings (got {self.api_keys!r})")
+        for key in self.api_keys:
+            if len(key) < 8 or not key.isascii() or not key.isprintable() or " " in key:
+                # Never echo a key into a log line or an error message.
+                raise ValueError(
+                    f"{p}api_keys: every key must be >= 8 printable ASCII characters without spaces"
+                )
+        _checks.integer(p + "max_body_size", self.max_body_size, minimum=1)
+        _checks.integer(p + "max_input_length", self.max_input_length, minimum=1)
+        # The request models carry the hard ceilings (and the OpenAPI document shows
+        # them); the config may only lower them.
+        _checks.integer(p + "max_batch_inputs", self.max_batch_inputs, minimum=1)
+        _checks.in_range(p + "max_batch_inputs", self.max_batch_inputs, 1, MAX_BATCH_INPUTS)
+        _checks.integer(p + "max_deadline_ms", self.max_deadline_ms, minimum=1)
+        _checks.in_range(p + "max_deadline_ms", self.max_deadline_ms, 1, MAX_DEADLINE_MS)
+        for name in ("metrics_require_auth", "docs", "access_log"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{p}{name} must be true or false (got {getattr(self, name)!r})")
+        if self.graceful_timeout is not None:
+            _checks.positive(p + "graceful_timeout", self.graceful_timeout)
+        _checks.non_negative(p + "response_margin", self.response_margin)
+        _checks.positive(p + "keep_alive_timeout", self.keep_alive_timeout)
+        _checks.integer(p + "backlog", self.backlog, minimum=1)

@@ -1,0 +1,158 @@
+"""Request and response bodies as msgspec structs; the OpenAPI schemas come from these.
+
+Requests reject unknown fields (``forbid_unknown_fields``) and carry the hard limits
+(priority 0-4, 1 <= ``deadline_ms`` <= one hour, 1-100 batch inputs); the server config
+may only lower them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from dtesn_trio.server.config import MAX_BATCH_INPUTS, MAX_DEADLINE_MS
+
+__all__ = [
+    "BatchItem",
+    "BatchRequest",
+    "BatchResponse",
+    "ErrorBody",
+    "ErrorDetail",
+    "HealthResponse",
+    "Input",
+    "JobAccepted",
+    "JobRequest",
+    "JobResponse",
+    "ProcessRequest",
+    "ProcessResponse",
+    "StatsResponse",
+]
+
+TextInput = Annotated[
+    str,
+    msgspec.Meta(min_length=1, description="Text; each UTF-8 byte is one time step."),
+]
+NumericInput = Annotated[
+    list[list[float]],
+    msgspec.Meta(min_length=1, description="A T x D array of numbers driving the root."),
+]
+Input = TextInput | NumericInput
+Priority = Annotated[int, msgspec.Meta(ge=0, le=4, description="0 is the most urgent.")]
+DeadlineMs = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1, le=MAX_DEADLINE_MS, description="Answer within this many milliseconds or fail."
+    ),
+]
+MembraneDepth = Annotated[int, msgspec.Meta(ge=1, le=16)]
+
+
+class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ProcessRequest(_Request):
+    """``POST /v1/process``."""
+
+    input: Input
+    priority: Priority = 2
+    deadline_ms: DeadlineMs | None = None
+    membrane_depth: MembraneDepth | None = None
+    use_cache: bool = True
+
+
+class BatchRequest(_Request):
+    """``POST /v1/process/batch``: the inputs share priority, deadline and depth."""
+
+    inputs: Annotated[list[Input], msgspec.Meta(min_length=1, max_length=MAX_BATCH_INPUTS)]
+    priority: Priority = 2
+    deadline_ms: DeadlineMs | None = None
+    membrane_depth: MembraneDepth | None = None
+    use_cache: bool = True
+
+
+class JobRequest(_Request):
+    """``POST /v1/jobs``: like a process request, without a deadline (a job outlives
+    the request that submitted it, and restarts of the server)."""
+
+    input: Input
+    priority: Priority = 2
+    membrane_depth: MembraneDepth | None = None
+    use_cache: bool = True
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+    retry_after: float | None = None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error response."""
+
+    error: ErrorDetail
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    queued_ms: float = 0.0
+    processing_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class ProcessResponse(msgspec.Struct, kw_only=True):
+    """The outcome of one input: the engine's result and how it was obtained."""
+
+    result: dict[str, Any]
+    cache_hit: bool
+    priority: int
+    batch_size: int
+    timings: dict[str, float]
+
+
+class BatchItem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One input's outcome: ``status`` is the HTTP status it would have had alone."""
+
+    index: int
+    status: int
+    outcome: ProcessResponse | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResponse(msgspec.Struct, kw_only=True):
+    results: list[BatchItem]
+
+
+class JobAccepted(msgspec.Struct, kw_only=True):
+    """``202``; ``Location`` points at the job."""
+
+    job_id: str
+    status: str
+    location: str
+
+
+class JobResponse(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: Annotated[str, msgspec.Meta(pattern="^(queued|running|succeeded|failed)$")]
+    attempts: int
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: ProcessResponse | None = None
+    error: ErrorDetail | None = None
+
+
+class StatsResponse(msgspec.Struct, kw_only=True):
+    """The seed's statistics: processing, load, queue, pool (and more)."""
+
+    processing: dict[str, Any]
+    load: dict[str, Any]
+    queue: dict[str, Any]
+    pool: dict[str, Any]
+    jobs: dict[str, Any] | None = None
+    server: dict[str, Any] | None = None
+
+
+class HealthResponse(msgspec.Struct, kw_only=True):
+    status: str

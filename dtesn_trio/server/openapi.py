@@ -1,0 +1,197 @@
+"""The OpenAPI 3.1 document, generated from the msgspec models, and the docs page."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import msgspec
+
+from dtesn_trio._version import __version__
+from dtesn_trio.server.config import ServerConfig
+from dtesn_trio.server.models import (
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+    HealthResponse,
+    JobAccepted,
+    JobRequest,
+    JobResponse,
+    ProcessRequest,
+    ProcessResponse,
+    StatsResponse,
+)
+
+__all__ = ["docs_html", "openapi_document"]
+
+_MODELS: tuple[type[Any], ...] = (
+    ProcessRequest,
+    ProcessResponse,
+    BatchRequest,
+    BatchResponse,
+    JobRequest,
+    JobAccepted,
+    JobResponse,
+    StatsResponse,
+    HealthResponse,
+    ErrorBody,
+)
+
+_ERRORS = {
+    "400": "Malformed body: not JSON, or not UTF-8",
+    "401": "API key missing or wrong",
+    "413": "Body over the configured limit",
+    "422": "A field has the wrong type or value (error.field names it)",
+    "429": "Rate limited; see Retry-After",
+    "503": "Overloaded, circuit open, backend down or shutting down; see Retry-After",
+    "504": "The request's deadline passed",
+    "500": "Internal error (a bug; logged with the request id)",
+}
+
+# (method, path, summary, request model, success status, success model, error statuses)
+_ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]], ...] = (
+    (
+        "post",
+        "/v1/process",
+        "Process one input through the DTESN engine",
+        ProcessRequest,
+        "200",
+        ProcessResponse,
+        ("400", "401", "413", "422", "429", "503", "504", "500"),
+    ),
+    (
+        "post",
+        "/v1/process/batch",
+        "Process 1-100 inputs; each has its own outcome",
+        BatchRequest,
+        "200",
+        BatchResponse,
+        ("400", "401", "413", "422", "429", "503", "504", "500"),
+    ),
+    (
+        "post",
+        "/v1/jobs",
+        "Submit a durable job (stored before the 202 is sent)",
+        JobRequest,
+        "202",
+        JobAccepted,
+        ("400", "401", "413", "422", "503", "500"),
+    ),
+    (
+        "get",
+        "/v1/jobs/{job_id}",
+        "A job's status, result or error",
+        None,
+        "200",
+        JobResponse,
+        ("401", "404", "503", "500"),
+    ),
+    ("get", "/v1/stats", "Runtime statistics", None, "200", StatsResponse, ("401", "500")),
+    ("get", "/healthz", "Alive", None, "200", HealthResponse, ()),
+    ("get", "/readyz", "Ready: pools up, not shutting down", None, "200", HealthResponse, ("503",)),
+)
+
+_PUBLIC = frozenset({"/healthz", "/readyz"})
+
+
+def openapi_document(config: ServerConfig) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of an app with ``config``."""
+    refs, schemas = msgspec.json.schema_components(
+        _MODELS, ref_template="#/components/schemas/{name}"
+    )
+    ref = {model: r for model, r in zip(_MODELS, refs, strict=True)}
+    error_ref = ref[ErrorBody]
+    secured = bool(config.api_keys)
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, request, ok, response, errors in _ROUTES:
+        op: dict[str, Any] = {
+            "summary": summary,
+            "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "responses": {
+                ok: {
+                    "description": "Success",
+                    "content": {"application/json": {"schema": ref[response]}},
+                }
+            },
+        }
+        if request is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref[request]}},
+            }
+        if "{job_id}" in path:
+            op["parameters"] = [
+                {
+                    "name": "job_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            ]
+        if ok == "202":
+            op["responses"][ok]["headers"] = {
+                "Location": {"schema": {"type": "string"}, "description": "The job's URL"}
+            }
+        for status in errors:
+            if status == "401" and not secured:
+                continue
+            op["responses"][status] = {
+                "description": _ERRORS[status],
+                "content": {"application/json": {"schema": error_ref}},
+            }
+        if path in _PUBLIC:
+            op["security"] = []
+        paths.setdefault(path, {})[method] = op
+    metrics_op: dict[str, Any] = {
+        "summary": "Prometheus metrics (text format)",
+        "operationId": "get_metrics",
+        "responses": {
+            "200": {
+                "description": "Prometheus exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+    if not config.metrics_require_auth:
+        metrics_op["security"] = []
+    elif secured:
+        metrics_op["responses"]["401"] = {
+            "description": _ERRORS["401"],
+            "content": {"application/json": {"schema": error_ref}},
+        }
+    paths["/metrics"] = {"get": metrics_op}
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "dtesn-trio",
+            "version": __version__,
+            "description": "Deep tree echo state network processing on a Trio runtime.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+    if secured:
+        doc["components"]["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"bearerAuth": []}]
+    return doc
+
+
+def docs_html(document: dict[str, Any]) -> str:
+    """A docs page: Redoc (from its CDN) over ``/openapi.json``, and a plain list of the
+    endpoints for when the CDN cannot be reached."""
+    rows = []
+    for path, ops in document["paths"].items():
+        for method, op in ops.items():
+            rows.append(
+                f"<li><code>{html.escape(method.upper())} {html.escape(path)}</code>"
+                f" &mdash; {html.escape(op.get('summary', ''))}</li>"
+            )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>dtesn-trio API</title>"
+        "</head><body>"
+        "<noscript><h1>dtesn-trio API</h1><ul>" + "".join(rows) + "</ul>"
+        "<p>Schema: <a href='/openapi.json'>/openapi.json</a></p></noscript>"
+        "<redoc spec-url='/openapi.json'></redoc>"
+        "<script src='https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js'></script>"
+        "</body></html>"
+    )

@@ -1,0 +1,109 @@
+"""``serve(runtime, config)``: hypercorn's Trio worker inside the runtime's nursery.
+
+Graceful stop, in order: the shutdown trigger fires -> the runtime stops intake
+(``begin_shutdown``: new work gets ``ShuttingDown``) and the app starts its drain clock
+-> hypercorn stops accepting and waits for open requests -> requests still running after
+the runtime's ``shutdown_grace`` are answered 503 ``shutting_down`` -> hypercorn closes
+the connections and ``serve`` returns.  Hypercorn's own ``graceful_timeout`` is the grace
+plus ``response_margin``, so every request gets its answer before the cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from dtesn_trio.server.app import AppState, RuntimeLike, create_app
+from dtesn_trio.server.config import ServerConfig
+
+__all__ = ["ServerInfo", "serve"]
+
+logger = logging.getLogger("dtesn_trio.server")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """Where a started server listens (``port`` is the bound one, also for port 0)."""
+
+    host: str
+    port: int
+    urls: tuple[str, ...]
+    app: Any
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+
+def _runtime_grace(runtime: RuntimeLike) -> float:
+    config = getattr(runtime, "config", None)
+    grace = getattr(config, "shutdown_grace", 10.0)
+    return float(grace)
+
+
+def _hypercorn_config(config: ServerConfig, graceful_timeout: float) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hc.bind = [f"{host}:{config.port}"]
+    hc.graceful_timeout = graceful_timeout
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    hc.backlog = config.backlog
+    hc.accesslog = None  # our own access log carries the request id
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    return hc
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def serve(
+    runtime: RuntimeLike,
+    config: ServerConfig | None = None,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    app: Any = None,
+    task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``create_app(runtime, config)`` (or ``app``) until ``shutdown_trigger``
+    returns, then drain gracefully (module docstring) and return.
+
+    Start it with ``await runtime.nursery.start(serve, runtime, config)``: it reports a
+    ``ServerInfo`` once the socket is bound.  Cancelling it stops at once.
+    """
+    config = config or ServerConfig()
+    app = app if app is not None else create_app(runtime, config)
+    state: AppState | None = getattr(getattr(app, "state", None), "dtesn", None)
+    grace = _runtime_grace(runtime)
+    graceful_timeout = (
+        config.graceful_timeout
+        if config.graceful_timeout is not None
+        else grace + config.response_margin
+    )
+    hc = _hypercorn_config(config, graceful_timeout)
+
+    async def trigger() -> None:
+        if shutdown_trigger is None:
+            await trio.sleep_forever()
+        else:
+            await shutdown_trigger()
+        logger.info("graceful shutdown: draining for up to %.1fs", grace)
+        begin = getattr(runtime, "begin_shutdown", None)
+        if begin is not None:
+            begin()
+        if state is not None:
+            state.begin_drain(grace)
+
+    async with trio.open_nursery() as nursery:
+        urls: list[str] = await nursery.start(
+            partial(hypercorn_serve, app, hc, shutdown_trigger=trigger, mode="asgi")
+        )
+        info = ServerInfo(host=config.host, port=_port_of(urls[0]), urls=tuple(urls), app=app)
+        task_status.started(info)

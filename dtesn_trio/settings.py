@@ -1,0 +1,310 @@
+"""Load a tree of frozen config dataclasses from TOML, ``DTESN_*`` variables and flags.
+
+Precedence, lowest first: the dataclass defaults < a TOML file < environment variables
+< ``--set section.key=value`` flags.  Every value is coerced to the type of its
+dataclass field (``int``, ``float``, ``bool``, ``str``, ``X | None``, ``Literal``,
+``tuple[...]``, nested dataclasses), and every failure -- an unknown key, a value of the
+wrong type, a value the dataclass's own ``__post_init__`` rejects -- raises
+``SettingsError`` naming the key and where it came from, so start-up stops with a
+message a person can act on.
+
+Environment variables: ``DTESN_SECTION__KEY`` (double underscore between levels, case
+insensitive), e.g. ``DTESN_SERVER__PORT=9000`` or ``DTESN_REDIS__POOL__MAX_CONNECTIONS``.
+A variable with ``__`` that names no key is an error; a single-level ``DTESN_NAME`` is
+used when it names a top-level field or an alias (``aliases={"API_KEYS":
+"server.api_keys"}``) and is otherwise left alone, because other tools of the project
+read their own ``DTESN_*`` variables (``DTESN_API_KEY`` of the soak client).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["SettingsError", "load_settings", "parse_set_option", "settings_keys"]
+
+T = TypeVar("T")
+
+ENV_PREFIX = "DTESN_"
+_NONE_WORDS = frozenset({"none", "null", ""})
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+class SettingsError(ValueError):
+    """A configuration key or value is wrong; ``key`` is its dotted name."""
+
+    def __init__(self, key: str, message: str, *, source: str | None = None) -> None:
+        where = f" (from {source})" if source else ""
+        super().__init__(f"invalid setting {key}{where}: {message}")
+        self.key = key
+        self.source = source
+
+
+def parse_set_option(option: str) -> tuple[str, str]:
+    """Split one ``section.key=value`` flag; raise ``SettingsError`` if it has no ``=``."""
+    key, sep, value = option.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SettingsError(option, "expected section.key=value", source="--set")
+    return key, value
+
+
+def settings_keys(cls: type[Any], prefix: str = "") -> list[str]:
+    """Every dotted key of the dataclass tree ``cls`` (for help texts and errors)."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        sub = _dataclass_type(hints[f.name])
+        if sub is not None:
+            keys.extend(settings_keys(sub, f"{prefix}{f.name}."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def load_settings(
+    cls: type[T],
+    *,
+    toml_path: str | os.PathLike[str] | None = None,
+    toml_data: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Iterable[tuple[str, str | Any]] = (),
+    aliases: Mapping[str, str] | None = None,
+) -> T:
+    """Build ``cls`` (a frozen dataclass tree) from the layered sources.
+
+    ``environ`` defaults to ``os.environ``; pass ``{}`` to ignore the environment.
+    ``overrides`` are ``(dotted_key, value)`` pairs (strings are coerced, other values
+    checked), applied last.  ``aliases`` maps extra single-level environment names
+    (without the prefix) to dotted keys.
+    """
+    tree: dict[str, Any] = {}
+    if toml_path is not None:
+        path = Path(toml_path)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise SettingsError("--config", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError("--config", f"{path} is not valid TOML: {exc}") from None
+        _merge_toml(cls, tree, data, "", str(path))
+    if toml_data is not None:
+        _merge_toml(cls, tree, toml_data, "", "config")
+    env = os.environ if environ is None else environ
+    alias_map = {k.upper(): v for k, v in (aliases or {}).items()}
+    for name in sorted(env):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].upper()
+        if rest in alias_map:
+            _assign(cls, tree, alias_map[rest], env[name], name, from_text=True)
+            continue
+        if "__" not in rest:
+            top = rest.lower()
+            field = _field_of(cls, top)
+            if field is not None and _dataclass_type(_hint(cls, top)) is None:
+                _assign(cls, tree, top, env[name], name, from_text=True)
+            continue
+        key = ".".join(part.lower() for part in rest.split("__"))
+        _assign(cls, tree, key, env[name], name, from_text=True)
+    for key, value in overrides:
+        _assign(cls, tree, key, value, "--set", from_text=isinstance(value, str))
+    return _build(cls, tree, "")
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _hint(cls: type[Any], name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _field_of(cls: type[Any], name: str) -> dataclasses.Field[Any] | None:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    return None
+
+
+def _dataclass_type(tp: Any) -> type[Any] | None:
+    """The dataclass in ``tp`` (``Cfg`` or ``Cfg | None``), else None."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp
+    return None
+
+
+def _merge_toml(
+    cls: type[Any], tree: dict[str, Any], data: Mapping[str, Any], prefix: str, source: str
+) -> None:
+    for name, value in data.items():
+        key = prefix + name
+        if _field_of(cls, name) is None:
+            raise SettingsError(key, _unknown(cls, name, prefix), source=source)
+        sub = _dataclass_type(_hint(cls, name))
+        if sub is not None:
+            if not isinstance(value, Mapping):
+                raise SettingsError(key, "expected a table (section)", source=source)
+            _merge_toml(sub, tree.setdefault(name, {}), value, key + ".", source)
+        else:
+            tree[name] = (_coerce(_hint(cls, name), value, key, source, from_text=False), source)
+
+
+def _assign(
+    cls: type[Any], tree: dict[str, Any], key: str, value: Any, source: str, *, from_text: bool
+) -> None:
+    parts = key.split(".")
+    node_cls, node = cls, tree
+    for depth, name in enumerate(parts):
+        prefix = ".".join(parts[:depth])
+        if _field_of(node_cls, name) is None:
+            raise SettingsError(
+                key, _unknown(node_cls, name, prefix + "." if prefix else ""), source=source
+            )
+        sub = _dataclass_type(_hint(node_cls, name))
+        last = depth == len(parts) - 1
+        if sub is None:
+            if not last:
+                raise SettingsError(
+                    key, f"{'.'.join(parts[: depth + 1])} is not a section", source=source
+                )
+            node[name] = (_coerce(_hint(node_cls, name), value, key, source, from_text), source)
+            return
+        if last:
+            raise SettingsError(key, "is a section; set one of its keys", source=source)
+        node_cls, node = sub, node.setdefault(name, {})
+
+
+def _unknown(cls: type[Any], name: str, prefix: str) -> str:
+    known = ", ".join(prefix + f.name for f in dataclasses.fields(cls))
+    return f"unknown key {prefix}{name!s} (known here: {known})"
+
+
+def _build(cls: type[T], tree: Mapping[str, Any], prefix: str) -> T:
+    kwargs: dict[str, Any] = {}
+    sources: set[str] = set()
+    for name, entry in tree.items():
+        sub = _dataclass_type(_hint(cls, name))
+        if sub is not None:
+            kwargs[name] = _build(sub, entry, f"{prefix}{name}.")
+        else:
+            kwargs[name], src = entry
+            sources.add(src)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        # The dataclass names the field in its own words ("pool.max_connections ...");
+        # we add where the section sits in the tree and which sources set it.
+        section = prefix[:-1] or cls.__name__
+        where = ", ".join(sorted(sources)) or None
+        raise SettingsError(section, str(exc), source=where) from None
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str, from_text: bool) -> Any:
+    try:
+        return _coerce_inner(tp, value, from_text)
+    except _Mismatch as exc:
+        raise SettingsError(key, f"expected {exc.expected}, got {value!r}", source=source) from None
+
+
+class _Mismatch(Exception):
+    def __init__(self, expected: str) -> None:
+        self.expected = expected
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "none"
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce_inner(tp: Any, value: Any, from_text: bool) -> Any:
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if type(None) in args and (
+            value is None
+            or (from_text and isinstance(value, str) and value.strip().lower() in _NONE_WORDS)
+        ):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce_inner(arg, value, from_text)
+            except _Mismatch:
+                continue
+        raise _Mismatch(_type_name(tp))
+    if origin is typing.Literal:
+        for choice in args:
+            if value == choice or (from_text and isinstance(value, str) and value == str(choice)):
+                return choice
+        raise _Mismatch(_type_name(tp))
+    if origin in (tuple, list, frozenset, set):
+        items: list[Any]
+        if from_text and isinstance(value, str):
+            items = [] if not value.strip() else [v.strip() for v in value.split(",")]
+        elif isinstance(value, list | tuple):
+            items = list(value)
+        else:
+            raise _Mismatch(_type_name(tp))
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise _Mismatch(_type_name(tp))
+            return tuple(_coerce_inner(a, v, from_text) for a, v in zip(args, items, strict=True))
+        item_tp = args[0] if args else Any
+        coerced = [_coerce_inner(item_tp, v, from_text) for v in items]
+        return origin(coerced)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            word = value.strip().lower()
+            if word in _TRUE_WORDS:
+                return True
+            if word in _FALSE_WORDS:
+                return False
+        raise _Mismatch("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise _Mismatch("an integer")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_text and isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise _Mismatch("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch("a string")
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise _Mismatch(_type_name(tp))
+    return value

@@ -1,0 +1,181 @@
+"""The embedded runtime: the whole request path, shutdown and cancellation."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from dtesn_trio import (
+    AdmissionConfig,
+    DeadlineExceeded,
+    DTESNConfig,
+    DTESNModel,
+    InvalidRequest,
+    RuntimeConfig,
+    ShuttingDown,
+    open_runtime,
+)
+from dtesn_trio.cache import CacheConfig
+from dtesn_trio.config import RedisSettings
+from dtesn_trio.jobs import JobsConfig
+from dtesn_trio.nurseries import BatchQueueConfig
+from tests.servers import RedisServer
+
+SMALL = DTESNConfig(reservoir_size=64, membrane_depth=2)
+
+
+def small_config(tmp_path: Path | None = None, **kw: object) -> RuntimeConfig:
+    jobs = (
+        JobsConfig(enabled=True, sqlite_path=str(tmp_path / "jobs.db"))
+        if tmp_path is not None
+        else JobsConfig(enabled=False)
+    )
+    base: dict[str, object] = {"model": SMALL, "jobs": jobs}
+    base.update(kw)
+    return RuntimeConfig(**base)  # type: ignore[arg-type]
+
+
+async def test_process_computes_the_models_result() -> None:
+    model = DTESNModel(SMALL)
+    with trio.fail_after(30):
+        async with open_runtime(small_config()) as rt:
+            outcome = await rt.process("hello reservoir", priority=1)
+    expected = model.process_one("hello reservoir").to_dict()
+    assert outcome.cache_hit is False
+    assert outcome.priority == 1
+    assert outcome.batch_size >= 1
+    np.testing.assert_allclose(outcome.result["features"], expected["features"], atol=1e-12)
+    assert set(outcome.timings) == {"queued_ms", "processing_ms", "total_ms"}
+
+
+async def test_second_identical_request_is_a_cache_hit() -> None:
+    with trio.fail_after(30):
+        async with open_runtime(small_config()) as rt:
+            first = await rt.process("same input")
+            second = await rt.process("same input")
+            other_depth = await rt.process("same input", membrane_depth=1)
+    assert (first.cache_hit, second.cache_hit, other_depth.cache_hit) == (False, True, False)
+    assert second.result == first.result
+    assert other_depth.result["features"] != first.result["features"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"input": ""}, "input"),
+        ({"input": [[1.0, float("nan")]]}, "input"),
+        ({"input": {"a": 1}}, "input"),
+        ({"input": "x", "priority": 9}, "priority"),
+        ({"input": "x", "priority": True}, "priority"),
+        ({"input": "x", "membrane_depth": 0}, "membrane_depth"),
+    ],
+)
+async def test_bad_input_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    async with open_runtime(small_config(cache=CacheConfig(enabled=False))) as rt:
+        data = kwargs.pop("input")
+        with pytest.raises(InvalidRequest) as info:
+            await rt.process(data, **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+async def test_numeric_input_drives_the_root() -> None:
+    series = np.sin(np.linspace(0, 6, 50))[:, None]
+    async with open_runtime(small_config()) as rt:
+        outcome = await rt.process(series)
+    assert outcome.result["steps"] == 50
+
+
+async def test_deadline_already_passed_and_deadline_while_queued(autojump_clock: object) -> None:
+    config = small_config(queue=BatchQueueConfig(max_wait=0.1, max_batch_size=10))
+    async with open_runtime(config) as rt:
+        with pytest.raises(DeadlineExceeded):
+            await rt.process("late", deadline=trio.current_time() - 1)
+        # A deadline inside the batching window: refused or expired, never processed late.
+        start = trio.current_time()
+        with pytest.raises((DeadlineExceeded,)):
+            await rt.process("too soon", deadline=start + 0.01, use_cache=False)
+        assert trio.current_time() - start <= 0.01 + 1e-9
+
+
+async def test_shutdown_answers_every_request() -> None:
+    outcomes: list[object] = []
+    with trio.fail_after(60):
+        config = small_config(admission=AdmissionConfig(burst_limit=1000))
+        async with open_runtime(config) as rt, trio.open_nursery() as nursery:
+
+            async def call(i: int) -> None:
+                try:
+                    outcomes.append(await rt.process(f"request {i}", use_cache=False))
+                except ShuttingDown as exc:
+                    outcomes.append(exc)
+
+            for i in range(200):
+                nursery.start_soon(call, i)
+            await trio.testing.wait_all_tasks_blocked()
+            rt.begin_shutdown()
+            with pytest.raises(ShuttingDown):
+                await rt.process("after shutdown")
+            assert not rt.ready
+    assert len(outcomes) == 200
+
+
+async def test_hard_cancel_leaves_no_worker_thread_running(tmp_path: Path) -> None:
+    before = threading.active_count()
+    with trio.move_on_after(0.5):
+        async with open_runtime(small_config(tmp_path)) as rt, trio.open_nursery() as nursery:
+            for i in range(100):
+                nursery.start_soon(rt.process, f"request {i}")
+            await trio.sleep_forever()
+    # trio keeps idle worker threads in a cache; none may be running our code.
+    busy = [t for t in threading.enumerate() if "DTESN" in t.name]
+    assert busy == []
+    assert threading.active_count() >= before - 1
+
+
+async def test_two_thousand_mixed_requests_never_block_the_loop() -> None:
+    rng = np.random.default_rng(0)
+    config = small_config(
+        cache=CacheConfig(enabled=False),
+        admission=AdmissionConfig(
+            burst_limit=5000,
+            max_requests_per_second=100_000,
+            max_concurrent_requests=5000,
+            adaptive_scaling=False,
+        ),
+    )
+    with trio.fail_after(120):
+        async with open_runtime(config) as rt:
+            rt.loop_monitor.reset()
+
+            async def call(i: int) -> None:
+                if i % 4 == 0:
+                    await rt.process(rng.normal(size=(20, 1)), priority=i % 5)
+                else:
+                    await rt.process("x" * int(rng.integers(1, 128)), priority=i % 5)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(2000):
+                    nursery.start_soon(call, i)
+            stats = rt.statistics()
+    assert stats.loop.max_step < 0.050, stats.loop
+
+
+@pytest.mark.redis
+async def test_redis_cache_is_shared_and_fails_open(redis: RedisServer) -> None:
+    config = small_config(
+        redis=RedisSettings(url=redis.url), cache=CacheConfig(backend="redis", ttl_seconds=60)
+    )
+    with trio.fail_after(30):
+        async with open_runtime(config) as a:
+            first = await a.process("shared")
+        async with open_runtime(config) as b:
+            second = await b.process("shared")
+            redis.stop()
+            third = await b.process("redis is down now")
+    assert (first.cache_hit, second.cache_hit, third.cache_hit) == (False, True, False)
+    assert redis.proc is None
