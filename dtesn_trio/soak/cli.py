@@ -298,6 +298,7 @@ def soak(
 
     show_progress = progress if progress is not None else (not as_json and sys.stderr.isatty())
     unreachable: list[str] = []
+    aborted = False
     try:
         run = trio.run(
             lambda: _soak_main(
@@ -312,6 +313,11 @@ def soak(
         )
     except* TargetUnreachable as group:
         unreachable = [str(e) for e in group.exceptions]
+    except* KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing to report
+        aborted = True
+    if aborted:
+        click.echo("soak: stopped at once (second interrupt); no report", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     if unreachable:
         click.echo(f"error: {unreachable[0]}", err=True)
         sys.exit(EXIT_USAGE)

@@ -232,6 +232,11 @@ class HTTPConnection:
             self.reusable = False
         return Response(status, headers, b"".join(chunks))
 
+    def close_nowait(self) -> None:
+        """Close the socket at once (an idle connection has nothing to flush)."""
+        self.reusable = False
+        self._stream.socket.close()
+
     async def aclose(self) -> None:
         """Close the socket; always releases it, even when cancelled."""
         self.reusable = False
@@ -307,9 +312,7 @@ class HTTPClient:
                 return conn
             self._stale += 1
             self._open.discard(conn)
-            # Closing a plain socket does not block; the forceful close cannot fail.
-            conn.reusable = False
-            conn._stream.socket.close()
+            conn.close_nowait()
         return None
 
     async def _discard(self, conn: HTTPConnection) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import zlib
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,6 +37,17 @@ _PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 def _new_histogram() -> HdrHistogram:
     return HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+
+
+def count_at_or_below(hist: HdrHistogram, limit_ms: float) -> int:
+    """How many recorded latencies are <= ``limit_ms`` (to the histogram's precision)."""
+    limit_us = limit_ms * 1000.0
+    total = 0
+    for item in hist.get_recorded_iterator():
+        if item.value_iterated_to > limit_us:
+            break
+        total += item.count_at_value_iterated_to
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,11 +220,21 @@ class LoadResult:
                 out.add(hist)
         return out
 
-    def ok_histogram(self) -> HdrHistogram:
-        """Latencies of the 2xx answers only."""
+    def ok_histogram(self, priority: int | None = None) -> HdrHistogram:
+        """Latencies of the 2xx answers only (of one priority, if given)."""
+        return self.status_histogram(lambda status: 200 <= status < 300, priority)
+
+    def status_histogram(
+        self, accept: Callable[[int], bool], priority: int | None = None
+    ) -> HdrHistogram:
+        """Latencies of the answers whose HTTP status ``accept`` takes (0 = no answer)."""
         out = _new_histogram()
-        for (_, k), hist in self.histograms.items():
-            if k[:1] == "2" and k[:3].isdigit():
+        for (p, k), hist in self.histograms.items():
+            if priority is not None and p != priority:
+                continue
+            head = k.split(" ", 1)[0]
+            status = int(head) if head.isdigit() else 0
+            if accept(status):
                 out.add(hist)
         return out
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtesn_trio.soak.recorder import LatencySummary, LoadResult
+from dtesn_trio.soak.recorder import LatencySummary, LoadResult, count_at_or_below
 
 __all__ = ["SLO", "build_report", "check_slo", "write_report"]
 
@@ -47,6 +47,31 @@ def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 3) if seconds > 0 else 0.0
 
 
+def summarize_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per headline figure of the target's samples: first, last, min, max (numbers), or
+    the states seen (strings); plus how many samples failed."""
+    out: dict[str, Any] = {"samples": len(samples), "failed": sum("error" in s for s in samples)}
+    names: list[str] = []
+    for s in samples:
+        names.extend(k for k in s.get("headlines", {}) if k not in names)
+    for name in names:
+        values = [s["headlines"].get(name) for s in samples if s.get("headlines")]
+        numbers = [v for v in values if isinstance(v, int | float)]
+        states = [v for v in values if isinstance(v, str)]
+        if numbers:
+            out[name] = {
+                "first": numbers[0],
+                "last": numbers[-1],
+                "min": min(numbers),
+                "max": max(numbers),
+            }
+        elif states:
+            out[name] = {"states": sorted(set(states)), "last": states[-1]}
+        else:
+            out[name] = None
+    return out
+
+
 def check_slo(report: Mapping[str, Any], slo: SLO) -> list[str]:
     """The SLO violations of a report, each a sentence; empty when it passes."""
     violations = []
@@ -77,6 +102,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The report as a JSON-able dict (see the README of the soak runner for its fields)."""
     seconds = result.duration
+    deadline_ms = load.get("deadline_ms")
     failed_total = result.sent - result.ok - result.unfinished
     by_priority = {}
     for p in result.priorities:
@@ -93,6 +119,7 @@ def build_report(
             "ok": ok_hist_count,
             "errors": count - ok_hist_count,
             "latency_ms": _summary(hist),
+            "ok_latency_ms": _summary(result.ok_histogram(p)),
         }
     by_outcome = {}
     for key in result.outcome_keys:
@@ -122,14 +149,22 @@ def build_report(
         "offered_rate": _rate(result.sent, seconds),
         "achieved_rate": _rate(result.answered + result.failed, seconds),
         "goodput": _rate(result.ok, seconds),
+        "goodput_within_deadline": (
+            None
+            if deadline_ms is None
+            else _rate(count_at_or_below(result.ok_histogram(), deadline_ms), seconds)
+        ),
         "error_rate": round(failed_total / result.sent, 6) if result.sent else 0.0,
         "latency_ms": {
             "all": _summary(result.merged()),
             "ok": _summary(result.ok_histogram()),
+            # Refusals (429 and 503): how fast the server says no matters under overload.
+            "refused": _summary(result.status_histogram(lambda s: s in (429, 503))),
         },
         "by_priority": by_priority,
         "by_status": by_outcome,
         "timeseries": series,
+        "target_summary": summarize_samples(samples),
         "target_samples": list(samples),
         "client": dict(client or {}),
     }
@@ -146,6 +181,17 @@ def build_report(
 
 # -- plots ------------------------------------------------------------------------------
 
+_BREAKER_STATES = {"closed": 0.0, "half_open": 0.5, "half-open": 0.5, "open": 1.0}
+
+
+def _gauge(value: Any) -> float:
+    """A headline as a number to plot (breaker states mapped to 0 / 0.5 / 1), else NaN."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return _BREAKER_STATES.get(value.lower(), math.nan)
+    return math.nan
+
 
 def _plot_files(report: Mapping[str, Any], directory: Path) -> list[str]:
     import matplotlib
@@ -157,13 +203,18 @@ def _plot_files(report: Mapping[str, Any], directory: Path) -> list[str]:
     bucket = 1.0
     if len(series) >= 2:
         bucket = series[1]["t"] - series[0]["t"] or 1.0
-    t = [p["t"] for p in series]
+    # Each bucket's figures are drawn at its middle.
+    t = [p["t"] + bucket / 2 for p in series]
     samples = report["target_samples"]
     st = [s["t"] for s in samples]
     written: list[str] = []
 
     def save(fig: Any, name: str) -> None:
-        fig.tight_layout()
+        # Fixed margins: tight_layout costs more than the drawing itself.
+        height = fig.get_figheight()
+        fig.subplots_adjust(
+            left=0.09, right=0.98, bottom=0.5 / height + 0.02, top=1 - 0.35 / height, hspace=0.45
+        )
         fig.savefig(directory / name, dpi=90)
         plt.close(fig)
         written.append(name)
@@ -206,7 +257,7 @@ def _plot_files(report: Mapping[str, Any], directory: Path) -> list[str]:
     bottom = [0.0] * len(series)
     for key in keys:
         ys = [p["by_outcome"].get(key, 0) / bucket for p in series]
-        ax.bar(t, ys, width=bucket * 0.9, bottom=bottom, align="edge", label=key)
+        ax.bar(t, ys, width=bucket * 0.9, bottom=bottom, label=key)
         bottom = [b + y for b, y in zip(bottom, ys, strict=True)]
     if keys:
         ax.legend(loc="upper left", fontsize=8)
@@ -229,20 +280,21 @@ def _plot_files(report: Mapping[str, Any], directory: Path) -> list[str]:
     ax.legend(loc="upper left", fontsize=8)
     save(fig, "in_flight.png")
 
-    # The target's own gauges: limiter limit, RSS, longest loop step.
-    fig, axes = plt.subplots(3, 1, figsize=(8, 6.6), sharex=True)
+    # The target's own gauges: limiter limit, breaker state, RSS, longest loop step.
+    fig, axes = plt.subplots(4, 1, figsize=(8, 8.4), sharex=True)
     for ax, (name, title, scale) in zip(
         axes,
         (
             ("limiter_limit", "Adaptive limiter limit", 1.0),
+            ("breaker_state", "Circuit breaker (0 closed, 0.5 half-open, 1 open)", 1.0),
             ("rss_bytes", "Server RSS (MiB)", 1 / 2**20),
             ("max_step_ms", "Longest event-loop step (ms)", 1.0),
         ),
         strict=True,
     ):
-        ys = [s["headlines"].get(name) for s in samples]
-        if any(isinstance(y, float) for y in ys):
-            ax.plot(st, [y * scale if isinstance(y, float) else math.nan for y in ys])
+        ys = [_gauge(s["headlines"].get(name)) for s in samples]
+        if any(not math.isnan(y) for y in ys):
+            ax.plot(st, [y * scale for y in ys])
         else:
             no_data(ax, "not reported by the target")
         ax.set_title(title, fontsize=10)
@@ -306,6 +358,7 @@ def render_html(report: Mapping[str, Any], plots: Sequence[str]) -> str:
             ["offered rate /s", report["offered_rate"]],
             ["achieved rate /s", report["achieved_rate"]],
             ["goodput /s", report["goodput"]],
+            ["goodput within deadline /s", report["goodput_within_deadline"]],
             [
                 "p50 / p99 / max ms",
                 f"{_fmt(lat_all.get('p50'))} / {_fmt(lat_all.get('p99'))} / {_fmt(lat_all.get('max'))}",
@@ -321,6 +374,19 @@ def render_html(report: Mapping[str, Any], plots: Sequence[str]) -> str:
     )
     status = _table([_latency_row(k, d) for k, d in report["by_status"].items()], lat_header)
     load = _table([[k, v] for k, v in report["load"].items()], ["load", "value"])
+    target_rows = []
+    for name, d in report.get("target_summary", {}).items():
+        if not isinstance(d, dict):
+            continue
+        if "states" in d:
+            target_rows.append([name, ", ".join(d["states"]), None, None, d["last"]])
+        else:
+            target_rows.append([name, d["first"], d["min"], d["max"], d["last"]])
+    target_table = (
+        _table(target_rows, ["", "first", "min", "max", "last"])
+        if target_rows
+        else "<p>The target reported no statistics.</p>"
+    )
     images = "".join(
         f'<figure><img src="{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in plots
     )
@@ -342,6 +408,7 @@ Latency is measured from each request's intended send time.</p>
 <div class=grid><div><h2>Summary</h2>{summary}</div><div><h2>Load</h2>{load}</div></div>
 <h2>By priority</h2>{prio}
 <h2>By status</h2>{status}
+<h2>The target's own view (/v1/stats, /metrics)</h2>{target_table}
 <h2>Plots</h2>{images}
 <p>Raw numbers: <a href="report.json">report.json</a></p>
 </body></html>

@@ -150,3 +150,24 @@ async def run_soak(
         started_at=started_at,
         interrupted=interrupted,
     )
+
+
+async def soak_url(
+    url: str,
+    load: LoadConfig,
+    *,
+    api_key: str | None = None,
+    slo: SLO | None = None,
+    sample_interval: float | None = 1.0,
+) -> dict[str, Any]:
+    """Soak the server at ``url`` with ``load`` and return the report (a dict, as in
+    report.json). For benchmarks and scripts; raises `TargetUnreachable`.
+
+    Open loop (``load.rate``): ``load.concurrency`` caps the connections, if set.
+    """
+    from dtesn_trio.soak.targets import open_http_target
+
+    max_connections = load.concurrency if load.rate is not None else None
+    async with open_http_target(url, api_key=api_key, max_connections=max_connections) as target:
+        run = await run_soak(target, load, sample_interval=sample_interval)
+    return run.report(slo)

@@ -28,21 +28,21 @@ HEADLINES: dict[str, tuple[str, ...]] = {
         r"^metrics:.*rss_bytes$",
     ),
     "queue_depth": (
-        r"^stats:queue\.(current_size|queue_size|depth|size|queued|pending)$",
+        r"^stats:queue\.(total_queued_requests|current_size|queue_size|depth|size|queued)$",
         r"^metrics:[a-z_]*queue_depth(\{.*\})?$",
-        r"^stats:queue\.[a-z_]*(depth|size)$",
     ),
     "limiter_limit": (
-        r"^stats:load\.(current_limit|concurrency_limit|limit)$",
+        r"^stats:load\.(effective_capacity|current_limit|concurrency_limit|limit)$",
         r"^metrics:[a-z_]*(limiter_limit|concurrency_limit)$",
         r"^stats:.*\b(current_limit|concurrency_limit)$",
     ),
     "limiter_in_flight": (
-        r"^stats:load\.(in_flight|active_requests|current_load)$",
+        r"^stats:load\.(concurrent_requests|in_flight|active_requests)$",
         r"^metrics:[a-z_]*limiter_in_flight$",
         r"^metrics:[a-z_]*in_flight$",
     ),
     "breaker_state": (
+        r"^stats:load\.circuit_breaker_state$",
         r"^stats:.*breaker.*\.state$",
         r"^stats:.*breaker_state$",
         r"^metrics:[a-z_]*breaker_state(\{.*\})?$",

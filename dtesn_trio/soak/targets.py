@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -97,6 +98,16 @@ def parse_prometheus(text: str) -> dict[str, float]:
                 name = f"{name}{{{labels}}}"
             out[name] = value
     return out
+
+
+def _own_rss_bytes() -> float | None:
+    """This process's resident set size (Linux), or None."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return float(pages * os.sysconf("SC_PAGE_SIZE"))
 
 
 def _error_code(body: bytes) -> str:
@@ -218,6 +229,9 @@ class EmbeddedTarget:
         out: dict[str, Any] = {"stats": {}, "metrics": {}}
         try:
             out["stats"] = flatten(self.runtime.get_stats())
+            rss = _own_rss_bytes()
+            if rss is not None:  # the runtime is this process
+                out["stats"]["process.rss_bytes"] = rss
             snapshot = self.runtime.metrics_snapshot()
             out["metrics"] = {k: v for k, v in flatten(snapshot).items() if isinstance(v, float)}
         except Exception as exc:  # a stats bug must not stop the soak; it is reported

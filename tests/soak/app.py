@@ -71,8 +71,12 @@ class EchoApp:
         elif path == "/v1/stats" and method == "GET":
             stats = {
                 "processing": {"total_requests": self.requests},
-                "load": {"current_limit": 64, "in_flight": self.in_flight},
-                "queue": {"current_size": max(0, self.in_flight - 1)},
+                "load": {
+                    "effective_capacity": 64,
+                    "concurrent_requests": self.in_flight,
+                    "circuit_breaker_state": "closed",
+                },
+                "queue": {"total_queued_requests": max(0, self.in_flight - 1)},
                 "loop": {"max_step_ms": 1.5},
             }
             await _respond(send, 200, stats)

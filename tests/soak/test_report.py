@@ -74,6 +74,9 @@ def test_counts_rates_and_percentiles() -> None:
         "errors": 100,
     }
     assert report["error_rate"] == 0.1
+    assert report["goodput_within_deadline"] is None
+    assert report["latency_ms"]["refused"]["count"] == 95
+    assert report["by_priority"]["0"]["ok_latency_ms"]["count"] == 300
     assert report["offered_rate"] == 100.0
     assert report["goodput"] == 90.0
     lat = report["latency_ms"]["all"]
@@ -93,6 +96,14 @@ def test_counts_rates_and_percentiles() -> None:
     assert sum(p["sent"] for p in series) == 1000
     assert sum(p["answered"] + p["failed"] for p in series) == 1000
     assert series[0]["sent"] == 100
+
+
+def test_goodput_within_deadline_counts_ok_answers_in_time() -> None:
+    # ok answers with latency <= 500.5 ms: i < 500, minus the 50 refused or timed out.
+    report = build_report(_synthetic(), target={}, load={"deadline_ms": 500.5})
+    assert report["goodput_within_deadline"] == 45.0
+    report = build_report(_synthetic(), target={}, load={"deadline_ms": 10_000})
+    assert report["goodput_within_deadline"] == report["goodput"] == 90.0
 
 
 def test_slo_verdicts() -> None:
@@ -147,6 +158,11 @@ def test_files_are_written_and_valid(tmp_path: Path) -> None:
     assert "p99 latency 990." in html
     assert "ms &gt; 500 ms" in html
     assert written["target_samples"][0]["headlines"]["limiter_limit"] == 10.0
+    summary = written["target_summary"]
+    assert summary["limiter_limit"] == {"first": 10.0, "last": 14.0, "min": 10.0, "max": 14.0}
+    assert summary["breaker_state"] is None
+    assert summary["samples"] == 5
+    assert "<h2>The target&#x27;s own view" in html or "The target's own view" in html
 
 
 def test_a_truncated_png_is_caught(tmp_path: Path) -> None:
@@ -171,8 +187,8 @@ def test_wire_round_trip_and_merge() -> None:
 def test_headlines_flatten_and_prometheus() -> None:
     stats = flatten(
         {
-            "load": {"current_limit": 32, "in_flight": 3},
-            "queue": {"current_size": 7, "levels": [1, 2]},
+            "load": {"effective_capacity": 32, "concurrent_requests": 3},
+            "queue": {"total_queued_requests": 7, "levels": [1, 2]},
             "breaker": {"engine": {"state": "closed"}},
             "loop": {"max_step_ms": 4.5},
             "ok": True,

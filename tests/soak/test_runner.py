@@ -95,3 +95,19 @@ async def test_interrupt_stops_at_once_with_consistent_counts(
         + report["counts"]["failed"]
         + report["counts"]["unfinished"]
     )
+
+
+async def test_soak_url_returns_the_report() -> None:
+    from dtesn_trio.soak import soak_url
+    from tests.soak.app import EchoApp, serve_app
+
+    app = EchoApp(fail_every=4)
+    with trio.fail_after(30):
+        async with serve_app(app) as url:
+            report = await soak_url(
+                url, LoadConfig(duration=0.5, rate=40, deadline_ms=1000), sample_interval=None
+            )
+    assert report["counts"]["sent"] == 20 == app.requests
+    assert report["by_status"]["503 overloaded"]["count"] == 5
+    assert report["latency_ms"]["refused"]["count"] == 5
+    assert report["target_samples"] == []
