@@ -78,7 +78,9 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-async def _serve_main(runtime_config: Any, server_config: ServerConfig) -> None:
+async def _serve_main(runtime_config: Any, server_config: ServerConfig) -> int:
+    """Serve until signalled; the exit status: 0 after a graceful stop, 130 after a
+    second signal cut the drain short."""
     from dtesn_trio.runtime import open_runtime
     from dtesn_trio.server.serve import ServerInfo, serve
 
@@ -86,6 +88,7 @@ async def _serve_main(runtime_config: Any, server_config: ServerConfig) -> None:
         async with open_runtime(runtime_config) as rt:
             stop = trio.Event()
             stopped = trio.Event()
+            forced = False
 
             async def run_server(*, task_status: trio.TaskStatus[ServerInfo]) -> None:
                 try:
@@ -101,6 +104,7 @@ async def _serve_main(runtime_config: Any, server_config: ServerConfig) -> None:
             async with trio.open_nursery() as watch:
 
                 async def on_signals() -> None:
+                    nonlocal forced
                     async for signum in signals:
                         if not stop.is_set():
                             click.echo(
@@ -110,13 +114,15 @@ async def _serve_main(runtime_config: Any, server_config: ServerConfig) -> None:
                             stop.set()
                         else:
                             click.echo("stopping now")
+                            forced = True
                             rt.nursery.cancel_scope.cancel()
                             return
 
                 watch.start_soon(on_signals)
                 await stopped.wait()
                 watch.cancel_scope.cancel()
-    click.echo("dtesn-trio stopped")
+    click.echo("dtesn-trio stopped" + (" (forced)" if forced else ""))
+    return 130 if forced else 0
 
 
 @click.command("serve")
@@ -152,7 +158,7 @@ def serve_command(
     """Serve the HTTP API on hypercorn's Trio worker.
 
     Settings: TOML file < DTESN_SECTION__KEY environment variables < --set < --host/--port.
-    SIGINT/SIGTERM drain gracefully; a second signal stops at once.
+    SIGINT/SIGTERM drain gracefully (exit 0); a second signal stops at once (exit 130).
     """
     try:
         runtime_config, server_config = load_serve_config(
@@ -163,4 +169,6 @@ def serve_command(
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     _setup_logging(log_level)
-    trio.run(_serve_main, runtime_config, server_config)
+    status = trio.run(_serve_main, runtime_config, server_config)
+    if status:
+        sys.exit(status)

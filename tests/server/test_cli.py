@@ -188,3 +188,27 @@ async def test_100_jobs_survive_a_sigkill(tmp_path: Path) -> None:
                     await trio.sleep(0.1)
             server.proc.send_signal(signal.SIGTERM)
             assert await server.proc.wait() == 0
+
+
+async def test_second_signal_stops_at_once(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with dtesn_serve(tmp_path, "--set", "shutdown_grace=30") as server:
+            port = int(server.url.rsplit(":", 1)[1])
+            # A client still uploading its body keeps the drain going (up to the grace).
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(
+                    b"POST /v1/process HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"
+                )
+                server.proc.send_signal(signal.SIGINT)
+                with trio.move_on_after(1.0):
+                    await server.proc.wait()
+                assert server.proc.returncode is None  # draining, not gone
+                stopped_at = trio.current_time()
+                server.proc.send_signal(signal.SIGINT)
+                assert await server.proc.wait() == 130
+                assert trio.current_time() - stopped_at < 5.0
+            output = await server.output()
+    assert "stopping gracefully" in output
+    assert "stopping now" in output
+    assert "dtesn-trio stopped (forced)" in output
