@@ -432,3 +432,20 @@ async def test_deadline_ms_becomes_an_absolute_trio_deadline(tmp_path: Path) -> 
     assert seen[1] is None
     assert seen[0] is not None
     assert before + 2.5 <= seen[0] <= after + 2.5
+
+
+async def test_access_log_lines_carry_the_request_id(
+    runtime: Faults, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(RequestIDFilter())
+    caplog.set_level(logging.INFO, "dtesn_trio.access")
+    with trio.fail_after(30):
+        async with served(runtime, ServerConfig(port=0, access_log=True)) as s:
+            await s.client.post("/v1/process", json={"input": "x"}, headers={"x-request-id": "r-1"})
+            await s.client.get("/nowhere", headers={"x-request-id": "r-2"})
+    lines = [
+        (r.request_id, r.getMessage()) for r in caplog.records if r.name == "dtesn_trio.access"
+    ]  # type: ignore[attr-defined]
+    assert [rid for rid, _ in lines] == ["r-1", "r-2"]
+    assert lines[0][1].startswith("POST /v1/process 200 ")
+    assert lines[1][1].startswith("GET /nowhere 404 ")

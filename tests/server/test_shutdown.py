@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
 
-from dtesn_trio.server import ServerConfig
+from dtesn_trio.server import ServerConfig, serve
 from tests.server.harness import Faults, served
 from tests.server.runtimes import open_test_runtime
 
@@ -98,3 +100,44 @@ async def test_request_still_uploading_when_the_stop_begins_gets_503(tmp_path: P
                 assert b"retry-after: 1" in head.lower()
                 assert b'"code":"shutting_down"' in payload
                 await s.finished.wait()
+
+
+async def test_hard_stop_cancels_everything_at_once(tmp_path: Path) -> None:
+    errors: Counter[str] = Counter()
+    gone = trio.Event()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+
+            async def run_runtime(*, task_status: trio.TaskStatus[Any]) -> None:
+                try:
+                    async with open_test_runtime(tmp_path, shutdown_grace=30.0) as rt:
+                        runtime = Faults(rt)
+                        runtime.expect_held = 20
+                        info = await rt.nursery.start(partial(serve, runtime, ServerConfig(port=0)))
+                        task_status.started((rt, runtime, info))
+                        await trio.sleep_forever()
+                finally:
+                    gone.set()
+
+            rt, runtime, info = await outer.start(run_runtime)
+            async with httpx.AsyncClient(base_url=info.url, timeout=20) as client:
+
+                async def one() -> None:
+                    try:
+                        r = await client.post("/v1/process", json={"input": "!stuck"})
+                        errors[str(r.status_code)] += 1
+                    except httpx.TransportError as exc:
+                        errors[type(exc).__name__] += 1
+
+                async with trio.open_nursery() as clients:
+                    for _ in range(20):
+                        clients.start_soon(one)
+                    await runtime.all_held.wait()
+                    stopped_at = trio.current_time()
+                    # What a second signal does: cancel the whole tree, no drain.
+                    rt.nursery.cancel_scope.cancel()
+                    await gone.wait()
+                    elapsed = trio.current_time() - stopped_at
+    assert elapsed < 5.0  # not the 30 s grace
+    # every client learns at once that its connection is gone (no answer to give)
+    assert errors == {"RemoteProtocolError": 20}
