@@ -1,7 +1,7 @@
 """The HTTP layer: ``create_app`` (ASGI, Starlette + msgspec) and ``serve`` (hypercorn's
 Trio worker inside the runtime's nursery)."""
 
-from dtesn_trio.server.app import AppState, RuntimeLike, create_app
+from dtesn_trio.server.app import AppState, RuntimeLike, ServerStatistics, create_app
 from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.requestid import RequestIDFilter, current_request_id
 from dtesn_trio.server.serve import ServerInfo, serve
@@ -12,6 +12,7 @@ __all__ = [
     "RuntimeLike",
     "ServerConfig",
     "ServerInfo",
+    "ServerStatistics",
     "create_app",
     "current_request_id",
     "serve",

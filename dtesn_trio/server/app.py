@@ -49,7 +49,7 @@ from dtesn_trio.server.models import (
 from dtesn_trio.server.openapi import docs_html, openapi_document
 from dtesn_trio.server.requestid import new_request_id, request_id_var
 
-__all__ = ["AppState", "RuntimeLike", "create_app"]
+__all__ = ["AppState", "RuntimeLike", "ServerStatistics", "create_app"]
 
 logger = logging.getLogger("dtesn_trio.server")
 access_logger = logging.getLogger("dtesn_trio.access")
@@ -153,6 +153,16 @@ def _max_depth(model: Any) -> int | None:
     return deepest
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    """The HTTP layer of one app: requests being handled, handled in all (answered or
+    not), and whether the drain of a graceful stop has begun."""
+
+    in_flight: int
+    requests: int
+    draining: bool
+
+
 class AppState:
     """The app's view of the runtime, its config and metrics, and the drain deadline.
 
@@ -171,6 +181,7 @@ class AppState:
             {"/healthz", "/readyz"} | (set() if config.metrics_require_auth else {"/metrics"})
         )
         self.in_flight = 0
+        self.requests = 0
         self._drain_deadline = math.inf
         self._scopes: set[trio.CancelScope] = set()
         self._process_decoder = msgspec.json.Decoder(ProcessRequest)
@@ -184,6 +195,9 @@ class AppState:
         )
         self._openapi = _encoder.encode(document)
         self._docs = docs_html(document)
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(self.in_flight, self.requests, self.draining)
 
     # ------------------------------------------------------------------ draining
 
@@ -373,7 +387,7 @@ class AppState:
             job_stats = dict(jobs.get_stats())
             job_stats["store"] = await jobs.counts()
             stats["jobs"] = job_stats
-        stats["server"] = {"in_flight": self.in_flight, "draining": self.draining}
+        stats["server"] = dataclasses.asdict(self.statistics())
         return _json(stats)
 
     async def healthz(self, request: Request) -> Response:
@@ -487,6 +501,7 @@ class _Guard:
             elapsed = time.perf_counter() - start
             route = _route_label(path)
             state.in_flight -= 1
+            state.requests += 1
             state.metrics.in_flight.dec()
             state.metrics.observe_request(route, scope["method"], status, elapsed)
             if state.config.access_log:

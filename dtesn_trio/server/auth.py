@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable
 
@@ -13,15 +14,15 @@ __all__ = ["ApiKeyAuth"]
 class ApiKeyAuth:
     """Checks ``Authorization: Bearer <key>`` against the configured keys.
 
-    Every configured key is compared, whichever matches, and with
-    ``hmac.compare_digest``: the time taken says nothing about how much of a key a
-    guess got right, nor which key it was close to.
+    Every configured key is compared, whichever matches, with ``hmac.compare_digest``
+    over SHA-256 digests (equal lengths): the time taken says nothing about how much of
+    a key a guess got right, how long the keys are, nor which key it was close to.
     """
 
     __slots__ = ("_keys",)
 
     def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = tuple(k.encode("ascii") for k in keys)
+        self._keys = tuple(hashlib.sha256(k.encode("ascii")).digest() for k in keys)
 
     @property
     def enabled(self) -> bool:
@@ -36,9 +37,9 @@ class ApiKeyAuth:
         scheme, _, token = authorization.strip().partition(b" ")
         if scheme.lower() != b"bearer" or not token:
             raise Unauthorized("malformed Authorization header: expected Bearer <key>")
-        token = token.strip()
+        digest = hashlib.sha256(token.strip()).digest()
         ok = False
         for key in self._keys:
-            ok |= hmac.compare_digest(token, key)
+            ok |= hmac.compare_digest(digest, key)
         if not ok:
             raise Unauthorized("invalid API key")

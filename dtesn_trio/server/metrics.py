@@ -36,7 +36,12 @@ def _metric_name(key: str) -> str:
 
 
 class _SnapshotCollector(Collector):
-    """Turns a flat ``{name: number}`` snapshot into gauges at scrape time."""
+    """Turns a nested ``{name: number}`` snapshot into gauges at scrape time.
+
+    Keys join with ``_`` into the metric name; a mapping whose keys are all indices
+    (``queue.queued.0`` ... ``queue.queued.4``, one per priority level) becomes one
+    gauge with a ``level`` label.
+    """
 
     def __init__(self, prefix: str, snapshot: Callable[[], Mapping[str, Any]]) -> None:
         self._prefix = prefix
@@ -48,19 +53,36 @@ class _SnapshotCollector(Collector):
         except Exception:
             logger.exception("metrics snapshot failed")
             return
-        for key, value in sorted(_flatten(values, self._prefix).items()):
-            yield GaugeMetricFamily(_metric_name(key), key, value=value)
+        families: dict[str, list[tuple[str | None, float]]] = {}
+        _flatten(values, self._prefix, families)
+        for key in sorted(families):
+            samples = families[key]
+            name = _metric_name(key)
+            if samples[0][0] is None:
+                yield GaugeMetricFamily(name, key, value=samples[0][1])
+            else:
+                family = GaugeMetricFamily(name, key, labels=["level"])
+                for level, value in samples:
+                    family.add_metric([str(level)], value)
+                yield family
 
 
-def _flatten(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    flat: dict[str, float] = {}
+def _is_number(value: Any) -> bool:
+    return isinstance(value, bool | int | float)
+
+
+def _flatten(
+    values: Mapping[str, Any], prefix: str, out: dict[str, list[tuple[str | None, float]]]
+) -> None:
     for key, value in values.items():
         name = f"{prefix}_{key}" if prefix else str(key)
-        if isinstance(value, bool | int | float):
-            flat[name] = float(value)
-        elif isinstance(value, Mapping):
-            flat.update(_flatten(value, name))
-    return flat
+        if _is_number(value):
+            out[name] = [(None, float(value))]
+        elif isinstance(value, Mapping) and value:
+            if all(str(k).isdigit() for k in value) and all(map(_is_number, value.values())):
+                out[name] = [(str(k), float(v)) for k, v in value.items()]
+            else:
+                _flatten(value, name, out)
 
 
 class AppMetrics:

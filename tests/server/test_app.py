@@ -148,7 +148,9 @@ async def test_stats_health_ready(runtime: Faults) -> None:
                 "succeeded": 0,
                 "failed": 0,
             }
-            assert stats["server"] == {"in_flight": 1, "draining": False}
+            assert stats["server"] == {"in_flight": 1, "requests": 0, "draining": False}
+            again = (await s.client.get("/v1/stats")).json()
+            assert again["server"]["requests"] == 1
             health = await s.client.get("/healthz")
             assert (health.status_code, health.json()) == (200, {"status": "ok"})
             ready = await s.client.get("/readyz")
@@ -180,7 +182,18 @@ async def test_metrics(runtime: Faults) -> None:
             )
             assert 'dtesn_process_latency_seconds_count{priority="4"} 1.0' in text
             assert "dtesn_http_requests_in_flight 1.0" in text
-            assert re.search(r"^dtesn_runtime_\w+ [0-9.e+-]+$", text, re.M)
+            # the runtime's numbers, read at scrape time: queue depth per level, limiter,
+            # breaker state, pools, longest loop step
+            for level in range(5):
+                assert f'dtesn_runtime_queue_queued{{level="{level}"}} 0.0' in text
+            for name in (
+                "dtesn_runtime_admission_limiter_limit",
+                "dtesn_runtime_admission_limiter_in_flight",
+                "dtesn_runtime_admission_breaker_state_closed",
+                "dtesn_runtime_pools_jobs_open",
+                "dtesn_runtime_loop_max_step",
+            ):
+                assert re.search(rf"^{name} [0-9.e+-]+$", text, re.M), name
 
 
 async def test_openapi_and_docs(runtime: Faults) -> None:
