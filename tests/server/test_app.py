@@ -313,47 +313,45 @@ async def test_streamed_body_over_the_limit_is_413_while_reading(runtime: Faults
             assert (await s.client.post("/v1/process", json={"input": "x"})).status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "field", "words"),
-    [
-        (b"{bad json", 400, None, "not valid JSON"),
-        (b"", 400, None, "empty"),
-        (b'{"input": "\xff\xfe"}', 400, None, "UTF-8"),
-        (b'{"input": "ok"} trailing', 400, None, "not valid JSON"),
-        (b"[]", 422, None, "Expected `object`"),
-        (b'{"input": 5}', 422, "input", "Expected `str | array`"),
-        (b'{"input": "x", "priority": "high"}', 422, "priority", "Expected `int`"),
-        (b'{"input": "x", "priority": 5}', 422, "priority", "<= 4"),
-        (b'{"input": "x", "priority": -1}', 422, "priority", ">= 0"),
-        (b'{"input": "x", "deadline_ms": 0}', 422, "deadline_ms", ">= 1"),
-        (b'{"input": "x", "deadline_ms": 700000}', 422, "deadline_ms", "<= 600000"),
-        (b'{"input": "x", "colour": "red"}', 422, "colour", "unknown field"),
-        (b'{"priority": 1}', 422, "input", "missing required field"),
-        (b'{"input": ""}', 422, "input", "length >= 1"),
-        (b'{"input": [[1, 2], [3]]}', 422, "input", "rectangular"),
-        (b'{"input": [[]]}', 422, "input[0]", "length >= 1"),
-        (b'{"input": [[1e999]]}', 422, "input[0][0]", "out of range"),
-        (b'{"input": "' + b"z" * 101 + b'"}', 422, "input", "longer than 100"),
-        (b'{"input": "x", "use_cache": "yes"}', 422, "use_cache", "Expected `bool`"),
-        (b'{"input": "x", "priority": 1.5}', 422, "priority", "Expected `int`, got `float`"),
-        (b'{"input": "x", "priority": 9.0}', 422, "priority", "<= 4"),
-        (b'{"input": "x", "priority": 1.0, "nope": 1}', 422, "nope", "unknown field"),
-    ],
-)
-async def test_bad_process_bodies(
-    runtime: Faults, body: bytes, status: int, field: str | None, words: str
-) -> None:
+BAD_BODIES: list[tuple[bytes, int, str | None, str]] = [
+    (b"{bad json", 400, None, "not valid JSON"),
+    (b"", 400, None, "empty"),
+    (b'{"input": "\xff\xfe"}', 400, None, "UTF-8"),
+    (b'{"input": "ok"} trailing', 400, None, "not valid JSON"),
+    (b"[]", 422, None, "Expected `object`"),
+    (b'{"input": 5}', 422, "input", "Expected `str | array`"),
+    (b'{"input": "x", "priority": "high"}', 422, "priority", "Expected `int`"),
+    (b'{"input": "x", "priority": 5}', 422, "priority", "<= 4"),
+    (b'{"input": "x", "priority": -1}', 422, "priority", ">= 0"),
+    (b'{"input": "x", "deadline_ms": 0}', 422, "deadline_ms", ">= 1"),
+    (b'{"input": "x", "deadline_ms": 700000}', 422, "deadline_ms", "<= 600000"),
+    (b'{"input": "x", "colour": "red"}', 422, "colour", "unknown field"),
+    (b'{"priority": 1}', 422, "input", "missing required field"),
+    (b'{"input": ""}', 422, "input", "length >= 1"),
+    (b'{"input": [[1, 2], [3]]}', 422, "input", "rectangular"),
+    (b'{"input": [[]]}', 422, "input[0]", "length >= 1"),
+    (b'{"input": [[1e999]]}', 422, "input[0][0]", "out of range"),
+    (b'{"input": "' + b"z" * 101 + b'"}', 422, "input", "longer than 100"),
+    (b'{"input": "x", "use_cache": "yes"}', 422, "use_cache", "Expected `bool`"),
+    (b'{"input": "x", "priority": 1.5}', 422, "priority", "Expected `int`, got `float`"),
+    (b'{"input": "x", "priority": 9.0}', 422, "priority", "<= 4"),
+    (b'{"input": "x", "priority": 1.0, "nope": 1}', 422, "nope", "unknown field"),
+]
+
+
+async def test_bad_process_bodies(runtime: Faults) -> None:
     config = ServerConfig(port=0, max_input_length=100)
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         async with served(runtime, config) as s:
-            r = await s.client.post(
-                "/v1/process", content=body, headers={"content-type": "application/json"}
-            )
-            assert r.status_code == status, r.text
-            error = error_of(r)
-            assert error["code"] == "invalid_request"
-            assert error.get("field") == field
-            assert words in error["message"]
+            for body, status, field, words in BAD_BODIES:
+                r = await s.client.post(
+                    "/v1/process", content=body, headers={"content-type": "application/json"}
+                )
+                assert r.status_code == status, (body, r.text)
+                error = error_of(r)
+                assert error["code"] == "invalid_request", body
+                assert error.get("field") == field, (body, error)
+                assert words in error["message"], (body, error)
 
 
 async def test_bad_batch_bodies(runtime: Faults) -> None:
@@ -386,26 +384,22 @@ async def test_unknown_route_and_method(runtime: Faults) -> None:
 # ---------------------------------------------------------------------- runtime errors
 
 
-@pytest.mark.parametrize(
-    ("code", "status", "retry_after"),
-    [
+async def test_runtime_errors_map_to_the_design_table(runtime: Faults) -> None:
+    table = [
         ("rate_limited", 429, "3"),
         ("overloaded", 503, "1"),
         ("circuit_open", 503, "7"),
         ("backend_unavailable", 503, "1"),
         ("shutting_down", 503, "1"),
         ("deadline_exceeded", 504, None),
-    ],
-)
-async def test_runtime_errors_map_to_the_design_table(
-    runtime: Faults, code: str, status: int, retry_after: str | None
-) -> None:
+    ]
     with trio.fail_after(30):
         async with served(runtime) as s:
-            r = await s.client.post("/v1/process", json={"input": f"!error:{code}"})
-            assert r.status_code == status
-            assert error_of(r)["code"] == code
-            assert r.headers.get("retry-after") == retry_after
+            for code, status, retry_after in table:
+                r = await s.client.post("/v1/process", json={"input": f"!error:{code}"})
+                assert r.status_code == status, code
+                assert error_of(r)["code"] == code
+                assert r.headers.get("retry-after") == retry_after, code
 
 
 async def test_unexpected_exception_is_500_without_internals_and_logged(
