@@ -336,6 +336,10 @@ BAD_BODIES: list[tuple[bytes, int, str | None, str]] = [
     (b'{"input": "x", "priority": 1.5}', 422, "priority", "Expected `int`, got `float`"),
     (b'{"input": "x", "priority": 9.0}', 422, "priority", "<= 4"),
     (b'{"input": "x", "priority": 1.0, "nope": 1}', 422, "nope", "unknown field"),
+    (b"null", 422, None, "Expected `object`"),
+    # checked by the runtime against its model: input width, depth of the tree
+    (b'{"input": [[1, 2], [3, 4]]}', 422, "input", "T x 1 array"),
+    (b'{"input": "x", "membrane_depth": 7}', 422, "membrane_depth", "reservoir_size"),
 ]
 
 
