@@ -34,6 +34,7 @@ Input encoding: see :mod:`dtesn_trio.dtesn.encoding`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -634,6 +635,19 @@ class DTESNModel:
         ro = RidgeReadout(alpha=alpha, mode=mode, washout=washout).fit(self, inputs, targets)
         self.readout = ro
         return ro
+
+    def cache_key(self) -> str:
+        """A stable hash of what decides a result: the config and the readout's weights
+        (a result cache keyed on ``(input, cache_key())`` never serves a stale
+        prediction). Weights loaded from a file hash as the config that drew them.
+        """
+        ro = self.readout
+        if ro is None or ro.weights is None:
+            return self.config.cache_key()
+        h = hashlib.sha256(self.config.cache_key().encode())
+        h.update(f"{ro.mode}:{ro.alpha}:{ro.washout}:{ro.weights.shape}".encode())
+        h.update(np.ascontiguousarray(ro.weights).tobytes())
+        return h.hexdigest()[:32]
 
     @property
     def state_size(self) -> int:
