@@ -293,6 +293,7 @@ class DTESNModel:
         self._npad = npad
         unit_index = np.concatenate([np.arange(m.units) + m.index * s for m in mems])
         self._unit_index = unit_index
+        self._padded = bool(unit_index.shape[0] != npad)  # else the gather is the identity
         w_in = np.zeros((npad, cfg.input_dim))
         bias = np.zeros(npad)
         for m in mems:
@@ -531,32 +532,53 @@ class DTESNModel:
         return finals, recs
 
     # ------------------------------------------------------------------ results
-    def _result(self, xpad: FloatArray, recpad: FloatArray | None, steps: int) -> DTESNResult:
-        features = np.ascontiguousarray(xpad[self._unit_index])
-        summary: list[dict[str, float | int]] = []
+    def _results(
+        self, finals: list[FloatArray], recs: list[FloatArray] | None, steps: list[int]
+    ) -> list[DTESNResult]:
+        """Results of a batch, the summaries computed for all inputs at once."""
+        F = np.stack(finals)
+        F = F[:, self._unit_index] if self._padded else F
+        columns: list[tuple[int, int, int, list[float], list[float], list[float]]] = []
         for lv in self._levels:
-            part = features[lv.unit_slice]
-            summary.append(
-                {
-                    "level": lv.level,
-                    "membranes": lv.stop - lv.start,
-                    "units": int(part.shape[0]),
-                    "mean_activation": float(part.mean()),
-                    "mean_abs_activation": float(np.abs(part).mean()),
-                    "norm": float(np.linalg.norm(part)),
-                }
+            part = F[:, lv.unit_slice]
+            columns.append(
+                (
+                    lv.level,
+                    lv.stop - lv.start,
+                    int(part.shape[1]),
+                    part.mean(axis=1).tolist(),
+                    np.abs(part).mean(axis=1).tolist(),
+                    np.sqrt(np.einsum("ij,ij->i", part, part)).tolist(),
+                )
             )
-        prediction = None
         ro = self.readout
-        if ro is not None:
-            if ro.mode == "final":
-                prediction = ro.predict_states(features[None, :])[0]
-                if prediction.ndim == 0:
-                    prediction = prediction.reshape(1)
-            else:
-                assert recpad is not None
-                prediction = ro.predict_states(recpad[:, self._unit_index])
-        return DTESNResult(features, summary, prediction, steps)
+        final_pred = None
+        if ro is not None and ro.mode == "final":
+            final_pred = ro.predict_states(F)
+            if final_pred.ndim == 1:
+                final_pred = final_pred[:, None]
+        out: list[DTESNResult] = []
+        for i in range(F.shape[0]):
+            summary: list[dict[str, float | int]] = [
+                {
+                    "level": level,
+                    "membranes": membranes,
+                    "units": units,
+                    "mean_activation": mean[i],
+                    "mean_abs_activation": mean_abs[i],
+                    "norm": norm[i],
+                }
+                for level, membranes, units, mean, mean_abs, norm in columns
+            ]
+            prediction = None
+            if final_pred is not None:
+                prediction = final_pred[i]
+            elif ro is not None:
+                assert recs is not None
+                rec = recs[i][:, self._unit_index] if self._padded else recs[i]
+                prediction = ro.predict_states(rec)
+            out.append(DTESNResult(F[i], summary, prediction, steps[i]))
+        return out
 
     def _needs_record(self) -> bool:
         return self.readout is not None and self.readout.mode == "per_step"
@@ -566,7 +588,7 @@ class DTESNModel:
         """Run one input on the fastest single-input path (not a padded batch of one)."""
         enc = self._encode(x)
         xpad, rec = self._run_single(enc, self._needs_record())
-        return self._result(xpad, rec, enc.steps)
+        return self._results([xpad], None if rec is None else [rec], [enc.steps])[0]
 
     def process_batch(self, inputs: Sequence[object]) -> list[DTESNResult]:
         """Run a batch: one set of matrix products per time step for all inputs.
@@ -584,10 +606,7 @@ class DTESNModel:
             return [self.process_one(encs[0])]
         record = self._needs_record()
         finals, recs = self._run_batch(encs, record)
-        return [
-            self._result(finals[i], None if recs is None else recs[i], e.steps)
-            for i, e in enumerate(encs)
-        ]
+        return self._results(finals, recs, [e.steps for e in encs])
 
     def run_states(self, x: object, *, initial_state: npt.ArrayLike | None = None) -> FloatArray:
         """Every step's full state, ``steps × reservoir_size`` (for time-series readouts).
