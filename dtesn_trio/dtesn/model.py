@@ -442,6 +442,7 @@ class DTESNModel:
         dim = self.config.input_dim
         steps = int(sorted_len[0])
         all_text = all(e.text is not None for e in encs)
+        drive_buf = np.empty((npad, b))
         if all_text:
             # byte codes (T, batch): each step's drive is a gather from the byte table
             codes = np.zeros((steps, b), dtype=np.intp)
@@ -477,7 +478,9 @@ class DTESNModel:
                 width = na
             # the drive (npad, width), then the accumulator of the pre-activations
             if all_text:
-                Pt = np.take(table_T, codes[t, :width], axis=1)
+                if drive_buf.shape[1] != width:
+                    drive_buf = np.empty((npad, width))
+                Pt = np.take(table_T, codes[t, :width], axis=1, out=drive_buf)
             else:
                 Pt = w_in @ U[t, :, :width]
                 Pt += bias
