@@ -17,10 +17,10 @@ model, 64-byte texts, one BLAS thread, 2-core machine):
   SciPy's compiled kernel (the public ``@`` costs ~5 µs of Python per call): ~30 µs a
   step, where a stacked dense product per level took ~60 µs;
 - a batch (``process_batch``, ``batch_layout="sparse"``, the default): states as
-  ``(units, batch)``, per level one CSR × dense-matrix product, ~1,350 inputs/s in
+  ``(units, batch)``, per level one CSR × dense-matrix product, ~1,100-1,450 inputs/s in
   batches of 32. At 10 % sparsity this beats ``batch_layout="dense"`` (states as
   ``(membranes, batch, units)``, one stacked GEMM per level for ``W`` and one for
-  ``W_parent``: ~440 inputs/s), which does ten times the multiply-adds.
+  ``W_parent``: ~450-630 inputs/s), which does ten times the multiply-adds.
 
 Padding and masking: a batch's inputs are sorted by length; at step ``t`` only the
 prefix of inputs still running is updated, so a finished input's state is left exactly
