@@ -200,6 +200,10 @@ async def test_second_signal_stops_at_once(tmp_path: Path) -> None:
                 await stream.send_all(
                     b"POST /v1/process HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"
                 )
+                async with httpx.AsyncClient(base_url=server.url) as client:
+                    # in flight: the upload, and this very stats request
+                    while (await client.get("/v1/stats")).json()["server"]["in_flight"] < 2:  # noqa: ASYNC110 (another process)
+                        await trio.sleep(0.05)
                 server.proc.send_signal(signal.SIGINT)
                 with trio.move_on_after(1.0):
                     await server.proc.wait()
