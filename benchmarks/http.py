@@ -54,41 +54,45 @@ async def _client_connection(
     latencies: list[float],
     errors: list[str],
 ) -> None:
-    stream = await trio.open_tcp_stream(host, port)
-    conn = h11.Connection(h11.CLIENT)
     headers = [("host", f"{host}:{port}")]
     if body is not None:
         headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
     method = "POST" if body is not None else "GET"
-    async with stream:
-        while time.perf_counter() < stop_at:
-            start = time.perf_counter()
-            data = conn.send(h11.Request(method=method, target=path, headers=headers)) or b""
-            if body is not None:
-                data += conn.send(h11.Data(data=body)) or b""
-            data += conn.send(h11.EndOfMessage()) or b""
-            await stream.send_all(data)
-            status = 0
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
+    while time.perf_counter() < stop_at:
+        # one keep-alive connection, until the server ends it (hypercorn: every 1000
+        # requests) or the time is up
+        async with await trio.open_tcp_stream(host, port) as stream:
+            conn = h11.Connection(h11.CLIENT)
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                data = conn.send(h11.Request(method=method, target=path, headers=headers)) or b""
+                if body is not None:
+                    data += conn.send(h11.Data(data=body)) or b""
+                data += conn.send(h11.EndOfMessage()) or b""
+                await stream.send_all(data)
+                status = 0
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        chunk = await stream.receive_some(65536)
+                        if not chunk:
+                            errors.append("closed")
+                            return
+                        conn.receive_data(chunk)
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    elif isinstance(event, h11.ConnectionClosed):
                         errors.append("closed")
                         return
-                    conn.receive_data(chunk)
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.EndOfMessage):
+                if status == 200:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors.append(str(status))
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     break
-                elif isinstance(event, h11.ConnectionClosed):
-                    errors.append("closed")
-                    return
-            if status == 200:
-                latencies.append(time.perf_counter() - start)
-            else:
-                errors.append(str(status))
-            conn.start_next_cycle()
+                conn.start_next_cycle()
 
 
 async def _drive(

@@ -219,8 +219,8 @@ def openapi_document(
 
 
 def docs_html(document: dict[str, Any]) -> str:
-    """A docs page: Redoc (from its CDN) over ``/openapi.json``, and a plain list of the
-    endpoints for when the CDN cannot be reached."""
+    """A docs page: the endpoints listed plainly (works offline), then Redoc, loaded
+    from its CDN, rendering ``/openapi.json`` in full when the browser can reach it."""
     rows = []
     for path, ops in document["paths"].items():
         for method, op in ops.items():
@@ -228,11 +228,12 @@ def docs_html(document: dict[str, Any]) -> str:
                 f"<li><code>{html.escape(method.upper())} {html.escape(path)}</code>"
                 f" &mdash; {html.escape(op.get('summary', ''))}</li>"
             )
+    title = html.escape(f"{document['info']['title']} {document['info']['version']}")
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>dtesn-trio API</title>"
-        "</head><body>"
-        "<noscript><h1>dtesn-trio API</h1><ul>" + "".join(rows) + "</ul>"
-        "<p>Schema: <a href='/openapi.json'>/openapi.json</a></p></noscript>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{title} API</title></head><body>"
+        f"<h1>{title}</h1><ul>" + "".join(rows) + "</ul>"
+        "<p>The OpenAPI 3.1 document: <a href='/openapi.json'>/openapi.json</a></p>"
         "<redoc spec-url='/openapi.json'></redoc>"
         "<script src='https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js'></script>"
         "</body></html>"

@@ -228,6 +228,7 @@ async def test_openapi_and_docs(runtime: Faults) -> None:
             docs = await s.client.get("/docs", headers={"authorization": f"Bearer {KEY}"})
             assert docs.status_code == 200
             assert "/openapi.json" in docs.text
+            assert "<code>POST /v1/process</code>" in docs.text
             assert "text/html" in docs.headers["content-type"]
 
 
