@@ -176,3 +176,36 @@ def test_parse_set_option_and_keys() -> None:
     assert "server.port" in keys
     assert "redis.pool.max_connections" in keys
     assert "shutdown_grace" in keys
+
+
+@dataclass(frozen=True, slots=True)
+class Unions:
+    timeout: float | tuple[float | None, ...] | None = None
+    action: Literal["reject", "delay"] | tuple[Literal["reject", "delay"], ...] = "reject"
+    shares: tuple[float, ...] | None = None
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "expected"),
+    [
+        ("timeout", "2.5", 2.5),
+        ("timeout", "none", None),
+        ("timeout", "1, none, 3", (1.0, None, 3.0)),
+        ("action", "delay", "delay"),
+        ("action", "reject,delay", ("reject", "delay")),
+        ("shares", "0.5,0.5", (0.5, 0.5)),
+    ],
+)
+def test_unions_of_scalars_and_tuples(key: str, raw: str, expected: object) -> None:
+    loaded = load_settings(Unions, environ={}, overrides=[(key, raw)])
+    assert getattr(loaded, key) == expected
+
+
+def test_unions_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "u.toml"
+    path.write_text('timeout = [1.0, 2]\naction = ["delay", "reject"]\n')
+    loaded = load_settings(Unions, toml_path=path, environ={})
+    assert loaded.timeout == (1.0, 2.0)
+    assert loaded.action == ("delay", "reject")
+    with pytest.raises(SettingsError, match=r"action .*expected"):
+        load_settings(Unions, environ={}, overrides=[("action", "later")])
