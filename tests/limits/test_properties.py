@@ -7,7 +7,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtesn_trio.errors import CircuitOpen, DTESNError, Overloaded, RateLimited
+from dtesn_trio.errors import CircuitOpen, Overloaded, RateLimited
 from dtesn_trio.limits import Admission, AdmissionConfig, BreakerState, CircuitBreakerConfig
 
 # (what, argument): admit at a priority, end the oldest held request with an outcome,
@@ -117,7 +117,3 @@ def test_admission_books_stay_balanced(script: list[tuple[str, object]]) -> None
         )
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
-def test_errors_are_dtesn_errors() -> None:
-    assert issubclass(RateLimited, DTESNError)
