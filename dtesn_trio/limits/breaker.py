@@ -438,7 +438,9 @@ class CircuitBreaker:
             return
         if duration is None:
             duration = now - start
-        outcome = kind | (_SLOW if duration >= self._config.slow_call_duration else 0)
+        outcome = (_FAIL if kind == _FAILURE else 0) | (
+            _SLOW if duration >= self._slow_call_duration else 0
+        )
         window = self._window
         window.add(outcome, now)
         if state is BreakerState.HALF_OPEN:
