@@ -5,7 +5,11 @@ a time, for ``--seconds``; requests go submit -> batch -> no-op engine -> result
 baseline, measured in the same run, is the smallest request/response over a trio memory
 channel: send the request, a worker receives it and sets the submitter's ``trio.Event``.
 
-    python benchmarks/queue.py [--quick] [--json]
+    python benchmarks/queue.py [--quick] [--json] [--workers N]
+
+The issue's keys (``queue_b1_per_s`` … ``ratio_b32``) use ``--workers`` batch workers
+(default 1: a no-op engine gains nothing from a second worker, which only adds a task
+switch per batch); the same figures with 2 workers are reported beside them.
 """
 
 from __future__ import annotations
@@ -91,20 +95,33 @@ async def queue_rate(batch_size: int, workers: int, submitters: int, seconds: fl
 
 
 async def main(args: argparse.Namespace) -> dict[str, float]:
-    seconds = args.seconds if args.seconds else (1.5 if args.quick else 4.0)
-    rounds = 1 if args.quick else 3
-    best: dict[str, float] = {"bare": 0.0, "b1": 0.0, "b32": 0.0}
-    # interleave the measurements so machine noise hits all of them alike; keep the best
+    seconds = args.seconds if args.seconds else (1.0 if args.quick else 3.0)
+    rounds = 3 if args.quick else 5
+    n = args.submitters
+    runs = {
+        "bare": lambda: bare_roundtrip(n, seconds),
+        "b1": lambda: queue_rate(1, args.workers, n, seconds),
+        "b32": lambda: queue_rate(32, args.workers, n, seconds),
+        "b1_w2": lambda: queue_rate(1, 2, n, seconds),
+        "b32_w2": lambda: queue_rate(32, 2, n, seconds),
+    }
+    best = dict.fromkeys(runs, 0.0)
+    # Interleave the measurements so machine noise hits all of them alike; keep the best
+    # of each (the machine is shared: the best run is the least disturbed one).
     for _ in range(rounds):
-        best["bare"] = max(best["bare"], await bare_roundtrip(args.submitters, seconds))
-        best["b1"] = max(best["b1"], await queue_rate(1, args.workers, args.submitters, seconds))
-        best["b32"] = max(best["b32"], await queue_rate(32, args.workers, args.submitters, seconds))
+        for key, run in runs.items():
+            best[key] = max(best[key], await run())
+    bare = best["bare"]
     return {
         "queue_b1_per_s": round(best["b1"], 1),
         "queue_b32_per_s": round(best["b32"], 1),
-        "bare_roundtrip_per_s": round(best["bare"], 1),
-        "ratio_b1": round(best["b1"] / best["bare"], 3),
-        "ratio_b32": round(best["b32"] / best["bare"], 3),
+        "bare_roundtrip_per_s": round(bare, 1),
+        "ratio_b1": round(best["b1"] / bare, 3),
+        "ratio_b32": round(best["b32"] / bare, 3),
+        "queue_b1_2workers_per_s": round(best["b1_w2"], 1),
+        "queue_b32_2workers_per_s": round(best["b32_w2"], 1),
+        "ratio_b1_2workers": round(best["b1_w2"] / bare, 3),
+        "ratio_b32_2workers": round(best["b32_w2"] / bare, 3),
     }
 
 
@@ -114,22 +131,46 @@ def cli() -> None:
     parser.add_argument("--quick", action="store_true", help="short run (< 45 s)")
     parser.add_argument("--seconds", type=float, default=0.0, help="seconds per measurement")
     parser.add_argument("--submitters", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2, help="batch workers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="batch workers for the main figures (a no-op engine gains nothing from more; "
+        "2 workers are always measured as well)",
+    )
     args = parser.parse_args()
     result = trio.run(main, args)
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{args.submitters} concurrent submitters, {args.workers} batch workers, no-op engine")
-    print(f"{'measurement':<34}{'requests/s':>14}{'vs bare':>10}")
+    print(f"{args.submitters} concurrent submitters, no-op engine, best of interleaved runs")
+    print(f"{'measurement':<44}{'requests/s':>12}{'vs bare':>9}")
     bare = result["bare_roundtrip_per_s"]
-    print(f"{'bare memory-channel round trip':<34}{bare:>14,.0f}{1.0:>10.2f}")
-    print(
-        f"{'queue, max_batch_size=1':<34}{result['queue_b1_per_s']:>14,.0f}{result['ratio_b1']:>10.2f}"
-    )
-    print(
-        f"{'queue, max_batch_size=32':<34}{result['queue_b32_per_s']:>14,.0f}{result['ratio_b32']:>10.2f}"
-    )
+    rows = [
+        ("bare memory-channel round trip", bare, 1.0),
+        (
+            f"queue, max_batch_size=1, {args.workers} worker(s)",
+            result["queue_b1_per_s"],
+            result["ratio_b1"],
+        ),
+        (
+            f"queue, max_batch_size=32, {args.workers} worker(s)",
+            result["queue_b32_per_s"],
+            result["ratio_b32"],
+        ),
+        (
+            "queue, max_batch_size=1, 2 workers",
+            result["queue_b1_2workers_per_s"],
+            result["ratio_b1_2workers"],
+        ),
+        (
+            "queue, max_batch_size=32, 2 workers",
+            result["queue_b32_2workers_per_s"],
+            result["ratio_b32_2workers"],
+        ),
+    ]
+    for label, rate, ratio in rows:
+        print(f"{label:<44}{rate:>12,.0f}{ratio:>9.2f}")
     print("targets: ratio_b1 >= 0.7, ratio_b32 >= 1.2")
 
 

@@ -8,7 +8,7 @@ HTTP layer (``create_app``, ``serve``).  The soak runner lives in ``dtesn_trio.s
 
 from dtesn_trio._version import __version__
 from dtesn_trio.cache import CacheConfig, MemoryCache, ResultCache
-from dtesn_trio.config import RedisSettings, RuntimeConfig
+from dtesn_trio.config import PostgresSettings, RedisSettings, RuntimeConfig
 from dtesn_trio.dtesn import (
     DTESNConfig,
     DTESNModel,
@@ -96,6 +96,7 @@ __all__ = [
     "MemoryCache",
     "Overloaded",
     "PayloadTooLarge",
+    "PostgresSettings",
     "PriorityBatchQueue",
     "ProcessOutcome",
     "ProcessorConfig",

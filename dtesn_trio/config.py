@@ -15,9 +15,10 @@ from dtesn_trio.cache import CacheConfig
 from dtesn_trio.dtesn import DTESNConfig, ProcessorConfig
 from dtesn_trio.jobs import JobsConfig
 from dtesn_trio.limits import AdmissionConfig
+from dtesn_trio.limits.shared_rate import SharedRateLimiterConfig
 from dtesn_trio.nurseries import BatchQueueConfig, ConnectionPoolConfig
 
-__all__ = ["RedisSettings", "RuntimeConfig"]
+__all__ = ["PostgresSettings", "RedisSettings", "RuntimeConfig"]
 
 
 def _redis_pool_default() -> ConnectionPoolConfig:
@@ -38,6 +39,25 @@ class RedisSettings:
             raise ValueError(f"redis.url must start with redis:// (got {self.url!r})")
 
 
+def _postgres_pool_default() -> ConnectionPoolConfig:
+    return ConnectionPoolConfig(
+        max_connections=16, min_connections=2, max_concurrent_creates=4, max_waiting=10_000
+    )
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """PostgreSQL for shared durable jobs (section ``postgres``); used when
+    ``jobs.backend = "postgres"``."""
+
+    dsn: str | None = None
+    pool: ConnectionPoolConfig = field(default_factory=_postgres_pool_default)
+
+    def __post_init__(self) -> None:
+        if self.dsn is not None and not self.dsn.startswith(("postgres://", "postgresql://")):
+            raise ValueError(f"postgres.dsn must start with postgresql:// (got {self.dsn!r})")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Everything ``open_runtime`` builds, section by section."""
@@ -48,6 +68,8 @@ class RuntimeConfig:
     queue: BatchQueueConfig = field(default_factory=BatchQueueConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    shared_limit: SharedRateLimiterConfig = field(default_factory=SharedRateLimiterConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     shutdown_grace: float = 10.0
 
@@ -55,6 +77,10 @@ class RuntimeConfig:
         _checks.non_negative("runtime.shutdown_grace", self.shutdown_grace)
         if self.cache.enabled and self.cache.backend == "redis" and self.redis.url is None:
             raise ValueError("cache.backend = 'redis' needs redis.url to be set")
+        if self.shared_limit.enabled and self.redis.url is None:
+            raise ValueError("shared_limit.enabled = true needs redis.url to be set")
+        if self.jobs.enabled and self.jobs.backend == "postgres" and self.postgres.dsn is None:
+            raise ValueError("jobs.backend = 'postgres' needs postgres.dsn to be set")
         if self.admission.priority_levels != self.queue.priority_levels:
             raise ValueError(
                 "admission.priority_levels must equal queue.priority_levels "

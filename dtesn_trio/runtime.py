@@ -26,11 +26,14 @@ from dtesn_trio.config import RuntimeConfig
 from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult
 from dtesn_trio.errors import DeadlineExceeded, DTESNError, InvalidRequest, ShuttingDown
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics
-from dtesn_trio.jobs import JobService, SQLiteJobStore, open_job_service
+from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
+from dtesn_trio.jobs.postgres import PostgresJobStore
 from dtesn_trio.limits import Admission
+from dtesn_trio.limits.shared_rate import SharedRateLimiter
 from dtesn_trio.nurseries import (
     ConnectionPool,
     ConnectionPoolConfig,
+    PostgresConnector,
     PriorityBatchQueue,
     RedisConnector,
     SQLiteConnector,
@@ -73,6 +76,7 @@ class RuntimeStatistics:
     processor: Any
     cache: CacheStatistics | None
     pools: dict[str, Any]
+    shared_limit: Any
     loop: LoopStatistics
     shutting_down: bool
 
@@ -106,6 +110,7 @@ class Runtime:
     cache: ResultCache | None = None
     queue: PriorityBatchQueue[_Work, _Done] | None = None
     jobs: JobService | None = None
+    shared_limiter: SharedRateLimiter | None = None
     pools: dict[str, ConnectionPool[Any]] = field(default_factory=dict)
     _shutdown_started: trio.Event = field(default_factory=trio.Event)
     _ready: bool = False
@@ -154,6 +159,8 @@ class Runtime:
         start = trio.current_time()
         if deadline is not None and deadline <= start:
             raise DeadlineExceeded("the deadline had passed before the request started")
+        if self.shared_limiter is not None:
+            await self.shared_limiter.try_acquire()
         async with self.admission.throttle_request(priority=priority):
             with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
                 return await self._admitted(
@@ -305,6 +312,9 @@ class Runtime:
             processor=self.processor.statistics(),
             cache=self.cache.statistics() if self.cache is not None else None,
             pools={name: pool.statistics() for name, pool in self.pools.items()},
+            shared_limit=(
+                self.shared_limiter.statistics() if self.shared_limiter is not None else None
+            ),
             loop=self.loop_monitor.statistics(),
             shutting_down=self.shutting_down,
         )
@@ -366,6 +376,26 @@ def _numbers(value: Any) -> Any:
     return out or None
 
 
+async def _open_job_store(
+    config: RuntimeConfig, pools: dict[str, ConnectionPool[Any]], stack: AsyncExitStack
+) -> JobStore:
+    """The job store's pool (SQLite embedded, or PostgreSQL through trio-asyncio)."""
+    if config.jobs.backend == "postgres":
+        import trio_asyncio
+
+        assert config.postgres.dsn is not None  # RuntimeConfig checked it
+        await stack.enter_async_context(trio_asyncio.open_loop())
+        connector = PostgresConnector(config.postgres.dsn)
+        pools["jobs"] = await stack.enter_async_context(open_pool(connector, config.postgres.pool))
+        return PostgresJobStore(pools["jobs"])
+    sqlite = SQLiteConnector(config.jobs.sqlite_path)
+    pool_config = ConnectionPoolConfig(
+        max_connections=4, min_connections=1, max_concurrent_creates=1
+    )
+    pools["jobs"] = await stack.enter_async_context(open_pool(sqlite, pool_config))
+    return SQLiteJobStore(pools["jobs"])
+
+
 @asynccontextmanager
 async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Runtime]:
     """Build the ownership tree; leaving the block stops all of it, in order."""
@@ -387,6 +417,8 @@ async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Run
                 rt.pools["redis"] = await stack.enter_async_context(
                     open_pool(connector, config.redis.pool)
                 )
+            if config.shared_limit.enabled:
+                rt.shared_limiter = SharedRateLimiter(rt.pools["redis"], config.shared_limit)
             if config.cache.enabled:
                 if config.cache.backend == "redis":
                     rt.cache = RedisCache(rt.pools["redis"], config.cache)
@@ -396,12 +428,7 @@ async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Run
                 open_batch_queue(rt._run_batch, config.queue)
             )
             if config.jobs.enabled:
-                sqlite = SQLiteConnector(config.jobs.sqlite_path)
-                pool_config = ConnectionPoolConfig(
-                    max_connections=4, min_connections=1, max_concurrent_creates=1
-                )
-                rt.pools["jobs"] = await stack.enter_async_context(open_pool(sqlite, pool_config))
-                store = SQLiteJobStore(rt.pools["jobs"])
+                store = await _open_job_store(config, rt.pools, stack)
                 rt.jobs = await stack.enter_async_context(
                     open_job_service(store, rt._run_job, config.jobs)
                 )

@@ -303,8 +303,7 @@ def _coerce_inner(tp: Any, value: Any, from_text: bool) -> Any:
         if isinstance(value, str):
             return value
         raise _Mismatch("a string")
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise _Mismatch(_type_name(tp))
-    return value
+    if isinstance(tp, type) and isinstance(value, tp) and not from_text:
+        return value
+    # Callables, enums and the like are set in code, not in a config file.
+    raise _Mismatch(f"{_type_name(tp)}, which cannot be set from configuration")

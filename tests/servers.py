@@ -103,7 +103,7 @@ class RedisServer:
     def client_count(self, *, name: str | None = None) -> int:
         """Clients connected now, excluding the connection asking (optionally by name)."""
         lines = [ln for ln in self.command("CLIENT", "LIST").splitlines() if ln.strip()]
-        others = [ln for ln in lines if "cmd=client" not in ln]
+        others = [ln for ln in lines if "cmd=client|list" not in ln]
         if name is not None:
             others = [ln for ln in others if f" name={name} " in f" {ln} "]
         return len(others)

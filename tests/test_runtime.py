@@ -16,15 +16,17 @@ from dtesn_trio import (
     DTESNConfig,
     DTESNModel,
     InvalidRequest,
+    RateLimited,
     RuntimeConfig,
     ShuttingDown,
     open_runtime,
 )
 from dtesn_trio.cache import CacheConfig
-from dtesn_trio.config import RedisSettings
+from dtesn_trio.config import PostgresSettings, RedisSettings
 from dtesn_trio.jobs import JobsConfig
+from dtesn_trio.limits.shared_rate import SharedRateLimiterConfig
 from dtesn_trio.nurseries import BatchQueueConfig
-from tests.servers import RedisServer
+from tests.servers import PostgresServer, RedisServer
 
 SMALL = DTESNConfig(reservoir_size=64, membrane_depth=2)
 
@@ -179,3 +181,54 @@ async def test_redis_cache_is_shared_and_fails_open(redis: RedisServer) -> None:
             third = await b.process("redis is down now")
     assert (first.cache_hit, second.cache_hit, third.cache_hit) == (False, True, False)
     assert redis.proc is None
+
+
+@pytest.mark.postgres
+async def test_jobs_on_postgres_run_through_the_runtime(postgres_server: PostgresServer) -> None:
+    config = small_config(
+        jobs=JobsConfig(backend="postgres", workers=2, poll_interval=0.05),
+        postgres=PostgresSettings(dsn=postgres_server.dsn),
+    )
+    with trio.fail_after(60):
+        async with open_runtime(config) as rt:
+            assert rt.jobs is not None
+            record = await rt.jobs.submit({"input": "a durable job", "priority": 3})
+            while not (await rt.jobs.get(record.id) or record).finished:  # noqa: ASYNC110 - the database is the state
+                await trio.sleep(0.02)
+            done = await rt.jobs.get(record.id)
+    assert done is not None
+    assert done.status == "succeeded"
+    assert done.result is not None
+    assert len(done.result["result"]["features"]) > 0
+
+
+@pytest.mark.redis
+async def test_shared_limit_refuses_past_the_global_rate(redis: RedisServer) -> None:
+    config = small_config(
+        redis=RedisSettings(url=redis.url),
+        shared_limit=SharedRateLimiterConfig(enabled=True, rates="1/min:3"),
+    )
+    outcomes: list[str] = []
+    with trio.fail_after(30):
+        async with open_runtime(config) as rt:
+            for i in range(5):
+                try:
+                    await rt.process(f"input {i}")
+                    outcomes.append("ok")
+                except RateLimited as exc:
+                    outcomes.append(f"limited after {exc.retry_after or 0:.0f}s+")
+            stats = rt.statistics().shared_limit
+    assert outcomes[:3] == ["ok", "ok", "ok"]
+    # 1/min: the next slot is about 20 s (one emission interval minus elapsed) away.
+    assert all(o.startswith("limited after") and o != "limited after 0s+" for o in outcomes[3:])
+    assert stats is not None
+    assert (stats.admitted, stats.limited) == (3, 2)
+
+
+def test_config_cross_checks_name_the_missing_section() -> None:
+    with pytest.raises(ValueError, match=r"shared_limit\.enabled = true needs redis\.url"):
+        RuntimeConfig(shared_limit=SharedRateLimiterConfig(enabled=True))
+    with pytest.raises(ValueError, match=r"jobs\.backend = 'postgres' needs postgres\.dsn"):
+        RuntimeConfig(jobs=JobsConfig(backend="postgres"))
+    with pytest.raises(ValueError, match=r"cache\.backend = 'redis' needs redis\.url"):
+        RuntimeConfig(cache=CacheConfig(backend="redis"))

@@ -20,8 +20,32 @@ __all__ = ["available_cores", "blas_threads", "current_blas_limit"]
 _lock = threading.Lock()
 _leases = 0
 _limit: int | None = None
-_restore: Any = None
-_controller: Any = None
+_original: list[tuple[Any, int | None]] | None = None
+_libs: list[Any] | None = None
+
+
+def _blas_libs() -> list[Any]:
+    global _libs
+    if _libs is None:
+        from threadpoolctl import ThreadpoolController
+
+        _libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _libs
+
+
+def _set(lib: Any, n: int) -> None:
+    # threadpoolctl lets only one "controlling thread" change a process-wide OpenBLAS
+    # pool, and silently ignores the others. Every change here happens under `_lock`,
+    # from whichever worker thread holds it, so take control for the call and give it
+    # back: changes must never be dropped.
+    clear = getattr(type(lib), "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    try:
+        lib.set_num_threads(n)
+    finally:
+        if clear is not None:
+            clear(force=True)
 
 
 def available_cores() -> int:
@@ -46,18 +70,16 @@ def blas_threads(limit: int) -> Iterator[None]:
     overlap (a later, smaller request tightens it; nothing loosens it until all leases
     are gone).
     """
-    global _leases, _limit, _restore, _controller
+    global _leases, _limit, _original
     if limit < 1:
         raise ValueError(f"processor.blas_threads must be >= 1 (got {limit})")
     with _lock:
-        if _leases == 0 or _limit is None or limit < _limit:
-            if _controller is None:
-                from threadpoolctl import ThreadpoolController
-
-                _controller = ThreadpoolController()
-            limiter = _controller.limit(limits=limit, user_api="blas")
-            if _restore is None:
-                _restore = limiter  # remembers the counts from before the first lease
+        libs = _blas_libs()
+        if _leases == 0:
+            _original = [(lib, lib.get_num_threads()) for lib in libs]
+        if _limit is None or limit < _limit:
+            for lib in libs:
+                _set(lib, limit)
             _limit = limit
         _leases += 1
     try:
@@ -66,7 +88,8 @@ def blas_threads(limit: int) -> Iterator[None]:
         with _lock:
             _leases -= 1
             if _leases == 0:
-                if _restore is not None:
-                    _restore.restore_original_limits()
-                _restore = None
+                for lib, n in _original or []:
+                    if n is not None:
+                        _set(lib, n)
+                _original = None
                 _limit = None

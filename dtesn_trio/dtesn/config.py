@@ -44,8 +44,8 @@ class DTESNConfig:
     sparsity: float = 0.1
     seed: int = 42
     input_dim: int = 1
-    bias_scaling: float = 0.1
-    parent_scaling: float = 0.5
+    bias_scaling: float = 0.5
+    parent_scaling: float = 0.2
 
     def __post_init__(self) -> None:
         _checks.integer("model.membrane_depth", self.membrane_depth)

@@ -2,6 +2,7 @@
 ``open_job_service`` / ``JobService``."""
 
 from dtesn_trio.jobs.config import JobsConfig
+from dtesn_trio.jobs.postgres import PostgresJobStore
 from dtesn_trio.jobs.service import (
     JobService,
     JobServiceStatistics,
@@ -19,6 +20,7 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "JobsConfig",
+    "PostgresJobStore",
     "ProcessFn",
     "SQLiteJobStore",
     "open_job_service",

@@ -264,6 +264,7 @@ class Admission:
     adaptive_scaling=True, scale_factor=1.2)``: keyword arguments override fields of
     ``config`` (or of the defaults). The primitives are public: ``rate_limiter``,
     ``breaker``, ``limiter`` (whose ``capacity_limiter`` holds the current limit).
+    Build it anywhere; use it inside one Trio run (its times are that run's clock).
     """
 
     def __init__(self, config: AdmissionConfig | None = None, **overrides: Any) -> None:
@@ -299,11 +300,7 @@ class Admission:
         """
         if priority is None:
             priority = self._default_priority
-        elif (
-            not isinstance(priority, int)
-            or isinstance(priority, bool)
-            or not 0 <= priority < self._levels
-        ):
+        elif type(priority) is not int or not 0 <= priority < self._levels:
             raise InvalidRequest(
                 f"priority must be an integer in 0..{self._levels - 1} (got {priority!r})",
                 field="priority",

@@ -187,7 +187,14 @@ class RateLimiter:
                 retry_after=max(self._delay(cost + queued, now), 0.0),
             )
         self._tat = new_tat
-        self._count(cost, now)
+        # _count(), written out.
+        self._acquired += 1
+        self._acquired_cost += cost
+        if now - self._window_start >= 1.0:
+            self._recent_rate = self._window_count / (now - self._window_start)
+            self._window_start = now
+            self._window_count = 0
+        self._window_count += 1
 
     async def acquire(self, cost: int = 1) -> None:
         """Wait (FIFO) until ``cost`` fits, then take it. Cancellation leaves no trace."""

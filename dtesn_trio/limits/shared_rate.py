@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -24,7 +24,14 @@ from dtesn_trio.errors import BackendUnavailable, RateLimited
 from dtesn_trio.limits.rate import RateLimiter, RateLimiterConfig
 from dtesn_trio.nurseries import ConnectionPool, RedisConnection
 
-__all__ = ["GCRA_SCRIPT", "Rate", "SharedRateLimiter", "SharedRateLimiterConfig"]
+__all__ = [
+    "GCRA_SCRIPT",
+    "Rate",
+    "SharedRateLimiter",
+    "SharedRateLimiterConfig",
+    "SharedRateLimiterStatistics",
+    "parse_rates",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +93,66 @@ class Rate:
         return round(interval), round(burst * interval)
 
 
+_PERIODS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+
+
+def parse_rates(spec: str) -> tuple[Rate, ...]:
+    """``"100/s:20;5000/min"`` -> ``(Rate(100, 1, 20), Rate(5000, 60))``.
+
+    Each rate is ``LIMIT/PERIOD[:BURST]``; PERIOD is s, min or h (or a number of
+    seconds: ``10/5s``); rates are separated by ``;`` or ``,``.
+    """
+    rates = []
+    for part in spec.replace(",", ";").split(";"):
+        text = part.strip()
+        if not text:
+            continue
+        try:
+            limit_text, _, rest = text.partition("/")
+            period_text, _, burst_text = rest.partition(":")
+            period_text = period_text.strip()
+            unit = period_text.lstrip("0123456789.")
+            count = float(period_text[: len(period_text) - len(unit)] or 1)
+            period = count * _PERIODS[unit or "s"]
+            burst = int(burst_text) if burst_text else None
+            rates.append(Rate(float(limit_text), period, burst))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(
+                f"shared_limit.rates: cannot read {text!r} (expected e.g. '100/s:20;5000/min')"
+            ) from exc
+    if not rates:
+        raise ValueError(f"shared_limit.rates must name at least one rate (got {spec!r})")
+    return tuple(rates)
+
+
 @dataclass(frozen=True)
 class SharedRateLimiterConfig:
-    """Section ``shared_limit``: the global rates and what to do while Redis is down."""
+    """Section ``shared_limit``: the global rates and what to do while Redis is down.
 
+    ``rates`` is a spec such as ``"1000/s:100;50000/min"`` (see ``parse_rates``).
+    """
+
+    enabled: bool = False
     key: str = "dtesn:rate:global"
-    rates: tuple[Rate, ...] = field(default_factory=lambda: (Rate(1000.0, 1.0, 100),))
+    rates: str = "1000/s:100"
     instances: int = 1  # this instance's share of the fallback rate is 1/instances
     fail_open: bool = True  # Redis down: local fallback (True) or refuse (False)
 
     def __post_init__(self) -> None:
-        if not self.rates:
-            raise ValueError("shared_limit.rates must name at least one rate")
+        parse_rates(self.rates)
         _checks.integer("shared_limit.instances", self.instances, minimum=1)
+
+    def parsed_rates(self) -> tuple[Rate, ...]:
+        return parse_rates(self.rates)
 
 
 @dataclass(frozen=True)
@@ -118,31 +172,34 @@ class SharedRateLimiter:
     ) -> None:
         self.pool = pool
         self.config = config
-        self._keys = [f"{{{config.key}}}:{i}" for i in range(len(config.rates))]
+        self._rates = config.parsed_rates()
+        self._keys = [f"{{{config.key}}}:{i}" for i in range(len(self._rates))]
         self._fallback = self._make_fallback(config)
         self._admitted = self._limited = self._fallback_calls = self._errors = 0
         self._using_fallback = False
 
     @staticmethod
     def _make_fallback(config: SharedRateLimiterConfig) -> RateLimiter:
-        strictest = min(config.rates, key=lambda r: r.per_second)
+        strictest = min(config.parsed_rates(), key=lambda r: r.per_second)
         share = strictest.per_second / config.instances
         burst = strictest.burst if strictest.burst is not None else math.floor(strictest.limit)
         return RateLimiter(RateLimiterConfig(rate=share, burst=max(1, burst // config.instances)))
 
     def set_rates(self, rates: Sequence[Rate]) -> None:
         """Change the global rates; the next call carries them to Redis."""
-        if len(rates) != len(self.config.rates):
+        if len(rates) != len(self._rates):
             raise ValueError("shared_limit.rates: set_rates must keep the number of rates")
-        self.config = SharedRateLimiterConfig(
-            self.config.key, tuple(rates), self.config.instances, self.config.fail_open
+        self._rates = tuple(rates)
+        strictest = min(self._rates, key=lambda r: r.per_second)
+        self._fallback.set_rate(
+            strictest.per_second / self.config.instances,
+            max(1, (strictest.burst or math.floor(strictest.limit)) // self.config.instances),
         )
-        self._fallback = self._make_fallback(self.config)
 
     async def try_acquire(self, cost: int = 1) -> None:
         """Admit ``cost`` calls now or raise ``RateLimited`` with the exact ``retry_after``."""
         args: list[int] = [cost]
-        for rate in self.config.rates:
+        for rate in self._rates:
             args.extend(rate.script_args())
         try:
             async with self.pool.connection() as conn:

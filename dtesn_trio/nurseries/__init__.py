@@ -3,6 +3,8 @@
 from dtesn_trio.nurseries.adaptive_timeout import AdaptiveTimeout, AdaptiveTimeoutStatistics
 from dtesn_trio.nurseries.connectors import (
     Connector,
+    PostgresConnection,
+    PostgresConnector,
     RedisConnection,
     RedisConnectionError,
     RedisConnector,
@@ -35,6 +37,8 @@ __all__ = [
     "ConnectionPoolConfig",
     "Connector",
     "PoolStatistics",
+    "PostgresConnection",
+    "PostgresConnector",
     "PriorityBatchQueue",
     "ProcessBatch",
     "RedisConnection",

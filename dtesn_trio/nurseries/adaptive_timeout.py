@@ -52,10 +52,13 @@ class AdaptiveTimeout:
         self._times.extend(response_times)
         self._outcomes.extend([ok] * len(response_times))
 
-    def record_one(self, response_time: float, ok: bool) -> None:
-        """Record one processed request."""
-        self._times.append(response_time)
-        self._outcomes.append(ok)
+    def record_batch(self, response_times: list[float], failed: list[float] | None) -> None:
+        """Record a processed batch: all response times, and those of failed members."""
+        self._times.extend(response_times)
+        n_failed = 0 if failed is None else len(failed)
+        self._outcomes.extend([True] * (len(response_times) - n_failed))
+        if n_failed:
+            self._outcomes.extend([False] * n_failed)
 
     def record_failures(self, count: int) -> None:
         """Record ``count`` failures without response times (e.g. queue timeouts)."""

@@ -263,6 +263,7 @@ class ConnectionPool(Generic[C]):
                     self._fail_all_waiters()
                     nursery.cancel_scope.cancel()
         finally:
+            self._state = _State.CLOSED  # also when the initial fill failed
             self._nursery = None
             idle, self._idle = self._idle, []
             self._closing += len(idle)
@@ -360,9 +361,10 @@ class ConnectionPool(Generic[C]):
                     # Like CapacityLimiter.acquire: the entry is ours, so this yield must
                     # not be a place where cancellation can strand it.
                     await trio.lowlevel.cancel_shielded_checkpoint()
+                    now = start
                 else:
                     entry = await self._wait(start)
-                now = trio.current_time()
+                    now = trio.current_time()
                 if (
                     entry.suspect or now - entry.last_used > self._config.validation_bypass
                 ) and not await self._validate(entry):
@@ -477,8 +479,8 @@ class ConnectionPool(Generic[C]):
                 return
         elif failed:
             entry.suspect = True
-        entry.last_used = trio.current_time()
-        leftover = self._reinstate(entry)
+        now = entry.last_used = trio.current_time()
+        leftover = self._reinstate(entry, now)
         if leftover is not None:
             await self._close_entry(leftover)
 
@@ -487,17 +489,25 @@ class ConnectionPool(Generic[C]):
     def _total(self) -> int:
         return len(self._idle) + len(self._in_use) + len(self._checking) + self._connecting
 
-    def _reinstate(self, entry: _Entry[C]) -> _Entry[C] | None:
+    def _reinstate(self, entry: _Entry[C], now: float) -> _Entry[C] | None:
         """Put a connection we hold back into service, or discard it."""
+        cfg = self._config
+        total = len(self._idle) + len(self._in_use) + len(self._checking) + self._connecting
         if (
             self._state is not _State.RUNNING
             or entry.generation != self._generation
-            or entry.expires_at <= entry.last_used
-            or self._total() >= self._config.max_connections
+            or entry.expires_at <= now
+            or total >= cfg.max_connections
         ):
             return self._discard(entry)
         self._hand_off(entry)
-        if entry.expires_at < self._maint_deadline:
+        # Wake the maintenance task only if this connection is due before it would wake.
+        due = entry.expires_at
+        if cfg.enable_keepalive:
+            due = min(due, max(entry.last_used, entry.last_checked) + cfg.keepalive_interval)
+        if cfg.idle_timeout is not None and total >= cfg.min_connections:
+            due = min(due, entry.last_used + cfg.idle_timeout)
+        if due < self._maint_deadline:
             self._poke()
         return None
 
@@ -684,7 +694,7 @@ class ConnectionPool(Generic[C]):
             if (
                 cfg.idle_timeout is not None
                 and surplus > 0
-                and now - entry.last_used >= cfg.idle_timeout
+                and now >= entry.last_used + cfg.idle_timeout
             ):
                 self._discard(entry)
                 surplus -= 1
@@ -702,6 +712,12 @@ class ConnectionPool(Generic[C]):
         if cfg.idle_timeout is not None and surplus > 0:
             for entry in keep[:surplus]:
                 deadline = min(deadline, entry.last_used + cfg.idle_timeout)
+        if cfg.max_lifetime is not None:
+            # Not retired while in use, but wake when it would be due, so that a
+            # release need not wake this task for lifetimes it already knows.
+            for entry in self._in_use:
+                if entry.expires_at > now:
+                    deadline = min(deadline, entry.expires_at)
         threshold = cfg.leak_detection_threshold
         if threshold is not None:
             for entry in self._in_use:
@@ -748,8 +764,8 @@ class ConnectionPool(Generic[C]):
             self._discard(entry)
             raise
         self._checking.discard(entry)
-        entry.last_checked = trio.current_time()
-        self._reinstate(entry)
+        now = entry.last_checked = trio.current_time()
+        self._reinstate(entry, now)
 
 
 @asynccontextmanager

@@ -51,6 +51,7 @@ BatchDoneCallback = Callable[[int, float, BaseException | None], None]
 # it ran; it is skipped, never processed.
 _QUEUED, _TAKEN, _RUNNING, _DONE, _GONE = range(5)
 _INF = math.inf
+_CHECKPOINT_EVERY = 32  # items a worker may answer between two of its own checkpoints
 
 
 _reschedule = trio.lowlevel.reschedule
@@ -186,7 +187,10 @@ class PriorityBatchQueue(Generic[T, R]):
         self._dead = [0] * self._levels  # abandoned requests still inside a channel
         self._skips = [0] * self._levels
         self._starving = False
-        self._form_lock = trio.Lock()
+        # One worker forms a batch at a time.  A Semaphore, not a Lock: it guards no
+        # resource owned by a task, and trio.Lock's per-acquire owner bookkeeping was a
+        # measurable share of the per-batch cost.
+        self._form_lock = trio.Semaphore(1)
         # expiry bookkeeping: per level in arrival order (level timeouts), and a heap for
         # requests whose own deadline is earlier than their level's timeout
         self._order: list[deque[_Request[T, R]]] = [deque() for _ in range(self._levels)]
@@ -516,7 +520,8 @@ class PriorityBatchQueue(Generic[T, R]):
             wakeup.set()
 
     def _answer(self, req: _Request[T, R], value: R | None, error: BaseException | None) -> None:
-        # The only place a request is answered; a request is answered once.
+        # Answers a request that was not answered before (callers check its state); the
+        # engine's results (_call) and expiry (_expire) set the slot the same way.
         if req.state < _RUNNING:
             self._waiting[req.level] -= 1
         req.state = _DONE
@@ -537,6 +542,11 @@ class PriorityBatchQueue(Generic[T, R]):
         ``max_batch_size × workers``, at the recent mean batch duration; while every
         worker is busy, half a batch more.  Zero before any batch has run.
         """
+        if type(priority) is not int or not 0 <= priority < self._levels:
+            raise InvalidRequest(
+                f"priority must be an integer from 0 to {self._levels - 1} (got {priority!r})",
+                field="priority",
+            )
         ewma = self._batch_ewma
         if ewma is None:
             return 0.0
@@ -550,12 +560,59 @@ class PriorityBatchQueue(Generic[T, R]):
 
     async def _worker(self) -> None:
         try:
+            lock = self._form_lock
+            max_batch = self._max_batch
+            waiting = self._waiting
+            sizes = self._batch_sizes
+            retry = self.config.retry_individually
+            batch: list[_Request[T, R]] | None
+            budget = 0
             while True:
-                async with self._form_lock:
-                    batch = await self._form_batch()
-                if batch is None:
-                    return
-                await self._run_batch(batch)
+                # One worker forms a batch at a time.  The worker checkpoints at least
+                # once per _CHECKPOINT_EVERY items: when full batches are ready and the
+                # engine did not yield, it goes on without a trip through the scheduler.
+                if budget > 0 and lock.value:
+                    lock.acquire_nowait()
+                else:
+                    await lock.acquire()
+                    budget = _CHECKPOINT_EVERY
+                try:
+                    # fast path: a full batch is waiting; no coroutine, no timer
+                    batch = []
+                    size, closed = self._fill(batch, 0, self._now())
+                    if closed or size < max_batch:
+                        batch = await self._form_batch(batch, size, closed)
+                        if batch is None:
+                            return
+                    if self._max_skips is not None:
+                        self._count_skips(batch)
+                finally:
+                    lock.release()
+                budget -= len(batch)
+                # run it (inline, not another coroutine: this is the per-batch hot path)
+                for req in batch:
+                    waiting[req.level] -= 1
+                    req.state = _RUNNING
+                n = len(batch)
+                self._running_batches += 1
+                self._running_items += n
+                self._processed += n
+                self._batches += 1
+                sizes[n] = sizes.get(n, 0) + 1
+                try:
+                    error = await self._call(batch)
+                    if error is not None and retry and n > 1:
+                        for req in batch:
+                            await self._call([req])
+                finally:
+                    self._running_batches -= 1
+                    self._running_items -= n
+                    # Cancelled (the queue is being torn down) or KeyboardInterrupt: the
+                    # batch never finished; its members still get an answer, and the
+                    # breaker no verdict.
+                    for req in batch:
+                        if req.state == _RUNNING:
+                            self._answer(req, None, ShuttingDown("the queue shut down mid-batch"))
         finally:
             self._workers_left -= 1
             if self._workers_left == 0:
@@ -578,13 +635,16 @@ class PriorityBatchQueue(Generic[T, R]):
         """
         max_batch = self._max_batch
         size_fn = self._size_fn
+        waiting = self._waiting
         closed = False
         for level in self._service_order():
             if size >= max_batch:
                 break
-            receive = self._receive[level]
             delayed = self._delayed[level]
             held = self._held[level]
+            if not waiting[level] and not delayed and not held:
+                continue  # nothing live there: skip the WouldBlock exception
+            receive = self._receive[level]
             while size < max_batch:
                 if held:
                     req = held.popleft()
@@ -621,14 +681,22 @@ class PriorityBatchQueue(Generic[T, R]):
                 batch.append(req)
         return size, closed
 
-    async def _form_batch(self) -> list[_Request[T, R]] | None:
-        batch: list[_Request[T, R]] = []
+    async def _form_batch(
+        self, batch: list[_Request[T, R]], size: int, closed: bool
+    ) -> list[_Request[T, R]] | None:
+        """Complete a partly filled batch: wait for more until it is full or due.
+
+        Returns ``None`` (having answered its members) once the queue is closed.
+        """
         self._forming = batch
-        size = 0
         waited = False
+        first = True
         while True:
             now = self._now()
-            size, closed = self._fill(batch, size, now)
+            if first:  # the worker has just filled it
+                first = False
+            else:
+                size, closed = self._fill(batch, size, now)
             if closed:
                 error = ShuttingDown("the queue is shutting down")
                 for req in batch:
@@ -658,18 +726,20 @@ class PriorityBatchQueue(Generic[T, R]):
                 if now >= leave_at:
                     break
             else:
+                if self._receive[0].statistics().open_send_channels == 0:
+                    self._forming = []
+                    return None  # closed, and close() answered whatever was queued
                 leave_at = _INF
             wakeup = self._wakeup = trio.Event()
             with trio.move_on_at(leave_at):
                 await wakeup.wait()
             waited = True
         self._forming = []
-        self._count_skips(batch)
         return batch
 
     def _count_skips(self, batch: list[_Request[T, R]]) -> None:
-        if self._max_skips is None:
-            return
+        max_skips = self._max_skips
+        assert max_skips is not None
         served = {req.level for req in batch}
         skips = self._skips
         waiting = self._waiting
@@ -677,39 +747,11 @@ class PriorityBatchQueue(Generic[T, R]):
         for level in self._all_levels:
             if waiting[level] > 0 and level not in served:
                 skips[level] += 1
-                if skips[level] >= self._max_skips:
+                if skips[level] >= max_skips:
                     starving = True
             else:
                 skips[level] = 0
         self._starving = starving
-
-    async def _run_batch(self, batch: list[_Request[T, R]]) -> None:
-        waiting = self._waiting
-        for req in batch:
-            waiting[req.level] -= 1
-            req.state = _RUNNING
-        n = len(batch)
-        self._running_batches += 1
-        self._running_items += n
-        self._processed += n
-        self._batches += 1
-        sizes = self._batch_sizes
-        sizes[n] = sizes.get(n, 0) + 1
-        try:
-            error = await self._call(batch)
-            if error is not None and self.config.retry_individually and n > 1:
-                for req in batch:
-                    await self._call([req])
-        finally:
-            self._running_batches -= 1
-            self._running_items -= n
-            # Cancelled (the queue is being torn down) or KeyboardInterrupt: the batch
-            # never finished, and its members still get an answer.  No breaker verdict.
-            shut: ShuttingDown | None = None
-            for req in batch:
-                if req.state == _RUNNING:
-                    shut = shut or ShuttingDown("the queue shut down while the batch was running")
-                    self._answer(req, None, shut)
 
     async def _call(self, batch: list[_Request[T, R]]) -> BaseException | None:
         """Run ``process_batch`` on ``batch`` and answer its members.
@@ -735,20 +777,32 @@ class PriorityBatchQueue(Generic[T, R]):
             self._adaptive.record([finished - req.queued_at for req in batch], False)
             return exc
         finished = now()
-        self._batch_done(len(batch), finished - started, None)
-        record = self._adaptive.record_one
+        duration = finished - started
+        ewma = self._batch_ewma
+        ewma = self._batch_ewma = duration if ewma is None else 0.8 * ewma + 0.2 * duration
+        self._estimate_bound = (self._rounds_bound + 1.0) * ewma
+        self._consecutive_failures = 0
+        if self._on_batch_done is not None:
+            self._on_batch_done(len(batch), duration, None)
+        failed: list[float] | None = None
         for req, result in zip(batch, results, strict=True):
             req.state = _DONE
             if isinstance(result, BaseException):
                 req.error = result
-                record(finished - req.queued_at, False)
+                if failed is None:
+                    failed = []
+                failed.append(finished - req.queued_at)
             else:
                 req.value = result
-                record(finished - req.queued_at, True)
-            req.wake()
+            task = req.task  # inline req.wake(): this loop is the per-item hot path
+            if task is not None:
+                req.task = None
+                _reschedule(task)
+        self._adaptive.record_batch([finished - req.queued_at for req in batch], failed)
         return None
 
     def _batch_done(self, size: int, duration: float, error: BaseException | None) -> None:
+        # (the success path in _call inlines this)
         ewma = self._batch_ewma
         ewma = self._batch_ewma = duration if ewma is None else 0.8 * ewma + 0.2 * duration
         # No estimate can exceed this: below it, submit skips estimating.

@@ -89,6 +89,7 @@ class RuntimeLike(Protocol):
         priority: int = 2,
         deadline: float | None = None,
         membrane_depth: int | None = None,
+        use_cache: bool = True,
     ) -> list[Any]: ...
 
     def get_stats(self) -> dict[str, Any]: ...
@@ -256,7 +257,7 @@ class AppState:
             )
 
         outcome = await self._drainable(call)
-        self.metrics.process_latency.labels(str(req.priority)).observe(time.perf_counter() - start)
+        self.metrics.observe_process(req.priority, time.perf_counter() - start)
         return _json(outcome.to_dict())
 
     async def process_batch(self, request: Request) -> Response:
@@ -279,6 +280,7 @@ class AppState:
                 priority=req.priority,
                 deadline=deadline,
                 membrane_depth=req.membrane_depth,
+                use_cache=req.use_cache,
             )
 
         outcomes = await self._drainable(call)
@@ -290,7 +292,7 @@ class AppState:
                 )
             else:
                 items.append({"index": i, "status": 200, "outcome": outcome.to_dict()})
-        self.metrics.process_latency.labels(str(req.priority)).observe(time.perf_counter() - start)
+        self.metrics.observe_process(req.priority, time.perf_counter() - start)
         return _json({"results": items})
 
     async def submit_job(self, request: Request) -> Response:
@@ -444,8 +446,7 @@ class _Guard:
             route = _route_label(path)
             state.in_flight -= 1
             state.metrics.in_flight.dec()
-            state.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            state.metrics.duration.labels(route).observe(elapsed)
+            state.metrics.observe_request(route, scope["method"], status, elapsed)
             if state.config.access_log:
                 access_logger.info("%s %s %d %.1fms", scope["method"], path, status, elapsed * 1000)
             request_id_var.reset(token)

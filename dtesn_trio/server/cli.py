@@ -24,7 +24,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 def _settings_class() -> type[Any]:
     """``RuntimeConfig``'s sections plus ``[server]``: the tree a config file holds."""
-    from dtesn_trio.runtime import RuntimeConfig  # type: ignore[import-not-found,unused-ignore]
+    from dtesn_trio.runtime import RuntimeConfig
 
     hints = typing.get_type_hints(RuntimeConfig)
     fields: list[tuple[str, Any, Any]] = []
@@ -49,7 +49,7 @@ def load_serve_config(
 ) -> tuple[Any, ServerConfig]:
     """``(RuntimeConfig, ServerConfig)`` from a TOML file < ``DTESN_*`` < ``--set`` <
     the named flags (``{"server.port": 9000}``).  Raises ``SettingsError``."""
-    from dtesn_trio.runtime import RuntimeConfig  # type: ignore[import-not-found,unused-ignore]
+    from dtesn_trio.runtime import RuntimeConfig
 
     cls = _settings_class()
     overrides: list[tuple[str, Any]] = [parse_set_option(s) for s in sets]
@@ -79,7 +79,7 @@ def _setup_logging(level: str) -> None:
 
 
 async def _serve_main(runtime_config: Any, server_config: ServerConfig) -> None:
-    from dtesn_trio.runtime import open_runtime  # type: ignore[import-not-found,unused-ignore]
+    from dtesn_trio.runtime import open_runtime
     from dtesn_trio.server.serve import ServerInfo, serve
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

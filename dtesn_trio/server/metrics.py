@@ -26,6 +26,7 @@ logger = logging.getLogger("dtesn_trio.server")
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+_MAX_CHILDREN = 1000  # methods are client-chosen: bound the cache
 _BAD_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -87,11 +88,34 @@ class AppMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._priority_children: dict[int, Any] = {}
         self.in_flight = Gauge(
             "dtesn_http_requests_in_flight",
             "HTTP requests being handled.",
             registry=self.registry,
         )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one finished request and its latency (label children cached: the
+        ``labels()`` lookup is most of the cost of an update)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.duration.labels(route),
+            )
+            if len(self._request_children) < _MAX_CHILDREN:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_process(self, priority: int, seconds: float) -> None:
+        child = self._priority_children.get(priority)
+        if child is None:
+            child = self._priority_children[priority] = self.process_latency.labels(str(priority))
+        child.observe(seconds)
 
     def add_snapshot(self, prefix: str, snapshot: Callable[[], Mapping[str, Any]]) -> None:
         """Expose ``snapshot()`` (flat or nested numbers) as gauges named after its keys."""

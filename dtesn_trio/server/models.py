@@ -45,7 +45,7 @@ DeadlineMs = Annotated[
         ge=1, le=MAX_DEADLINE_MS, description="Answer within this many milliseconds or fail."
     ),
 ]
-MembraneDepth = Annotated[int, msgspec.Meta(ge=1, le=16)]
+MembraneDepth = Annotated[int, msgspec.Meta(ge=1, le=8)]
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

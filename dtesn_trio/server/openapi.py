@@ -40,6 +40,7 @@ _MODELS: tuple[type[Any], ...] = (
 _ERRORS = {
     "400": "Malformed body: not JSON, or not UTF-8",
     "401": "API key missing or wrong",
+    "404": "No such job (or durable jobs are disabled)",
     "413": "Body over the configured limit",
     "422": "A field has the wrong type or value (error.field names it)",
     "429": "Rate limited; see Retry-After",

@@ -5,8 +5,9 @@ filter)."""
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
-import uuid
+import os
 
 __all__ = ["RequestIDFilter", "current_request_id", "new_request_id", "request_id_var"]
 
@@ -15,10 +16,15 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
 )
 
 _MAX_LEN = 128
+# A random per-process prefix and a counter: unique across processes and restarts, and
+# several times cheaper than uuid4() on the request path.
+_PREFIX = os.urandom(8).hex()
+_COUNTER = itertools.count(1)
 
 
 def new_request_id(offered: bytes | None) -> str:
-    """``offered`` if it is a sane id (1-128 printable ASCII, no spaces), else a new one."""
+    """``offered`` if it is a sane id (1-128 printable ASCII, no spaces), else a new
+    one (32 hex digits)."""
     if offered:
         try:
             text = offered.decode("ascii")
@@ -26,7 +32,7 @@ def new_request_id(offered: bytes | None) -> str:
             text = ""
         if 0 < len(text) <= _MAX_LEN and text.isprintable() and " " not in text:
             return text
-    return uuid.uuid4().hex
+    return f"{_PREFIX}{next(_COUNTER):016x}"
 
 
 def current_request_id() -> str:

@@ -331,3 +331,42 @@ async def test_a_request_refused_by_the_limiter_frees_its_half_open_slot(
     async with admission.throttle_request():
         pass
     assert admission.breaker.state is BreakerState.CLOSED
+
+
+class _StepCounter(trio.abc.Instrument):
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def yields_during(body: object) -> int:
+    """How many times the current task is scheduled again while ``await body()`` runs."""
+    counter = _StepCounter(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(counter)
+    try:
+        await body()  # type: ignore[operator]
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    return counter.steps
+
+
+async def test_one_checkpoint_to_get_in_none_to_get_out_none_to_be_refused() -> None:
+    admission = fixed(max_concurrent_requests=1, min_limit=1)
+
+    async def admitted() -> None:
+        async with admission.throttle_request():
+            pass
+
+    assert await yields_during(admitted) == 1
+
+    async def refused() -> None:
+        async with admission.throttle_request():
+            with pytest.raises(Overloaded):
+                async with admission.throttle_request():
+                    pass
+
+    assert await yields_during(refused) == 1  # only the outer request's checkpoint

@@ -226,3 +226,24 @@ async def test_server_killed_idle_and_in_use_then_heals(redis: RedisServer) -> N
             assert s.open >= 3
             assert await _settle(redis, name, s.open) == s.open
         assert await _settle(redis, name, 0) == 0
+
+
+async def test_start_failure_names_redis_and_the_error() -> None:
+    from tests.servers import free_port
+
+    port = free_port()  # nothing listens there
+    config = cfg(min_connections=2, max_retries=1, retry_delay=0.01)
+    with trio.fail_after(10), pytest.raises(BackendUnavailable) as info:
+        async with open_pool(RedisConnector("127.0.0.1", port), config):
+            pass  # pragma: no cover
+    assert f"redis://127.0.0.1:{port}/0" in str(info.value)
+    assert "2 attempt" in str(info.value)
+    assert "Error" in str(info.value)
+
+
+def test_connectors_satisfy_the_protocol() -> None:
+    from dtesn_trio.nurseries import Connector, SQLiteConnector, TCPConnector
+
+    assert isinstance(RedisConnector(), Connector)
+    assert isinstance(SQLiteConnector(":memory:"), Connector)
+    assert isinstance(TCPConnector("127.0.0.1", 1), Connector)

@@ -130,3 +130,31 @@ async def test_cancelled_call_finishes_its_statement(tmp_path: Path) -> None:
         assert started.is_set()
         async with pool.connection() as db:
             assert await db.execute("SELECT count(*) FROM t") == [(1,)]
+
+
+async def test_max_threads_bounds_calls_across_connections(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.db")
+    running: list[int] = []
+    peak: list[int] = [0]
+    lock = threading.Lock()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        with lock:
+            running.append(1)
+            peak[0] = max(peak[0], len(running))
+        threading.Event().wait(0.02)
+        with lock:
+            running.pop()
+
+    connector = SQLiteConnector(path, max_threads=2)
+    async with open_pool(connector, cfg(min_connections=4, max_connections=4)) as pool:
+        with trio.fail_after(20):
+
+            async def use() -> None:
+                async with pool.connection() as db:
+                    await db.run_sync(slow)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(use)
+    assert peak[0] == 2

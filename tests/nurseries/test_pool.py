@@ -202,6 +202,15 @@ async def test_start_failure_closes_connections_that_did_open() -> None:
             pass  # pragma: no cover
     assert conn.next_id == 2
     assert conn.live == set()
+    # The same through run(): the pool ends closed, not stuck "starting".
+    conn2 = HalfDown()
+    pool = ConnectionPool(conn2, cfg(min_connections=4, max_retries=0))
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(BackendUnavailable, match="full"):
+            await nursery.start(pool.run)
+    assert pool.statistics().state == "closed"
+    assert pool.statistics().open == 0
+    assert conn2.live == set()
 
 
 async def test_body_exception_propagates_unwrapped() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -485,8 +486,11 @@ async def test_close_grace_cancels_long_batches(autojump_clock: trio.testing.Moc
         except ShuttingDown as exc:
             outcomes.append(exc)
 
+    heard: list[object] = []
     async with trio.open_nursery() as outer:
-        async with open_batch_queue(engine, cfg(max_batch_size=1, close_grace=3.0)) as queue:
+        async with open_batch_queue(
+            engine, cfg(max_batch_size=1, close_grace=3.0), on_batch_done=lambda *a: heard.append(a)
+        ) as queue:
             outer.start_soon(one)
             await trio.testing.wait_all_tasks_blocked()
             t0 = trio.current_time()
@@ -497,6 +501,7 @@ async def test_close_grace_cancels_long_batches(autojump_clock: trio.testing.Moc
     assert isinstance(outcomes[0], ShuttingDown)
     assert stats.running_batches == 0
     assert stats.shut_down == 1
+    assert heard == []  # a cancelled batch is no verdict for the breaker
 
 
 async def test_bad_priority_and_deadline_are_named(autojump_clock: trio.testing.MockClock) -> None:
@@ -572,3 +577,78 @@ def test_adaptive_timeout_formula() -> None:
     assert mid.value(0.0) == pytest.approx(15.0)  # × 1.5
     mid.record([10.0] * 20, False)  # success rate 95/115 < 0.9
     assert mid.value(0.0) == pytest.approx(20.0)  # × 2.0
+
+
+async def test_a_busy_worker_still_checkpoints(autojump_clock: trio.testing.MockClock) -> None:
+    # a no-op engine never yields; the worker must, at least every 32 items
+    engine = Engine()
+    ticks: list[int] = []
+    config = cfg(max_batch_size=1, workers=1, max_queue_size=1000)
+    async with open_batch_queue(engine, config) as queue:
+        engine.hold()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.submit, -1)
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(200):
+                nursery.start_soon(queue.submit, i)
+            await trio.testing.wait_all_tasks_blocked()
+
+            async def probe() -> None:
+                while len(engine.calls) < 201:
+                    ticks.append(len(engine.calls))
+                    await trio.lowlevel.checkpoint()
+
+            nursery.start_soon(probe)
+            engine.release()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    # the worker yields every 32 items; between two probe ticks it can run twice (once
+    # late in one scheduler pass, once early in the next)
+    assert max(gaps) <= 64
+    assert len(gaps) >= 200 // 64
+    assert len(engine.calls) == 201
+
+
+async def test_close_while_forming_answers_the_partial_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = Engine()
+    outcomes: list[object] = []
+
+    async def one() -> None:
+        try:
+            outcomes.append(await queue.submit(1))
+        except ShuttingDown as exc:
+            outcomes.append(exc)
+
+    async with trio.open_nursery() as outer:
+        async with open_batch_queue(engine, cfg(max_batch_size=10, max_wait=1.0)) as queue:
+            outer.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()
+            t0 = trio.current_time()
+        assert trio.current_time() == t0  # nothing was running: no grace needed
+    assert len(outcomes) == 1
+    assert isinstance(outcomes[0], ShuttingDown)
+    assert engine.calls == []
+
+
+async def test_waiting_for_space_respects_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = Engine()
+    config = cfg(priority_levels=1, capacity_per_level=(1,), max_batch_size=1, workers=1)
+    async with open_batch_queue(engine, config) as queue:
+        engine.hold()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: queue.submit(0, priority=0))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(lambda: queue.submit(1, priority=0))
+            await trio.testing.wait_all_tasks_blocked()
+            t0 = trio.current_time()
+            with pytest.raises(DeadlineExceeded):
+                await queue.submit(2, priority=0, wait=True, deadline=t0 + 0.25)
+            assert trio.current_time() == t0 + 0.25
+            engine.release()
+        stats = queue.statistics()
+    assert engine.processed == [0, 1]
+    assert stats.expired == 1
+    assert stats.queued == (0,)

@@ -1,6 +1,8 @@
-"""Connectors for ``open_pool``: Redis (hiredis over trio streams), SQLite, plain TCP."""
+"""Connectors for ``open_pool``: Redis (hiredis over trio streams), SQLite, PostgreSQL
+(asyncpg through trio-asyncio), plain TCP."""
 
 from dtesn_trio.nurseries.connectors.base import Connector
+from dtesn_trio.nurseries.connectors.postgres import PostgresConnection, PostgresConnector
 from dtesn_trio.nurseries.connectors.redis import (
     RedisConnection,
     RedisConnectionError,
@@ -13,6 +15,8 @@ from dtesn_trio.nurseries.connectors.tcp import TCPConnector
 
 __all__ = [
     "Connector",
+    "PostgresConnection",
+    "PostgresConnector",
     "RedisConnection",
     "RedisConnectionError",
     "RedisConnector",

@@ -27,11 +27,14 @@ T = TypeVar("T")
 class SQLiteConnection:
     """One sqlite3 connection and the limiter that confines it to one thread at a time."""
 
-    __slots__ = ("_db", "_limiter", "closed", "path")
+    __slots__ = ("_db", "_limiter", "_threads", "closed", "path")
 
-    def __init__(self, db: sqlite3.Connection, path: str) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, path: str, threads: trio.CapacityLimiter | None = None
+    ) -> None:
         self._db = db
         self._limiter = trio.CapacityLimiter(1)
+        self._threads = threads
         self.path = path
         self.closed = False
 
@@ -43,7 +46,10 @@ class SQLiteConnection:
         """Run ``fn(connection)`` in this connection's thread (e.g. a transaction)."""
         if self.closed:
             raise sqlite3.ProgrammingError(f"sqlite connection to {self.path} is closed")
-        return await trio.to_thread.run_sync(fn, self._db, limiter=self._limiter)
+        if self._threads is None:
+            return await trio.to_thread.run_sync(fn, self._db, limiter=self._limiter)
+        async with self._threads:
+            return await trio.to_thread.run_sync(fn, self._db, limiter=self._limiter)
 
     async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
         """Run one statement; return all its rows (tuples)."""
@@ -87,15 +93,23 @@ class SQLiteConnection:
 class SQLiteConnector:
     """Opens ``SQLiteConnection``s to the database file ``path`` (WAL, busy timeout).
 
-    ``":memory:"`` gives each connection its own private database.
+    ``":memory:"`` gives each connection its own private database.  ``max_threads``
+    bounds the calls running at once over all of this connector's connections (a
+    ``CapacityLimiter``; ``None``: only each connection's own limit of one).
     """
 
-    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str, *, busy_timeout: float = 5.0, max_threads: int | None = None
+    ) -> None:
         if not isinstance(path, str) or not path:
             raise ValueError(f"sqlite path must be a non-empty string (got {path!r})")
         _checks.non_negative("sqlite.busy_timeout", busy_timeout)
+        if max_threads is not None:
+            _checks.integer("sqlite.max_threads", max_threads, minimum=1)
         self.path = path
         self.busy_timeout = busy_timeout
+        self.max_threads = max_threads
+        self._threads: trio.CapacityLimiter | None = None
         self.name = f"sqlite:{path}"
 
     async def connect(self) -> SQLiteConnection:
@@ -116,8 +130,11 @@ class SQLiteConnector:
 
         # Not abandoned on cancel: the open finishes and the connection is returned,
         # so it is never lost in a thread.
+        if self.max_threads is not None and self._threads is None:
+            # Made here, not in __init__: a CapacityLimiter belongs to one trio run.
+            self._threads = trio.CapacityLimiter(self.max_threads)
         db = await trio.to_thread.run_sync(open_db)
-        return SQLiteConnection(db, path)
+        return SQLiteConnection(db, path, self._threads)
 
     async def check(self, conn: SQLiteConnection) -> None:
         await conn.execute("SELECT 1")

@@ -1,0 +1,94 @@
+"""Batching: inputs per second through ``process_batch`` in batches of 32 vs one at a time.
+
+Default model (depth 4, 1024 units), 64-byte text inputs, one BLAS thread (as the
+processor runs it), same run. "One at a time" is the engine's fastest single-input path
+(``process_one``: a sparse product per level on a state vector), not a padded batch of
+one. Rounds alternate between the modes and the best round of each counts, so a busy
+neighbour on a shared machine hurts both alike. The dense block layout of the batch
+path is measured too: it is the alternative the sparse layout was chosen over.
+
+    python benchmarks/dtesn_batching.py [--quick] [--json]
+
+Keys: ``batch32_per_s``, ``single_per_s``, ``speedup`` (target >= 3), and
+``dense_batch32_per_s``, ``build_seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from dtesn_trio.dtesn import DTESNConfig, DTESNModel
+
+
+def rate(fn: Callable[[], object], count: int) -> float:
+    started = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="DTESN batching speedup")
+    parser.add_argument("--quick", action="store_true", help="fewer inputs and rounds")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    n_inputs, rounds = (128, 3) if args.quick else (512, 5)
+    rng = np.random.default_rng(0)
+    inputs = [bytes(rng.integers(32, 127, size=64, dtype=np.uint8)) for _ in range(n_inputs)]
+    batches = [inputs[i : i + 32] for i in range(0, n_inputs, 32)]
+
+    with threadpool_limits(1):
+        started = time.perf_counter()
+        model = DTESNModel(DTESNConfig())
+        build = time.perf_counter() - started
+        dense = DTESNModel(DTESNConfig(), batch_layout="dense")
+        # same numbers either way (the batch path is checked against the single path)
+        for a, b in zip(model.process_batch(batches[0]), batches[0], strict=True):
+            assert np.abs(a.features - model.process_one(b).features).max() <= 1e-12
+        model.process_batch(batches[0])  # warm caches and allocator
+        dense.process_batch(batches[0])
+        single: list[float] = []
+        batch: list[float] = []
+        dense_batch: list[float] = []
+        for _ in range(rounds):
+            single.append(rate(lambda: [model.process_one(x) for x in inputs], n_inputs))
+            batch.append(rate(lambda: [model.process_batch(b) for b in batches], n_inputs))
+            dense_batch.append(rate(lambda: [dense.process_batch(b) for b in batches], n_inputs))
+
+    out = {
+        "batch32_per_s": round(max(batch), 1),
+        "single_per_s": round(max(single), 1),
+        "speedup": round(max(batch) / max(single), 3),
+        "target_speedup_min": 3.0,
+        "dense_batch32_per_s": round(max(dense_batch), 1),
+        "build_seconds": round(build, 3),
+        "inputs": n_inputs,
+        "input_bytes": 64,
+        "rounds": rounds,
+        "reservoir_size": model.config.reservoir_size,
+        "membrane_depth": model.config.membrane_depth,
+    }
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"default model ({len(model.membranes)} membranes, 1024 units), built in {build:.3f} s")
+    print(f"{n_inputs} inputs of 64 bytes, best of {rounds} alternating rounds, 1 BLAS thread")
+    print(f"{'path':<36}{'inputs/s':>12}")
+    print(f"{'process_one (sparse, fastest single)':<36}{out['single_per_s']:>12.1f}")
+    print(f"{'process_batch × 32 (sparse)':<36}{out['batch32_per_s']:>12.1f}")
+    print(f"{'process_batch × 32 (dense blocks)':<36}{out['dense_batch32_per_s']:>12.1f}")
+    print(f"speedup {out['speedup']:.2f}× (target >= 3)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""HTTP throughput: ``POST /v1/process`` on a served dtesn-trio vs a hello-world ASGI app.
+
+Both run on hypercorn's Trio worker in this process, one after the other; the load
+comes from a separate process (so client and server do not share one event loop),
+the same generator for both: ``--concurrency`` keep-alive HTTP/1.1 connections on h11
+over trio, each sending its next request as soon as the previous answer arrived.
+The dtesn request is a 16-character text at reservoir_size 64, membrane depth 2, with
+the result cache off, so every request runs the engine; the runtime's other settings
+are its defaults (admission on, batches of up to 10 with a 100 ms wait, 2 workers).
+
+Keys (``--json``): process_per_s, hello_per_s, ratio (= process / hello; target >= 0.7),
+p99_ms (of /v1/process), and the details.
+
+    python benchmarks/http.py --quick          # < 45 s
+    python benchmarks/http.py --json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named like the standard library's ``http`` package: take its own
+# directory off the import path before anything imports ``http``.
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import h11  # noqa: E402
+import trio  # noqa: E402
+
+PROCESS_BODY = json.dumps({"input": "benchmark input!", "priority": 2, "use_cache": False}).encode()
+
+
+# ---------------------------------------------------------------------- load generator
+
+
+async def _client_connection(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes | None,
+    stop_at: float,
+    latencies: list[float],
+    errors: list[str],
+) -> None:
+    stream = await trio.open_tcp_stream(host, port)
+    conn = h11.Connection(h11.CLIENT)
+    headers = [("host", f"{host}:{port}")]
+    if body is not None:
+        headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
+    method = "POST" if body is not None else "GET"
+    async with stream:
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            data = conn.send(h11.Request(method=method, target=path, headers=headers)) or b""
+            if body is not None:
+                data += conn.send(h11.Data(data=body)) or b""
+            data += conn.send(h11.EndOfMessage()) or b""
+            await stream.send_all(data)
+            status = 0
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        errors.append("closed")
+                        return
+                    conn.receive_data(chunk)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    errors.append("closed")
+                    return
+            if status == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors.append(str(status))
+            conn.start_next_cycle()
+
+
+async def _drive(
+    url: str, path: str, body: bytes | None, duration: float, concurrency: int
+) -> dict[str, Any]:
+    host, _, port = url.removeprefix("http://").partition(":")
+    latencies: list[float] = []
+    errors: list[str] = []
+    stop_at = time.perf_counter() + duration
+    began = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(
+                _client_connection, host, int(port), path, body, stop_at, latencies, errors
+            )
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors))[:5],
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": _percentile(latencies, 0.50) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def client_main(args: argparse.Namespace) -> None:
+    body = PROCESS_BODY if args.client_path == "/v1/process" else None
+    result = trio.run(_drive, args.client, args.client_path, body, args.duration, args.concurrency)
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------------- servers
+
+
+async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The baseline: the smallest useful ASGI app (reads the body, answers JSON)."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].removeprefix("lifespan.")
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    body = b'{"hello":"world"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"17")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _run_load(url: str, path: str, duration: float, concurrency: int) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--client",
+        url,
+        "--client-path",
+        path,
+        "--duration",
+        str(duration),
+        "--concurrency",
+        str(concurrency),
+    ]
+    proc = await trio.run_process(
+        cmd,
+        capture_stdout=True,
+        capture_stderr=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+async def bench(duration: float, warmup: float, concurrency: int, rounds: int) -> dict[str, Any]:
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve as hypercorn_serve
+
+    from dtesn_trio.cache import CacheConfig
+    from dtesn_trio.dtesn import DTESNConfig
+    from dtesn_trio.jobs import JobsConfig
+    from dtesn_trio.runtime import RuntimeConfig, open_runtime
+    from dtesn_trio.server import ServerConfig, serve
+
+    config = RuntimeConfig(
+        model=DTESNConfig(reservoir_size=64, membrane_depth=2),
+        cache=CacheConfig(enabled=False),
+        jobs=JobsConfig(enabled=False),
+    )
+    results: dict[str, list[dict[str, Any]]] = {"hello": [], "process": []}
+    async with open_runtime(config) as rt, trio.open_nursery() as nursery:
+        info = await rt.nursery.start(serve, rt, ServerConfig(port=0))
+        hc = HypercornConfig()
+        hc.bind = ["127.0.0.1:0"]
+        hc.accesslog = None
+        hello_urls = await nursery.start(hypercorn_serve, hello_app, hc)
+        targets = {"hello": (hello_urls[0], "/"), "process": (info.url, "/v1/process")}
+        for url, path in targets.values():
+            await _run_load(url, path, warmup, concurrency)
+        for _ in range(rounds):
+            for name, (url, path) in targets.items():
+                results[name].append(await _run_load(url, path, duration, concurrency))
+        nursery.cancel_scope.cancel()
+        rt.nursery.cancel_scope.cancel()
+
+    def best(name: str) -> dict[str, Any]:
+        return max(results[name], key=lambda r: r["per_s"])
+
+    process, hello = best("process"), best("hello")
+    return {
+        "process_per_s": round(process["per_s"], 1),
+        "hello_per_s": round(hello["per_s"], 1),
+        "ratio": round(process["per_s"] / hello["per_s"], 3),
+        "p99_ms": round(process["p99_ms"], 2),
+        "p50_ms": round(process["p50_ms"], 2),
+        "hello_p99_ms": round(hello["p99_ms"], 2),
+        "process_errors": sum(r["errors"] for r in results["process"]),
+        "hello_errors": sum(r["errors"] for r in results["hello"]),
+        "concurrency": concurrency,
+        "duration_s": duration,
+        "rounds": rounds,
+        "reservoir_size": 64,
+        "cache": "off",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="finish in < 45 s")
+    parser.add_argument("--duration", type=float, default=None)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    parser.add_argument("--client-path", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        if args.duration is None:
+            args.duration = 5.0
+        client_main(args)
+        return
+    duration = args.duration or (4.0 if args.quick else 10.0)
+    rounds = args.rounds or (2 if args.quick else 3)
+    warmup = 1.0 if args.quick else 2.0
+    result = trio.run(bench, duration, warmup, args.concurrency, rounds)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{'target':<28}{'req/s':>10}{'p99 ms':>10}")
+    print(f"{'hello-world ASGI':<28}{result['hello_per_s']:>10.0f}{result['hello_p99_ms']:>10.2f}")
+    print(f"{'POST /v1/process':<28}{result['process_per_s']:>10.0f}{result['p99_ms']:>10.2f}")
+    print(
+        f"ratio process/hello = {result['ratio']:.3f} (target >= 0.7); "
+        f"concurrency {result['concurrency']}, best of {result['rounds']} x {result['duration_s']:.0f} s, "
+        f"errors {result['process_errors']}/{result['hello_errors']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

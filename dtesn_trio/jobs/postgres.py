@@ -1,0 +1,220 @@
+"""``PostgresJobStore``: jobs shared by every instance, claimed with ``SKIP LOCKED``.
+
+Each method is one statement on a pooled connection (asyncpg autocommits a statement
+outside a transaction).  Claiming is ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE
+SKIP LOCKED LIMIT 1) RETURNING``: concurrent claimers in any number of processes skip
+each other's rows instead of waiting, and never take the same job.  The schema is
+created and migrated at start-up (``setup``), under an advisory lock so that several
+instances starting together migrate once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import msgspec
+
+from dtesn_trio.jobs.store import JobRecord
+
+__all__ = ["MIGRATIONS", "PostgresJobStore"]
+
+# Append only: each entry moves the schema one version up.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS dtesn_jobs (
+        seq           BIGSERIAL,
+        id            TEXT PRIMARY KEY,
+        status        TEXT NOT NULL,
+        payload       TEXT NOT NULL,
+        result        TEXT,
+        error         TEXT,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        created_at    DOUBLE PRECISION NOT NULL,
+        started_at    DOUBLE PRECISION,
+        finished_at   DOUBLE PRECISION,
+        lease_owner   TEXT,
+        lease_expires DOUBLE PRECISION,
+        available_at  DOUBLE PRECISION NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS dtesn_jobs_runnable ON dtesn_jobs (status, available_at, seq);
+    """,
+)
+
+_LOCK_KEY = 0x6474_6573_6E  # "dtesn": the advisory lock held while migrating
+
+_COLUMNS = (
+    "id, status, payload, result, error, attempts, created_at, started_at, finished_at,"
+    " lease_owner, lease_expires, available_at"
+)
+
+
+class _Conn(Protocol):
+    async def execute(self, sql: str, *args: Any) -> str: ...
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]: ...
+
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+
+class _Pool(Protocol):
+    def connection(self) -> AbstractAsyncContextManager[Any]: ...
+
+
+_encode = msgspec.json.encode
+_decode_dict = msgspec.json.Decoder(dict[str, Any])
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else _encode(value).decode()
+
+
+def _row(row: Any) -> JobRecord:
+    return JobRecord(
+        id=row[0],
+        status=row[1],
+        payload=_decode_dict.decode(row[2]),
+        result=None if row[3] is None else _decode_dict.decode(row[3]),
+        error=None if row[4] is None else _decode_dict.decode(row[4]),
+        attempts=row[5],
+        created_at=row[6],
+        started_at=row[7],
+        finished_at=row[8],
+        lease_owner=row[9],
+        lease_expires=row[10],
+        available_at=row[11],
+    )
+
+
+class PostgresJobStore:
+    """The ``JobStore`` shared by many instances; ``pool`` pools ``PostgresConnector``s."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with self._pool.connection() as conn:
+            rows: list[Any] = await conn.fetch(sql, *args)
+            return rows
+
+    async def setup(self) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS dtesn_schema (version INTEGER NOT NULL)"
+                )
+                version = await conn.fetchval("SELECT max(version) FROM dtesn_schema") or 0
+                for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO dtesn_schema (version) VALUES ($1)", number)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+    async def schema_version(self) -> int:
+        async with self._pool.connection() as conn:
+            return int(await conn.fetchval("SELECT max(version) FROM dtesn_schema") or 0)
+
+    async def insert(self, record: JobRecord) -> None:
+        await self._fetch(
+            "INSERT INTO dtesn_jobs (id, status, payload, attempts, created_at, available_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            record.id,
+            record.status,
+            _json(record.payload),
+            record.attempts,
+            record.created_at,
+            record.available_at,
+        )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        rows = await self._fetch(f"SELECT {_COLUMNS} FROM dtesn_jobs WHERE id = $1", job_id)
+        return _row(rows[0]) if rows else None
+
+    async def claim(self, owner: str, now: float, lease_seconds: float) -> JobRecord | None:
+        rows = await self._fetch(
+            "UPDATE dtesn_jobs SET status = 'running', lease_owner = $1, lease_expires = $2,"
+            " attempts = attempts + 1, started_at = $3"
+            " WHERE id = (SELECT id FROM dtesn_jobs"
+            "   WHERE (status = 'queued' AND available_at <= $3)"
+            "      OR (status = 'running' AND lease_expires < $3)"
+            "   ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            f" RETURNING {_COLUMNS}",
+            owner,
+            now + lease_seconds,
+            now,
+        )
+        return _row(rows[0]) if rows else None
+
+    async def renew(self, job_id: str, owner: str, lease_expires: float) -> bool:
+        rows = await self._fetch(
+            "UPDATE dtesn_jobs SET lease_expires = $1"
+            " WHERE id = $2 AND status = 'running' AND lease_owner = $3 RETURNING id",
+            lease_expires,
+            job_id,
+            owner,
+        )
+        return bool(rows)
+
+    async def finish(
+        self,
+        job_id: str,
+        owner: str,
+        now: float,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        status = "failed" if error is not None else "succeeded"
+        rows = await self._fetch(
+            "UPDATE dtesn_jobs SET status = $1, result = $2, error = $3, finished_at = $4,"
+            " lease_owner = NULL, lease_expires = NULL"
+            " WHERE id = $5 AND status = 'running' AND lease_owner = $6 RETURNING id",
+            status,
+            _json(result),
+            _json(error),
+            now,
+            job_id,
+            owner,
+        )
+        return bool(rows)
+
+    async def release(self, job_id: str, owner: str, available_at: float) -> bool:
+        rows = await self._fetch(
+            "UPDATE dtesn_jobs SET status = 'queued', lease_owner = NULL,"
+            " lease_expires = NULL, available_at = $1, attempts = GREATEST(attempts - 1, 0)"
+            " WHERE id = $2 AND status = 'running' AND lease_owner = $3 RETURNING id",
+            available_at,
+            job_id,
+            owner,
+        )
+        return bool(rows)
+
+    async def recover(self, is_dead: Callable[[str], bool]) -> int:
+        rows = await self._fetch(
+            "SELECT DISTINCT lease_owner FROM dtesn_jobs WHERE status = 'running'"
+        )
+        total = 0
+        for (owner,) in rows:
+            if owner is None or is_dead(owner):
+                requeued = await self._fetch(
+                    "UPDATE dtesn_jobs SET status = 'queued', lease_owner = NULL,"
+                    " lease_expires = NULL, available_at = 0"
+                    " WHERE status = 'running' AND lease_owner IS NOT DISTINCT FROM $1"
+                    " RETURNING id",
+                    owner,
+                )
+                total += len(requeued)
+        return total
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT status, COUNT(*) FROM dtesn_jobs GROUP BY status")
+        counts = {"queued": 0, "running": 0, "succeeded": 0, "failed": 0}
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    async def next_available(self) -> float | None:
+        rows = await self._fetch("SELECT MIN(available_at) FROM dtesn_jobs WHERE status = 'queued'")
+        value = rows[0][0] if rows else None
+        return None if value is None else float(value)

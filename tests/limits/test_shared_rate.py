@@ -1,0 +1,131 @@
+"""The shared GCRA limit, on a real redis-server: Redis's clock, several rates, fallback."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from dtesn_trio.errors import BackendUnavailable, RateLimited
+from dtesn_trio.limits.shared_rate import (
+    Rate,
+    SharedRateLimiter,
+    SharedRateLimiterConfig,
+    parse_rates,
+)
+from dtesn_trio.nurseries import ConnectionPoolConfig, RedisConnector, open_pool
+from tests.servers import RedisServer
+
+pytestmark = pytest.mark.redis
+
+POOL = ConnectionPoolConfig(min_connections=1, max_connections=4, max_concurrent_creates=1)
+
+
+async def test_burst_then_refusal_with_exact_retry_after(redis: RedisServer) -> None:
+    config = SharedRateLimiterConfig(rates="10/s:5")
+    with trio.fail_after(10):
+        async with open_pool(RedisConnector(redis.host, redis.port), POOL) as pool:
+            limiter = SharedRateLimiter(pool, config)
+            for _ in range(5):
+                await limiter.try_acquire()
+            with pytest.raises(RateLimited) as info:
+                await limiter.try_acquire()
+    # The 6th call is one emission interval (100 ms) early, minus the few ms the five took.
+    assert info.value.retry_after is not None
+    assert 0.05 < info.value.retry_after <= 0.1
+    stats = limiter.statistics()
+    assert (stats.admitted, stats.limited, stats.using_fallback) == (5, 1, False)
+    assert int(redis.command("PTTL", "{dtesn:rate:global}:0")) > 0
+
+
+async def test_two_instances_share_one_budget(redis: RedisServer) -> None:
+    config = SharedRateLimiterConfig(key="shared-test", rates="1/s:6")
+    admitted = 0
+    with trio.fail_after(10):
+        async with (
+            open_pool(RedisConnector(redis.host, redis.port), POOL) as pool_a,
+            open_pool(RedisConnector(redis.host, redis.port), POOL) as pool_b,
+        ):
+            limiters = [SharedRateLimiter(pool_a, config), SharedRateLimiter(pool_b, config)]
+            for i in range(20):
+                try:
+                    await limiters[i % 2].try_acquire()
+                    admitted += 1
+                except RateLimited:
+                    pass
+    assert admitted == 6
+
+
+async def test_several_rates_the_strictest_wins(redis: RedisServer) -> None:
+    config = SharedRateLimiterConfig(rates="100/s:100;3/min:3")
+    with trio.fail_after(10):
+        async with open_pool(RedisConnector(redis.host, redis.port), POOL) as pool:
+            limiter = SharedRateLimiter(pool, config)
+            for _ in range(3):
+                await limiter.try_acquire()
+            with pytest.raises(RateLimited) as info:
+                await limiter.try_acquire()
+    # The per-minute rate refuses: the next slot is ~20 s away, not 10 ms.
+    assert info.value.retry_after is not None
+    assert 19.0 < info.value.retry_after <= 20.0
+
+
+async def test_acquire_sleeps_retry_after_instead_of_polling(redis: RedisServer) -> None:
+    config = SharedRateLimiterConfig(rates="50/s:1")
+    with trio.fail_after(10):
+        async with open_pool(RedisConnector(redis.host, redis.port), POOL) as pool:
+            limiter = SharedRateLimiter(pool, config)
+            for _ in range(10):
+                await limiter.acquire()
+    stats = limiter.statistics()
+    assert stats.admitted == 10
+    # Each waiter sleeps the exact retry_after once: about one refusal per call, not dozens.
+    assert stats.limited <= 12
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_redis_down_falls_back_then_returns(redis: RedisServer, fail_open: bool) -> None:
+    config = SharedRateLimiterConfig(rates="100/s:20", instances=2, fail_open=fail_open)
+    pool_config = ConnectionPoolConfig(
+        min_connections=1,
+        max_connections=2,
+        max_concurrent_creates=1,
+        max_retries=0,
+        retry_delay=0.01,
+        connection_timeout=0.5,
+        acquire_timeout=0.5,
+    )
+    with trio.fail_after(20):
+        async with open_pool(RedisConnector(redis.host, redis.port), pool_config) as pool:
+            limiter = SharedRateLimiter(pool, config)
+            await limiter.try_acquire()
+            redis.stop()
+            if fail_open:
+                # This instance's share of the burst (20 / 2 instances) goes through locally.
+                for _ in range(10):
+                    await limiter.try_acquire()
+                with pytest.raises(RateLimited):
+                    await limiter.try_acquire()
+                assert limiter.statistics().using_fallback
+            else:
+                with pytest.raises(BackendUnavailable):
+                    await limiter.try_acquire()
+            redis.start()
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await limiter.try_acquire()
+                    except (BackendUnavailable, RateLimited):
+                        await trio.sleep(0.05)
+                        continue
+                    if not limiter.statistics().using_fallback:
+                        break
+    assert not limiter.statistics().using_fallback
+
+
+def test_parse_rates_reads_specs_and_names_bad_ones() -> None:
+    assert parse_rates("100/s:20; 5000/min") == (Rate(100.0, 1.0, 20), Rate(5000.0, 60.0))
+    assert parse_rates("10/5s") == (Rate(10.0, 5.0),)
+    with pytest.raises(ValueError, match=r"shared_limit\.rates: cannot read '10/fortnight'"):
+        parse_rates("10/fortnight")
+    with pytest.raises(ValueError, match="must name at least one rate"):
+        SharedRateLimiterConfig(rates=" ; ")

@@ -1,0 +1,190 @@
+"""``dtesn-trio serve`` as a real process: start-up, config errors, signals, and durable
+jobs across a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from click.testing import CliRunner
+
+from dtesn_trio.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+FAST = [
+    "--set",
+    "model.reservoir_size=64",
+    "--set",
+    "model.membrane_depth=2",
+    "--set",
+    "admission.max_requests_per_second=1000000",
+    "--set",
+    "admission.burst_limit=100000",
+    "--set",
+    "queue.max_wait=0.005",
+    "--set",
+    "shutdown_grace=2",
+]
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Server:
+    proc: trio.Process
+    url: str
+    stdout: list[bytes]
+    stdout_stream: trio.abc.ReceiveStream
+
+    async def output(self) -> str:
+        """Everything the process printed on stdout, up to its exit."""
+        async for chunk in self.stdout_stream:
+            self.stdout.append(chunk)
+        return b"".join(self.stdout).decode()
+
+
+@asynccontextmanager
+async def dtesn_serve(tmp_path: Path, *args: str) -> AsyncIterator[Server]:
+    """Start ``python -m dtesn_trio serve --port 0 ...``; wait for its URL."""
+    log = (tmp_path / "serve.log").open("ab")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "dtesn_trio", "serve", "--port", "0", *FAST, *args],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env=ENV,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None
+    seen: list[bytes] = []
+    try:
+        with trio.fail_after(60):
+            while b"listening on " not in b"".join(seen):
+                chunk = await proc.stdout.receive_some()
+                if not chunk:
+                    raise AssertionError(
+                        f"serve exited: {b''.join(seen)!r} {(tmp_path / 'serve.log').read_text()}"
+                    )
+                seen.append(chunk)
+        text = b"".join(seen).decode()
+        url = text.split("listening on ", 1)[1].split()[0]
+        yield Server(proc, url, seen, proc.stdout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        with trio.move_on_after(10, shield=True):
+            await proc.wait()
+        log.close()
+
+
+async def test_serve_answers_then_stops_gracefully_on_sigint(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with dtesn_serve(tmp_path) as server:
+            assert server.url.startswith("http://127.0.0.1:")
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                assert (await client.get("/readyz")).status_code == 200
+                r = await client.post("/v1/process", json={"input": "hello"})
+                assert r.status_code == 200, r.text
+            server.proc.send_signal(signal.SIGINT)
+            output = await server.output()
+            assert await server.proc.wait() == 0
+    assert "stopping gracefully" in output
+    assert "dtesn-trio stopped" in output
+    assert (tmp_path / "dtesn-jobs.db").exists()  # the embedded default job store
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["--set", "server.port=eighty"], {}, "server.port"),
+        (["--set", "model.reservoir_sise=64"], {}, "unknown key model.reservoir_sise"),
+        (["--set", "jobs.workers"], {}, "expected section.key=value"),
+        ([], {"DTESN_SERVER__PROT": "1"}, "DTESN_SERVER__PROT"),
+        ([], {"DTESN_JOBS__WORKERS": "-2"}, "jobs.workers must be >= 0"),
+        ([], {"DTESN_API_KEYS": "short"}, "server.api_keys"),
+        (["--config", "missing.toml"], {}, "cannot read"),
+    ],
+)
+def test_bad_config_stops_start_up_naming_the_key(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    words: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["serve", *args], env=env)
+    assert result.exit_code == 2, result.output
+    assert words in result.output
+    assert not (tmp_path / "dtesn-jobs.db").exists()  # stopped before opening anything
+
+
+def test_bad_config_in_a_real_process_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dtesn_trio", "serve", "--set", "server.port=eighty"],
+        env=ENV,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "invalid setting server.port (from --set): expected an integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_config_file_and_flags(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[server]\nport = 1\napi_keys = ["file-key-123456"]\n')
+    with trio.fail_after(90):
+        # the file's port 1 loses to --port 0 (flags win); its key is used
+        async with dtesn_serve(tmp_path, "--config", "c.toml") as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                assert (await client.get("/v1/stats")).status_code == 401
+                auth = {"authorization": "Bearer file-key-123456"}
+                assert (await client.get("/v1/stats", headers=auth)).status_code == 200
+            server.proc.send_signal(signal.SIGTERM)
+            assert await server.proc.wait() == 0
+
+
+async def test_100_jobs_survive_a_sigkill(tmp_path: Path) -> None:
+    jobs_db = str(tmp_path / "jobs.db")
+    text = "durable job input " * 60  # ~1 KB: a few ms of engine time each
+    with trio.fail_after(120):
+        async with dtesn_serve(
+            tmp_path, "--set", f"jobs.sqlite_path={jobs_db}", "--set", "jobs.workers=1"
+        ) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                ids = []
+                for n in range(100):
+                    r = await client.post("/v1/jobs", json={"input": f"{n} {text}"})
+                    assert r.status_code == 202, r.text
+                    ids.append(r.json()["job_id"])
+                stats = (await client.get("/v1/stats")).json()["jobs"]["store"]
+            server.proc.kill()  # SIGKILL: no release, no clean close
+            await server.proc.wait()
+        # Every 202 followed a commit: all 100 rows are there, most not finished.
+        assert stats["succeeded"] < 100
+        async with dtesn_serve(
+            tmp_path, "--set", f"jobs.sqlite_path={jobs_db}", "--set", "jobs.workers=2"
+        ) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                pending = set(ids)
+                while pending:
+                    for job_id in list(pending):
+                        job = (await client.get(f"/v1/jobs/{job_id}")).json()
+                        assert job["status"] != "failed", job
+                        if job["status"] == "succeeded":
+                            assert job["result"]["result"]["steps"] > 0
+                            pending.discard(job_id)
+                    await trio.sleep(0.1)
+            server.proc.send_signal(signal.SIGTERM)
+            assert await server.proc.wait() == 0
