@@ -43,6 +43,13 @@ def _summary(hist: Any) -> dict[str, float] | None:
     return None if s is None else s.to_dict()
 
 
+def _send_window(load: Mapping[str, Any], seconds: float, interrupted: bool) -> float:
+    planned = load.get("duration_s")
+    if interrupted or not isinstance(planned, int | float):
+        return seconds
+    return min(float(planned), seconds) if seconds > 0 else float(planned)
+
+
 def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 3) if seconds > 0 else 0.0
 
@@ -146,7 +153,8 @@ def build_report(
             "ok": result.ok,
             "errors": failed_total,
         },
-        "offered_rate": _rate(result.sent, seconds),
+        # Offered over the load's own window (a finished run's drain sends nothing).
+        "offered_rate": _rate(result.sent, _send_window(load, seconds, interrupted)),
         "achieved_rate": _rate(result.answered + result.failed, seconds),
         "goodput": _rate(result.ok, seconds),
         "goodput_within_deadline": (
