@@ -77,6 +77,8 @@ def summary(report: dict[str, Any], report_dir: str | None = None) -> dict[str, 
         "max_ms": lat.get("max"),
         "by_status": {k: v["count"] for k, v in report["by_status"].items()},
         "client_cpu_ms_per_request": report["client"].get("cpu_ms_per_request"),
+        "client_send_lag_p99_ms": (report["client"].get("send_lag_ms") or {}).get("p99"),
+        "warnings": report.get("warnings", []),
         "slo_passed": report["slo"]["passed"],
         "slo_violations": report["slo"]["violations"],
         "interrupted": report["interrupted"],
@@ -106,12 +108,15 @@ def _print_summary(s: dict[str, Any]) -> None:
         "p99_ms",
         "max_ms",
         "client_cpu_ms_per_request",
+        "client_send_lag_p99_ms",
     ):
         table.add_row(key, "–" if s[key] is None else f"{s[key]:,}")
     for key, n in s["by_status"].items():
         table.add_row(f"  {key}", f"{n:,}")
     console = Console()
     console.print(table)
+    for warning in s["warnings"]:
+        console.print(f"[yellow bold]warning:[/] {warning}")
     if s["slo_violations"]:
         console.print("[red bold]SLO violated:[/] " + "; ".join(s["slo_violations"]))
     if s["report_dir"]:
