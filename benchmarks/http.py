@@ -188,7 +188,9 @@ async def _run_load(url: str, path: str, duration: float, concurrency: int) -> d
     return result
 
 
-async def bench(duration: float, warmup: float, concurrency: int, rounds: int) -> dict[str, Any]:
+async def bench(
+    duration: float, warmup: float, concurrency: int, rounds: int, batch_size: int | None
+) -> dict[str, Any]:
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve as hypercorn_serve
 
@@ -196,6 +198,7 @@ async def bench(duration: float, warmup: float, concurrency: int, rounds: int) -
     from dtesn_trio.dtesn import DTESNConfig
     from dtesn_trio.jobs import JobsConfig
     from dtesn_trio.limits import AdmissionConfig
+    from dtesn_trio.nurseries import BatchQueueConfig
     from dtesn_trio.runtime import RuntimeConfig, open_runtime
     from dtesn_trio.server import ServerConfig, serve
 
@@ -205,8 +208,10 @@ async def bench(duration: float, warmup: float, concurrency: int, rounds: int) -
         jobs=JobsConfig(enabled=False),
         # the rate limit (1000/s by default) is not what is measured here
         admission=AdmissionConfig(max_requests_per_second=1e6, burst_limit=100_000),
+        **({} if batch_size is None else {"queue": BatchQueueConfig(max_batch_size=batch_size)}),
     )
     results: dict[str, list[dict[str, Any]]] = {"hello": [], "process": []}
+    rt_batch = config.queue.max_batch_size
     async with open_runtime(config) as rt, trio.open_nursery() as nursery:
         info = await rt.nursery.start(serve, rt, ServerConfig(port=0))
         hc = HypercornConfig()
@@ -264,6 +269,7 @@ async def bench(duration: float, warmup: float, concurrency: int, rounds: int) -
         "duration_s": duration,
         "rounds": rounds,
         "reservoir_size": 64,
+        "max_batch_size": rt_batch,
         "cache": "off",
     }
 
@@ -275,6 +281,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the queue's max_batch_size (default: the runtime's, 10)",
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--client-path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,7 +298,7 @@ def main() -> None:
     duration = args.duration or (3.0 if args.quick else 8.0)
     rounds = args.rounds or (3 if args.quick else 5)
     warmup = 1.0 if args.quick else 2.0
-    result = trio.run(bench, duration, warmup, args.concurrency, rounds)
+    result = trio.run(bench, duration, warmup, args.concurrency, rounds, args.batch_size)
     if args.json:
         print(json.dumps(result))
         return
@@ -303,7 +315,8 @@ def main() -> None:
     print(f"cpu_ratio (hello CPU / process CPU per request) = {r['cpu_ratio']:.3f}")
     print(
         f"ratio process/hello = {result['ratio']:.3f} (target >= 0.7); "
-        f"concurrency {result['concurrency']}, median of {result['rounds']} paired rounds"
+        f"concurrency {result['concurrency']}, max_batch_size {result['max_batch_size']},"
+        f" median of {result['rounds']} paired rounds"
         f" of {result['duration_s']:.0f} s, "
         f"errors {result['process_errors']}/{result['hello_errors']}"
     )
