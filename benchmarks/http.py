@@ -1,8 +1,9 @@
 """HTTP throughput: ``POST /v1/process`` on a served dtesn-trio vs a hello-world ASGI app.
 
-Both run on hypercorn's Trio worker in this process, one after the other; the load
-comes from a separate process (so client and server do not share one event loop),
-the same generator for both: ``--concurrency`` keep-alive HTTP/1.1 connections on h11
+Both run on hypercorn's Trio worker in this process, one after the other, and get the
+same request (``POST /v1/process`` with the same JSON body; the hello app reads the body
+and answers a constant); the load comes from a separate process (so client and server
+do not share one event loop), the same generator for both: ``--concurrency`` keep-alive HTTP/1.1 connections on h11
 over trio, each sending its next request as soon as the previous answer arrived.
 The dtesn request is a 16-character text at reservoir_size 64, membrane depth 2, with
 the result cache off, so every request runs the engine; the runtime's other settings
@@ -130,7 +131,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def client_main(args: argparse.Namespace) -> None:
-    body = PROCESS_BODY if args.client_path == "/v1/process" else None
+    # The same POST, body and all, to both servers: parsing it is part of the work.
+    body = PROCESS_BODY
     result = trio.run(_drive, args.client, args.client_path, body, args.duration, args.concurrency)
     print(json.dumps(result))
 
@@ -218,7 +220,7 @@ async def bench(
         hc.bind = ["127.0.0.1:0"]
         hc.accesslog = None
         hello_urls = await nursery.start(hypercorn_serve, hello_app, hc)
-        targets = {"hello": (hello_urls[0], "/"), "process": (info.url, "/v1/process")}
+        targets = {"hello": (hello_urls[0], "/v1/process"), "process": (info.url, "/v1/process")}
         for url, path in targets.values():
             await _run_load(url, path, warmup, concurrency)
         # Paired rounds in alternating order (the machine is shared: its speed drifts);
