@@ -93,10 +93,35 @@ async def drive(
         "by_outcome": {k: result.merged(key=k).get_total_count() for k in result.outcome_keys},
         "client_cpu_ms_per_request": run.client.get("cpu_ms_per_request"),
     }
-    if sample and run.samples:
-        last = run.samples[-1].get("headlines", {})
-        summary["server_max_step_ms"] = last.get("max_step_ms")
+    if sample:
+        summary["server"] = await server_counters(server)
     return result, summary
+
+
+async def server_counters(server: Server) -> dict[str, Any]:
+    """Where the refusals came from, the limit, and the loop's longest step (``/metrics``)."""
+    from dtesn_trio.soak import open_http_client
+    from dtesn_trio.soak.targets import parse_prometheus
+
+    try:
+        async with open_http_client(server.url) as client:
+            with trio.fail_after(10):
+                text = (await client.get("/metrics")).body.decode()
+    except Exception as exc:  # the figures are details; a failure is reported, not raised
+        return {"error": repr(exc)}
+    m = parse_prometheus(text)
+    keys = {
+        "admission_refused_rate_limited": "admission_refused_rate_limited",
+        "admission_refused_overloaded": "admission_refused_overloaded",
+        "admission_refused_circuit_open": "admission_refused_circuit_open",
+        "admission_limiter_limit": "limiter_limit",
+        "queue_rejected_deadline": "queue_rejected_deadline",
+        "queue_rejected_full": "queue_rejected_full",
+        "queue_expired": "queue_expired",
+        "queue_completed": "queue_completed",
+        "loop_max_step": "loop_max_step_s",
+    }
+    return {short: m.get(f"dtesn_runtime_{name}") for name, short in keys.items()}
 
 
 def steady_ok_rate(result: LoadResult, duration: float) -> float:
@@ -227,14 +252,22 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     starting.start_soon(start, name)
             ours, naive, peer = servers["ours"], servers["naive"], servers["peer"]
             cap = await capacity(ours, args, args.concurrency, args.capacity_seconds)
-            peer_cap = await capacity(peer, args, args.peer_concurrency, args.capacity_seconds)
+            if args.skip_baselines:  # development only: ours alone
+                peer_cap = {"per_s": math.nan}
+            else:
+                peer_cap = await capacity(
+                    peer, args, args.peer_concurrency, args.capacity_seconds
+                )
             c, pc = cap["per_s"], peer_cap["per_s"]
-            if not c > 0 or not pc > 0:
+            if not c > 0 or not (pc > 0 or args.skip_baselines):
                 raise RuntimeError(f"no capacity measured: ours {cap}, peer {peer_cap}")
             half = await open_loop(ours, args, 0.5 * c, args.half_seconds, "0:1")
             over = await open_loop(
                 ours, args, args.factor * c, args.overload_seconds, MIX, sample=True
             )
+            if args.skip_baselines:
+                print(json.dumps({"capacity": cap, "half": half, "over": over}))
+                return {}
             naive_over = await open_loop(
                 naive, args, args.factor * c, args.baseline_seconds, MIX, send_deadline=False
             )
@@ -326,6 +359,7 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=40)
     parser.add_argument("--peer-concurrency", type=int, default=8)
+    parser.add_argument("--skip-baselines", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--set", action="append", default=[], help="extra server setting (section.key=value)"
     )
@@ -339,6 +373,8 @@ def main() -> None:
         args.timeout = args.deadline_ms / 1000 + 1.0
     os.environ.pop("OPENBLAS_NUM_THREADS", None)
     result = trio.run(bench, args)
+    if not result:
+        return
     print(json.dumps(result) if args.json else table(result))
 
 
