@@ -102,7 +102,7 @@ async def _start(
     env: Mapping[str, str],
     startup_timeout: float,
 ) -> Server:
-    log = tempfile.TemporaryFile(prefix=f"bench-{name}-")
+    log = tempfile.TemporaryFile(prefix=f"bench-{name}-")  # noqa: SIM115 (closed by stop)
     proc: trio.Process = await nursery.start(
         partial(
             trio.run_process,

@@ -52,8 +52,8 @@ sys.path.insert(0, str(_HERE.parent))
 sys.path.append(str(_HERE))
 
 import trio  # noqa: E402
-
 from _servers import Server, describe_env, raise_nofile, start_dtesn, start_peer  # noqa: E402
+
 from dtesn_trio.soak import InputSizes, LoadConfig, LoadResult, PriorityMix  # noqa: E402
 from dtesn_trio.soak.recorder import LatencySummary, count_at_or_below  # noqa: E402
 from dtesn_trio.soak.runner import run_soak  # noqa: E402
@@ -127,7 +127,7 @@ async def server_counters(server: Server) -> dict[str, Any]:
 def steady_ok_rate(result: LoadResult, duration: float) -> float:
     """2xx answers per second, by completion second, over the whole seconds after the
     first (warm-up) and before the end of the load."""
-    points = [p for p in result.series() if 1.0 <= p.t and p.t + result.bucket <= duration]
+    points = [p for p in result.series() if p.t >= 1.0 and p.t + result.bucket <= duration]
     if not points:
         return result.ok / max(duration, 1e-9)
     return sum(p.ok for p in points) / (len(points) * result.bucket)
@@ -255,9 +255,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             if args.skip_baselines:  # development only: ours alone
                 peer_cap = {"per_s": math.nan}
             else:
-                peer_cap = await capacity(
-                    peer, args, args.peer_concurrency, args.capacity_seconds
-                )
+                peer_cap = await capacity(peer, args, args.peer_concurrency, args.capacity_seconds)
             c, pc = cap["per_s"], peer_cap["per_s"]
             if not c > 0 or not (pc > 0 or args.skip_baselines):
                 raise RuntimeError(f"no capacity measured: ours {cap}, peer {peer_cap}")

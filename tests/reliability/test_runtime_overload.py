@@ -92,5 +92,5 @@ async def test_switch_interval_none_leaves_it_alone() -> None:
 def test_processor_defaults_and_validation() -> None:
     assert ProcessorConfig().switch_interval == 0.0005
     for bad in (0.0, -1.0, 2.0, "fast"):
-        with pytest.raises(ValueError, match="processor.switch_interval"):
+        with pytest.raises(ValueError, match=r"processor\.switch_interval"):
             ProcessorConfig(switch_interval=bad)  # type: ignore[arg-type]
