@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["LoopMonitor", "LoopStatistics"]
+__all__ = ["LoopMonitor", "LoopStatistics", "count_tasks"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,27 @@ class LoopMonitor(trio.abc.Instrument):
             slow_steps=self._slow,
             slow_step_threshold=self.slow_step_threshold,
         )
+
+
+def count_tasks(root: trio.lowlevel.Task | None = None) -> int:
+    """The number of live tasks in the tree under ``root`` (default: the whole run).
+
+    Walks ``child_nurseries`` / ``child_tasks`` (Trio's own bookkeeping): no instrument,
+    nothing kept between calls, O(tasks).  Outside a Trio run (no ``root``) it returns 0.
+    A count that grows under steady load is a task leak.
+    """
+    if root is None:
+        try:
+            root = trio.lowlevel.current_root_task()
+        except RuntimeError:
+            return 0
+        if root is None:
+            return 0
+    count = 0
+    stack = [root]
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache, cache_ke
 from dtesn_trio.config import RuntimeConfig
 from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult
 from dtesn_trio.errors import DeadlineExceeded, DTESNError, InvalidRequest, ShuttingDown
-from dtesn_trio.instrument import LoopMonitor, LoopStatistics
+from dtesn_trio.instrument import LoopMonitor, LoopStatistics, count_tasks
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
 from dtesn_trio.limits import Admission
@@ -79,6 +80,8 @@ class RuntimeStatistics:
     shared_limit: Any
     loop: LoopStatistics
     shutting_down: bool
+    tasks: int
+    """Live Trio tasks in the whole run (a steady count under steady load: no leak)."""
 
 
 @dataclass
@@ -317,6 +320,7 @@ class Runtime:
             ),
             loop=self.loop_monitor.statistics(),
             shutting_down=self.shutting_down,
+            tasks=count_tasks(),
         )
 
     def metrics_snapshot(self) -> dict[str, Any]:
@@ -350,6 +354,7 @@ class Runtime:
                 "max_step_ms": loop.max_step * 1000,
                 "max_step_task": loop.max_step_task,
                 "slow_steps": loop.slow_steps,
+                "tasks": count_tasks(),
             },
             "ready": self.ready,
             "shutting_down": self.shutting_down,
@@ -402,6 +407,9 @@ async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Run
     config = config or RuntimeConfig()
     monitor = LoopMonitor()
     trio.lowlevel.add_instrument(monitor)
+    switch_interval = sys.getswitchinterval()
+    if config.processor.switch_interval is not None:
+        sys.setswitchinterval(config.processor.switch_interval)
     try:
         model = await trio.to_thread.run_sync(DTESNModel, config.model)
         async with trio.open_nursery() as root, AsyncExitStack() as stack:
@@ -442,4 +450,5 @@ async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Run
             await stack.aclose()
             root.cancel_scope.cancel()
     finally:
+        sys.setswitchinterval(switch_interval)
         trio.lowlevel.remove_instrument(monitor)

@@ -50,6 +50,13 @@ class ProcessorConfig:
     - ``worker_threads``: threads computing at once; default ``cores // blas_threads``.
       Both are clamped so that ``worker_threads × blas_threads <= cores``.
     - ``throughput_window``: seconds over which ``throughput`` counts completions.
+    - ``switch_interval``: the interpreter's GIL switch interval (``sys.setswitchinterval``)
+      that ``open_runtime`` sets while it runs (and restores after); ``None`` leaves it
+      alone.  After every system call the event loop must win the GIL back from the
+      computing threads, and with Python's default 5 ms it waited up to 5 ms each time
+      (the I/O convoy): at 10x load the loop answered a few dozen requests a second and
+      even refusals took seconds (benchmarks/overload.py).  0.5 ms costs the computing
+      threads little: they release the GIL inside NumPy/SciPy anyway.
     """
 
     max_concurrent_processes: int = 100
@@ -57,6 +64,7 @@ class ProcessorConfig:
     blas_threads: int | None = None
     worker_threads: int | None = None
     throughput_window: float = 10.0
+    switch_interval: float | None = 0.0005
 
     def __post_init__(self) -> None:
         _checks.integer(
@@ -72,6 +80,8 @@ class ProcessorConfig:
         if self.worker_threads is not None:
             _checks.integer("processor.worker_threads", self.worker_threads, minimum=1)
         _checks.positive("processor.throughput_window", self.throughput_window)
+        if self.switch_interval is not None:
+            _checks.in_range("processor.switch_interval", self.switch_interval, 1e-6, 1.0)
 
     def resolved_threads(self, cores: int | None = None) -> tuple[int, int]:
         """``(worker_threads, blas_threads)`` for this machine, never above its cores."""

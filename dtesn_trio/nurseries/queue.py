@@ -201,6 +201,7 @@ class PriorityBatchQueue(Generic[T, R]):
         self._reaper_wakeup: trio.Event | None = None
         self._wakeup: trio.Event | None = None
         self._forming: list[_Request[T, R]] = []
+        self._taken_gone = 0  # taken requests abandoned so far (see _form_batch)
         self._workers_left = 0
         self._workers_done = trio.Event()
         self._adaptive = AdaptiveTimeout(
@@ -486,6 +487,8 @@ class PriorityBatchQueue(Generic[T, R]):
     def _abandon(self, req: _Request[T, R]) -> None:
         if req.state == _QUEUED:
             self._dead[req.level] += 1
+        elif req.state == _TAKEN:
+            self._taken_gone += 1  # a forming batch drops it at its next look
         self._waiting[req.level] -= 1
         req.state = _GONE
 
@@ -524,6 +527,8 @@ class PriorityBatchQueue(Generic[T, R]):
         # engine's results (_call) and expiry (_expire) set the slot the same way.
         if req.state < _RUNNING:
             self._waiting[req.level] -= 1
+            if req.state == _TAKEN:
+                self._taken_gone += 1  # answered from a forming batch (close)
         req.state = _DONE
         req.value = value
         req.error = error
@@ -691,6 +696,12 @@ class PriorityBatchQueue(Generic[T, R]):
         self._forming = batch
         waited = False
         first = True
+        # Per wakeup, look only at the members added since the last one: a batch of n
+        # formed one arrival at a time must cost O(n), not O(n^2) (issue 8: a batch of
+        # 10,000 took ~50 s of loop time to form when every wakeup rescanned it).
+        seen = 0
+        oldest = expires = _INF
+        gone = self._taken_gone
         while True:
             now = self._now()
             if first:  # the worker has just filled it
@@ -704,11 +715,14 @@ class PriorityBatchQueue(Generic[T, R]):
                         self._answer(req, None, error)
                 self._forming = []
                 return None
-            if waited and batch:
+            if waited and batch and self._taken_gone != gone:
                 # members whose submitters left (cancelled, expired) while we waited
+                gone = self._taken_gone
                 live = [req for req in batch if req.state == _TAKEN]
                 if len(live) != len(batch):
                     batch[:] = live
+                    seen = 0
+                    oldest = expires = _INF
                     size = (
                         len(live)
                         if self._size_fn is None
@@ -719,8 +733,13 @@ class PriorityBatchQueue(Generic[T, R]):
             if size >= self._max_batch or (batch and size in self._preferred):
                 break
             if batch:
-                leave_at = min(r.queued_at for r in batch) + self._max_wait
-                expires = min(r.expires for r in batch)
+                for req in batch[seen:] if seen else batch:
+                    if req.queued_at < oldest:
+                        oldest = req.queued_at
+                    if req.expires < expires:
+                        expires = req.expires
+                seen = len(batch)
+                leave_at = oldest + self._max_wait
                 if expires != _INF:
                     leave_at = min(leave_at, expires - (self._batch_ewma or 0.0))
                 if now >= leave_at:

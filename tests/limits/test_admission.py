@@ -162,8 +162,8 @@ async def test_outcomes_reach_the_breaker_and_the_limiter() -> None:
     async with admission.throttle_request():
         pass
     stats = admission.statistics()
-    # Breaker: the engine error failed; Overloaded, the deadline (load, not a broken
-    # engine) and Cancelled are ignored.
+    # Breaker: the engine error failed; Overloaded, the deadline (a load signal, not an
+    # engine failure: issue 8) and Cancelled are ignored.
     assert (
         stats.breaker.failed_calls_total,
         stats.breaker.ignored_calls_total,

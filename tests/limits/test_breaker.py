@@ -6,7 +6,13 @@ import pytest
 import trio
 import trio.testing
 
-from dtesn_trio.errors import CircuitOpen, InvalidRequest, Overloaded, RateLimited
+from dtesn_trio.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    RateLimited,
+)
 from dtesn_trio.limits import (
     BreakerState,
     CircuitBreaker,
@@ -203,12 +209,20 @@ async def test_half_open_trial_cancelled_at_every_checkpoint(
 
 async def test_refusals_and_client_errors_do_not_count_by_default() -> None:
     breaker = CircuitBreaker(small(minimum_calls=1, sliding_window_size=1))
-    for exc in (InvalidRequest("x"), RateLimited("x"), Overloaded("x"), CircuitOpen("x")):
+    # A passed deadline is load (the limiter's signal), not the service failing: issue 8.
+    refusals = (
+        InvalidRequest("x"),
+        RateLimited("x"),
+        Overloaded("x"),
+        CircuitOpen("x"),
+        DeadlineExceeded("x"),
+    )
+    for exc in refusals:
         with pytest.raises(type(exc)):
             async with breaker:
                 raise exc
     assert breaker.state is CLOSED
-    assert breaker.statistics().ignored_calls_total == 4
+    assert breaker.statistics().ignored_calls_total == 5
     assert default_ignore(BaseExceptionGroup("g", [InvalidRequest("a"), RateLimited("b")]))
     assert not default_ignore(BaseExceptionGroup("g", [InvalidRequest("a"), Boom()]))
 

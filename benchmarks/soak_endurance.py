@@ -1,0 +1,177 @@
+"""Endurance (issue 8): 10 minutes at 70 % of capacity -- zero 5xx, RSS growth under 5 %
+after warm-up, no growth of the task count.
+
+A ``dtesn-trio serve`` subprocess (DTESN of 256 units, depth 4; result cache and
+durable jobs off, every other setting its default) on a free port.  First its capacity:
+closed loop, 40 connections, 2xx answers per second (as ``benchmarks/overload.py``).
+Then the soak runner drives it open loop at 70 % of that for ``--duration`` seconds
+(``--quick``: 30 s) with the priority mix ``0:10,2:80,4:10`` and a 10 s deadline, while
+this script reads the server's RSS from ``/proc/<pid>`` every second and the runner
+samples ``/v1/stats`` (live task count, longest loop step) every second.
+
+Warm-up is the first 20 % of the soak.  RSS growth = (RSS at the end - RSS at the end of
+the warm-up) / RSS at the end of the warm-up.  Tasks: the median of the samples in the
+first and in the last fifth after the warm-up (the count moves with the requests in
+flight; a leak makes it climb).
+
+Keys (``--json``): capacity_per_s, rate_per_s, duration_s, sent, ok, errors_5xx,
+other_errors, rss_warm_mb, rss_end_mb, rss_growth_pct (target < 5), tasks_start,
+tasks_end, tasks_growth (target <= 0 beyond noise: reported), tasks_max, max_step_ms,
+p99_ms, passed.
+
+    python benchmarks/soak_endurance.py --quick    # 30 s soak, ~50 s in all
+    python benchmarks/soak_endurance.py --json     # 10 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# benchmarks/ holds queue.py and http.py: keep it behind the standard library on the path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+sys.path.append(str(_HERE))
+
+import trio  # noqa: E402
+from _servers import describe_env, raise_nofile, rss_bytes, start_dtesn  # noqa: E402
+from overload import capacity  # noqa: E402
+
+from dtesn_trio.soak import InputSizes, LoadConfig, PriorityMix  # noqa: E402
+from dtesn_trio.soak.runner import run_soak  # noqa: E402
+from dtesn_trio.soak.targets import open_http_target  # noqa: E402
+
+MiB = 1024 * 1024
+SETS = [
+    "model.reservoir_size=256",
+    "model.membrane_depth=4",
+    "cache.enabled=false",
+    "jobs.enabled=false",
+]
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    raise_nofile()
+    env = describe_env()
+    began = time.perf_counter()
+    rss: list[tuple[float, int]] = []
+    async with trio.open_nursery() as nursery:
+        server = await start_dtesn(nursery, SETS, name="endurance")
+        try:
+            cap = await capacity(server, args, 40, args.capacity_seconds)
+            rate = 0.7 * cap["per_s"]
+            load = LoadConfig(
+                duration=args.duration,
+                rate=rate,
+                priority_mix=PriorityMix.parse("0:10,2:80,4:10"),
+                input_size=InputSizes.parse(str(args.input_bytes)),
+                deadline_ms=10_000,
+                timeout=30.0,
+                seed=3,
+            )
+
+            async with trio.open_nursery() as watching:
+
+                async def watch_rss() -> None:
+                    t0 = trio.current_time()
+                    while True:
+                        value = rss_bytes(server.pid)
+                        if value is not None:
+                            rss.append((trio.current_time() - t0, value))
+                        await trio.sleep(1.0)
+
+                watching.start_soon(watch_rss)
+                async with open_http_target(server.url) as target:
+                    run = await run_soak(target, load, sample_interval=1.0)
+                watching.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await server.stop()
+        nursery.cancel_scope.cancel()
+    report = run.report()
+    warm = 0.2 * args.duration
+    after = [v for t, v in rss if t >= warm]
+    rss_warm = after[0] if after else 0
+    rss_end = after[-1] if after else 0
+    growth = 100.0 * (rss_end - rss_warm) / rss_warm if rss_warm else float("nan")
+    task_samples = [
+        (s["t"], s["stats"]["loop.tasks"])
+        for s in run.samples
+        if "loop.tasks" in s.get("stats", {}) and s["t"] >= warm
+    ]
+    fifth = max(1, len(task_samples) // 5)
+    tasks_start = statistics.median(v for _, v in task_samples[:fifth]) if task_samples else 0
+    tasks_end = statistics.median(v for _, v in task_samples[-fifth:]) if task_samples else 0
+    steps = [s["stats"].get("loop.max_step_ms", 0.0) for s in run.samples if s.get("stats")]
+    by_status = {k: v["count"] for k, v in report["by_status"].items()}
+    errors_5xx = sum(n for k, n in by_status.items() if k.startswith("5"))
+    ok = report["counts"]["ok"]
+    result = {
+        "capacity_per_s": cap["per_s"],
+        "rate_per_s": round(rate, 2),
+        "duration_s": args.duration,
+        "sent": report["counts"]["sent"],
+        "ok": ok,
+        "errors_5xx": errors_5xx,
+        "other_errors": report["counts"]["sent"] - ok - errors_5xx,
+        "by_status": by_status,
+        "rss_warm_mb": round(rss_warm / MiB, 1),
+        "rss_end_mb": round(rss_end / MiB, 1),
+        "rss_growth_pct": round(growth, 2),
+        "tasks_start": tasks_start,
+        "tasks_end": tasks_end,
+        "tasks_growth": tasks_end - tasks_start,
+        "tasks_max": max((v for _, v in task_samples), default=0),
+        "max_step_ms": round(max(steps, default=0.0), 1),
+        "p99_ms": (report["latency_ms"]["all"] or {}).get("p99"),
+        "server_sets": SETS,
+        "machine": env,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    result["passed"] = (
+        errors_5xx == 0
+        and result["other_errors"] == 0
+        and growth < 5.0
+        and tasks_end <= tasks_start + max(5.0, 0.1 * tasks_start)
+    )
+    return result
+
+
+def table(r: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"capacity {r['capacity_per_s']}/s; soak {r['duration_s']} s at {r['rate_per_s']}/s"
+            f" (70 %), machine {r['machine']}",
+            f"sent {r['sent']}, ok {r['ok']}, 5xx {r['errors_5xx']}, other errors"
+            f" {r['other_errors']} {r['by_status']}",
+            f"RSS after warm-up {r['rss_warm_mb']} MB -> end {r['rss_end_mb']} MB"
+            f" ({r['rss_growth_pct']} %, target < 5)",
+            f"tasks {r['tasks_start']} -> {r['tasks_end']} (max {r['tasks_max']});"
+            f" longest loop step {r['max_step_ms']} ms; p99 {r['p99_ms']} ms",
+            f"passed: {r['passed']}; total {r['seconds']} s",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="a 30 s soak")
+    parser.add_argument("--duration", type=float, default=None, help="soak seconds")
+    parser.add_argument("--input-bytes", type=int, default=2000)
+    args = parser.parse_args()
+    args.duration = args.duration or (30.0 if args.quick else 600.0)
+    args.capacity_seconds = 5.0 if args.quick else 10.0
+    args.timeout = 30.0
+    result = trio.run(bench, args)
+    print(json.dumps(result) if args.json else table(result))
+
+
+if __name__ == "__main__":
+    main()
