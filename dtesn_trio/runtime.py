@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,7 +25,13 @@ import trio
 from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache, cache_key
 from dtesn_trio.config import RuntimeConfig
 from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult
-from dtesn_trio.errors import DeadlineExceeded, DTESNError, InvalidRequest, ShuttingDown
+from dtesn_trio.errors import (
+    DeadlineExceeded,
+    DTESNError,
+    EngineError,
+    InvalidRequest,
+    ShuttingDown,
+)
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
@@ -45,6 +52,8 @@ from dtesn_trio.redis_cache import RedisCache
 __all__ = ["ProcessOutcome", "Runtime", "RuntimeConfig", "RuntimeStatistics", "open_runtime"]
 
 InputData = str | np.ndarray
+
+log = logging.getLogger("dtesn_trio.runtime")
 
 
 @dataclass(frozen=True)
@@ -233,19 +242,46 @@ class Runtime:
         return ProcessOutcome(result, False, priority, done.batch_size, timings)
 
     async def _run_batch(self, items: list[_Work]) -> list[_Done | BaseException]:
-        """The queue's batch function: one engine call per membrane depth in the batch."""
+        """The queue's batch function: one engine call per membrane depth in the batch.
+
+        Never raises for an engine failure: each input gets its result or its own error
+        (see ``_run_group``), whatever ``queue.retry_individually`` says.
+        """
         groups: dict[int | None, list[int]] = {}
         for i, work in enumerate(items):
             groups.setdefault(work.depth, []).append(i)
         out: list[_Done | BaseException] = [ShuttingDown("not run")] * len(items)
         started = trio.current_time()
         for depth, idxs in groups.items():
-            results = await self.processor.process_batch(
-                [items[i].data for i in idxs], membrane_depth=depth
-            )
+            results = await self._run_group([items[i].data for i in idxs], depth)
             finished = trio.current_time()
             for i, result in zip(idxs, results, strict=True):
-                out[i] = _Done(result, len(items), started, finished)
+                out[i] = (
+                    result
+                    if isinstance(result, BaseException)
+                    else _Done(result, len(items), started, finished)
+                )
+        return out
+
+    async def _run_group(
+        self, inputs: list[InputData], depth: int | None
+    ) -> list[DTESNResult | BaseException]:
+        """One engine call; if it raises, each input again alone, so that one poisoned
+        input fails only itself.  The engine is deterministic: the inputs that failed
+        the batch fail alone, the others succeed."""
+        try:
+            return list(await self.processor.process_batch(inputs, membrane_depth=depth))
+        except Exception as exc:
+            if len(inputs) == 1:
+                return [_engine_failure(exc)]
+        out: list[DTESNResult | BaseException] = []
+        for data in inputs:
+            try:
+                (result,) = await self.processor.process_batch([data], membrane_depth=depth)
+            except Exception as exc:
+                out.append(_engine_failure(exc))
+            else:
+                out.append(result)
         return out
 
     async def _run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -356,6 +392,15 @@ class Runtime:
         }
 
 
+def _engine_failure(exc: Exception) -> DTESNError:
+    """What the caller of one failed input gets: a ``DTESNError`` as it is, anything else
+    as ``EngineError`` (logged here with its traceback; no internals in the message)."""
+    if isinstance(exc, DTESNError):
+        return exc
+    log.error("the engine failed on one input: %r", exc, exc_info=exc)
+    return EngineError("the engine failed to process this input; the cause is in the server's log")
+
+
 def _numbers(value: Any) -> Any:
     """The numeric content of a statistics record (strings and None dropped)."""
     if isinstance(value, bool | int | float):
@@ -397,13 +442,23 @@ async def _open_job_store(
 
 
 @asynccontextmanager
-async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Runtime]:
-    """Build the ownership tree; leaving the block stops all of it, in order."""
+async def open_runtime(
+    config: RuntimeConfig | None = None, *, model: DTESNModel | None = None
+) -> AsyncIterator[Runtime]:
+    """Build the ownership tree; leaving the block stops all of it, in order.
+
+    ``model``: a model built (or trained, or loaded) by the caller instead of one built
+    from ``config.model``; its config must equal ``config.model`` (the cache keys and
+    the validation are derived from it).
+    """
     config = config or RuntimeConfig()
+    if model is not None and model.config != config.model:
+        raise ValueError("open_runtime(model=...): model.config must equal config.model")
     monitor = LoopMonitor()
     trio.lowlevel.add_instrument(monitor)
     try:
-        model = await trio.to_thread.run_sync(DTESNModel, config.model)
+        if model is None:
+            model = await trio.to_thread.run_sync(DTESNModel, config.model)
         async with trio.open_nursery() as root, AsyncExitStack() as stack:
             rt = Runtime(
                 config=config,
