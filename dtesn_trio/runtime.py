@@ -26,6 +26,7 @@ from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache, cache_ke
 from dtesn_trio.config import RuntimeConfig
 from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult
 from dtesn_trio.errors import (
+    BackendUnavailable,
     DeadlineExceeded,
     DTESNError,
     EngineError,
@@ -35,7 +36,7 @@ from dtesn_trio.errors import (
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
-from dtesn_trio.limits import Admission
+from dtesn_trio.limits import Admission, AdmissionConfig
 from dtesn_trio.limits.shared_rate import SharedRateLimiter
 from dtesn_trio.nurseries import (
     ConnectionPool,
@@ -392,6 +393,22 @@ class Runtime:
         }
 
 
+def _engine_admission(config: AdmissionConfig) -> AdmissionConfig:
+    """``config`` with an engine breaker that ignores ``BackendUnavailable`` too.
+
+    Inside admission, only the Redis cache raises it, and the cache has its own breaker:
+    counted here, a Redis outage (with ``cache.fail_open = false``) would open the
+    engine's breaker and keep refusing for ``wait_in_open`` after Redis is back.
+    """
+    ignore = config.breaker.ignore_exception
+
+    def ignore_backend(exc: BaseException) -> bool:
+        return isinstance(exc, BackendUnavailable) or ignore(exc)
+
+    breaker = dataclasses.replace(config.breaker, ignore_exception=ignore_backend)
+    return dataclasses.replace(config, breaker=breaker)
+
+
 def _engine_failure(exc: Exception) -> DTESNError:
     """What the caller of one failed input gets: a ``DTESNError`` as it is, anything else
     as ``EngineError`` (logged here with its traceback; no internals in the message)."""
@@ -464,7 +481,7 @@ async def open_runtime(
                 config=config,
                 nursery=root,
                 processor=DTESNProcessor(model, config.processor),
-                admission=Admission(config.admission),
+                admission=Admission(_engine_admission(config.admission)),
                 loop_monitor=monitor,
             )
             if config.redis.url is not None:
@@ -473,10 +490,14 @@ async def open_runtime(
                     open_pool(connector, config.redis.pool)
                 )
             if config.shared_limit.enabled:
-                rt.shared_limiter = SharedRateLimiter(rt.pools["redis"], config.shared_limit)
+                rt.shared_limiter = SharedRateLimiter(
+                    rt.pools["redis"], config.shared_limit, timeout=config.redis.timeout
+                )
             if config.cache.enabled:
                 if config.cache.backend == "redis":
-                    rt.cache = RedisCache(rt.pools["redis"], config.cache)
+                    rt.cache = RedisCache(
+                        rt.pools["redis"], config.cache, timeout=config.redis.timeout
+                    )
                 else:
                     rt.cache = MemoryCache(config.cache)
             rt.queue = await stack.enter_async_context(
