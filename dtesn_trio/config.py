@@ -29,14 +29,22 @@ def _redis_pool_default() -> ConnectionPoolConfig:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """Redis for the shared cache (section ``redis``); ``url`` None = no Redis."""
+    """Redis for the shared cache (section ``redis``); ``url`` None = no Redis.
+
+    ``timeout`` bounds one cache or shared-limit call to Redis, the wait for a
+    connection included: a Redis that is down, frozen or partitioned costs a request at
+    most this long (and nothing once the Redis breaker has opened), never its deadline.
+    A timeout counts as a failure for the breaker.
+    """
 
     url: str | None = None
     pool: ConnectionPoolConfig = field(default_factory=_redis_pool_default)
+    timeout: float = 0.25
 
     def __post_init__(self) -> None:
         if self.url is not None and not self.url.startswith("redis://"):
             raise ValueError(f"redis.url must start with redis:// (got {self.url!r})")
+        _checks.positive("redis.timeout", self.timeout)
 
 
 def _postgres_pool_default() -> ConnectionPoolConfig:

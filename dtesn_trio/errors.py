@@ -12,6 +12,7 @@ __all__ = [
     "CircuitOpen",
     "DTESNError",
     "DeadlineExceeded",
+    "EngineError",
     "InvalidRequest",
     "Overloaded",
     "PayloadTooLarge",
@@ -118,3 +119,14 @@ class ShuttingDown(DTESNError):
 
     code = "shutting_down"
     http_status = 503
+
+
+class EngineError(DTESNError):
+    """The engine failed on an input that passed validation: the server's fault (500).
+
+    Only that input fails (its batch neighbours are run again without it); the cause is
+    logged with its traceback and never sent to the client.
+    """
+
+    code = "engine_error"
+    http_status = 500

@@ -10,22 +10,26 @@ import trio
 
 from dtesn_trio.cache import CacheConfig, CacheStatistics
 from dtesn_trio.errors import BackendUnavailable, CircuitOpen
-from dtesn_trio.limits import CircuitBreaker, CircuitBreakerConfig
+from dtesn_trio.limits import CircuitBreaker
+from dtesn_trio.limits.shared_rate import REDIS_BREAKER
 from dtesn_trio.nurseries import ConnectionPool, RedisConnection
 
 __all__ = ["RedisCache"]
 
 log = logging.getLogger(__name__)
 
-_BREAKER = CircuitBreakerConfig(
-    sliding_window_size=20, minimum_calls=5, failure_rate_threshold=50.0, wait_in_open=5.0
-)
+
+def _timeout_error(exc: BaseException, timeout: float) -> BaseException:
+    if isinstance(exc, trio.TooSlowError):
+        return BackendUnavailable(f"redis did not answer within {timeout:g}s (redis.timeout)")
+    return exc
 
 
 class RedisCache:
     """``GET`` / ``SET PX`` of JSON results through the Redis pool.
 
-    While Redis fails, the breaker opens and the cache answers "miss" at once
+    Each call is bounded by ``timeout`` (``redis.timeout``).  While Redis fails, the
+    breaker opens and the cache answers "miss" at once
     (``fail_open``) or raises ``BackendUnavailable`` (``fail_open = False``); it
     half-opens after ``wait_in_open`` and closes again once Redis answers.
     """
@@ -35,10 +39,13 @@ class RedisCache:
         pool: ConnectionPool[RedisConnection],
         config: CacheConfig,
         breaker: CircuitBreaker | None = None,
+        *,
+        timeout: float = 0.25,
     ) -> None:
         self.pool = pool
         self.config = config
-        self.breaker = breaker or CircuitBreaker(_BREAKER, name="redis-cache")
+        self.timeout = timeout
+        self.breaker = breaker or CircuitBreaker(REDIS_BREAKER, name="redis-cache")
         self._ttl_ms = max(1, int(config.ttl_seconds * 1000))
         self._hits = self._misses = self._errors = 0
         self._decoder = msgspec.json.Decoder(dict[str, Any])
@@ -52,8 +59,13 @@ class RedisCache:
         return self._decoder.decode(raw)
 
     async def set(self, key: str, value: dict[str, Any]) -> None:
+        """Store ``value``; never raises for Redis trouble (even with ``fail_open =
+        False``): the result was computed, and losing a cache write only costs a miss."""
         payload = msgspec.json.encode(value)
-        await self._guarded("SET", self.config.key_prefix + key, payload, "PX", self._ttl_ms)
+        try:
+            await self._guarded("SET", self.config.key_prefix + key, payload, "PX", self._ttl_ms)
+        except BackendUnavailable:
+            pass
 
     async def _guarded(self, *command: Any) -> Any:
         try:
@@ -62,11 +74,13 @@ class RedisCache:
             return self._failed(None)
         start = trio.current_time()
         try:
-            async with self.pool.connection() as conn:
-                reply = await conn.execute(*command)
-        except (BackendUnavailable, OSError, trio.BrokenResourceError) as exc:
-            permit.on_error(exc, trio.current_time() - start)
-            return self._failed(exc)
+            with trio.fail_after(self.timeout):
+                async with self.pool.connection() as conn:
+                    reply = await conn.execute(*command)
+        except (BackendUnavailable, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            error = _timeout_error(exc, self.timeout)
+            permit.on_error(error, trio.current_time() - start)
+            return self._failed(error)
         except BaseException:
             permit.on_ignore()
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import math
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -25,11 +26,18 @@ import trio
 from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache, cache_key
 from dtesn_trio.config import RuntimeConfig
 from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult
-from dtesn_trio.errors import DeadlineExceeded, DTESNError, InvalidRequest, ShuttingDown
+from dtesn_trio.errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    DTESNError,
+    EngineError,
+    InvalidRequest,
+    ShuttingDown,
+)
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics, count_tasks
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
-from dtesn_trio.limits import Admission
+from dtesn_trio.limits import Admission, AdmissionConfig
 from dtesn_trio.limits.shared_rate import SharedRateLimiter
 from dtesn_trio.nurseries import (
     ConnectionPool,
@@ -46,6 +54,8 @@ from dtesn_trio.redis_cache import RedisCache
 __all__ = ["ProcessOutcome", "Runtime", "RuntimeConfig", "RuntimeStatistics", "open_runtime"]
 
 InputData = str | np.ndarray
+
+log = logging.getLogger("dtesn_trio.runtime")
 
 
 @dataclass(frozen=True)
@@ -236,19 +246,46 @@ class Runtime:
         return ProcessOutcome(result, False, priority, done.batch_size, timings)
 
     async def _run_batch(self, items: list[_Work]) -> list[_Done | BaseException]:
-        """The queue's batch function: one engine call per membrane depth in the batch."""
+        """The queue's batch function: one engine call per membrane depth in the batch.
+
+        Never raises for an engine failure: each input gets its result or its own error
+        (see ``_run_group``), whatever ``queue.retry_individually`` says.
+        """
         groups: dict[int | None, list[int]] = {}
         for i, work in enumerate(items):
             groups.setdefault(work.depth, []).append(i)
         out: list[_Done | BaseException] = [ShuttingDown("not run")] * len(items)
         started = trio.current_time()
         for depth, idxs in groups.items():
-            results = await self.processor.process_batch(
-                [items[i].data for i in idxs], membrane_depth=depth
-            )
+            results = await self._run_group([items[i].data for i in idxs], depth)
             finished = trio.current_time()
             for i, result in zip(idxs, results, strict=True):
-                out[i] = _Done(result, len(items), started, finished)
+                out[i] = (
+                    result
+                    if isinstance(result, BaseException)
+                    else _Done(result, len(items), started, finished)
+                )
+        return out
+
+    async def _run_group(
+        self, inputs: list[InputData], depth: int | None
+    ) -> list[DTESNResult | BaseException]:
+        """One engine call; if it raises, each input again alone, so that one poisoned
+        input fails only itself.  The engine is deterministic: the inputs that failed
+        the batch fail alone, the others succeed."""
+        try:
+            return list(await self.processor.process_batch(inputs, membrane_depth=depth))
+        except Exception as exc:
+            if len(inputs) == 1:
+                return [_engine_failure(exc)]
+        out: list[DTESNResult | BaseException] = []
+        for data in inputs:
+            try:
+                (result,) = await self.processor.process_batch([data], membrane_depth=depth)
+            except Exception as exc:
+                out.append(_engine_failure(exc))
+            else:
+                out.append(result)
         return out
 
     async def _run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -361,6 +398,31 @@ class Runtime:
         }
 
 
+def _engine_admission(config: AdmissionConfig) -> AdmissionConfig:
+    """``config`` with an engine breaker that ignores ``BackendUnavailable`` too.
+
+    Inside admission, only the Redis cache raises it, and the cache has its own breaker:
+    counted here, a Redis outage (with ``cache.fail_open = false``) would open the
+    engine's breaker and keep refusing for ``wait_in_open`` after Redis is back.
+    """
+    ignore = config.breaker.ignore_exception
+
+    def ignore_backend(exc: BaseException) -> bool:
+        return isinstance(exc, BackendUnavailable) or ignore(exc)
+
+    breaker = dataclasses.replace(config.breaker, ignore_exception=ignore_backend)
+    return dataclasses.replace(config, breaker=breaker)
+
+
+def _engine_failure(exc: Exception) -> DTESNError:
+    """What the caller of one failed input gets: a ``DTESNError`` as it is, anything else
+    as ``EngineError`` (logged here with its traceback; no internals in the message)."""
+    if isinstance(exc, DTESNError):
+        return exc
+    log.error("the engine failed on one input: %r", exc, exc_info=exc)
+    return EngineError("the engine failed to process this input; the cause is in the server's log")
+
+
 def _numbers(value: Any) -> Any:
     """The numeric content of a statistics record (strings and None dropped)."""
     if isinstance(value, bool | int | float):
@@ -402,22 +464,32 @@ async def _open_job_store(
 
 
 @asynccontextmanager
-async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Runtime]:
-    """Build the ownership tree; leaving the block stops all of it, in order."""
+async def open_runtime(
+    config: RuntimeConfig | None = None, *, model: DTESNModel | None = None
+) -> AsyncIterator[Runtime]:
+    """Build the ownership tree; leaving the block stops all of it, in order.
+
+    ``model``: a model built (or trained, or loaded) by the caller instead of one built
+    from ``config.model``; its config must equal ``config.model`` (the cache keys and
+    the validation are derived from it).
+    """
     config = config or RuntimeConfig()
+    if model is not None and model.config != config.model:
+        raise ValueError("open_runtime(model=...): model.config must equal config.model")
     monitor = LoopMonitor()
     trio.lowlevel.add_instrument(monitor)
     switch_interval = sys.getswitchinterval()
     if config.processor.switch_interval is not None:
         sys.setswitchinterval(config.processor.switch_interval)
     try:
-        model = await trio.to_thread.run_sync(DTESNModel, config.model)
+        if model is None:
+            model = await trio.to_thread.run_sync(DTESNModel, config.model)
         async with trio.open_nursery() as root, AsyncExitStack() as stack:
             rt = Runtime(
                 config=config,
                 nursery=root,
                 processor=DTESNProcessor(model, config.processor),
-                admission=Admission(config.admission),
+                admission=Admission(_engine_admission(config.admission)),
                 loop_monitor=monitor,
             )
             if config.redis.url is not None:
@@ -426,10 +498,14 @@ async def open_runtime(config: RuntimeConfig | None = None) -> AsyncIterator[Run
                     open_pool(connector, config.redis.pool)
                 )
             if config.shared_limit.enabled:
-                rt.shared_limiter = SharedRateLimiter(rt.pools["redis"], config.shared_limit)
+                rt.shared_limiter = SharedRateLimiter(
+                    rt.pools["redis"], config.shared_limit, timeout=config.redis.timeout
+                )
             if config.cache.enabled:
                 if config.cache.backend == "redis":
-                    rt.cache = RedisCache(rt.pools["redis"], config.cache)
+                    rt.cache = RedisCache(
+                        rt.pools["redis"], config.cache, timeout=config.redis.timeout
+                    )
                 else:
                     rt.cache = MemoryCache(config.cache)
             rt.queue = await stack.enter_async_context(

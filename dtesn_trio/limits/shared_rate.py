@@ -20,12 +20,14 @@ from dataclasses import dataclass
 import trio
 
 from dtesn_trio import _checks
-from dtesn_trio.errors import BackendUnavailable, RateLimited
+from dtesn_trio.errors import BackendUnavailable, CircuitOpen, RateLimited
+from dtesn_trio.limits.breaker import CircuitBreaker, CircuitBreakerConfig
 from dtesn_trio.limits.rate import RateLimiter, RateLimiterConfig
 from dtesn_trio.nurseries import ConnectionPool, RedisConnection
 
 __all__ = [
     "GCRA_SCRIPT",
+    "REDIS_BREAKER",
     "Rate",
     "SharedRateLimiter",
     "SharedRateLimiterConfig",
@@ -34,6 +36,18 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The breaker in front of Redis (shared limit and result cache): opens when half of
+#: the last 10 calls (at least 5) failed, and lets 2 trial calls through 2 s later, so
+#: that service is back (cache and global limit in use again) within ~2 s of Redis
+#: answering again.
+REDIS_BREAKER = CircuitBreakerConfig(
+    sliding_window_size=10,
+    minimum_calls=5,
+    failure_rate_threshold=50.0,
+    wait_in_open=2.0,
+    permitted_calls_in_half_open=2,
+)
 
 # KEYS: one key per rate.  ARGV[1] = cost; then per rate: emission interval and
 # burst tolerance, both in microseconds.  Returns {allowed, retry_after_us, remaining}.
@@ -168,13 +182,20 @@ class SharedRateLimiter:
     """The global limit: ``await try_acquire()`` (one ``EVALSHA``) or ``await acquire()``."""
 
     def __init__(
-        self, pool: ConnectionPool[RedisConnection], config: SharedRateLimiterConfig
+        self,
+        pool: ConnectionPool[RedisConnection],
+        config: SharedRateLimiterConfig,
+        breaker: CircuitBreaker | None = None,
+        *,
+        timeout: float = 0.25,
     ) -> None:
         self.pool = pool
         self.config = config
+        self.timeout = timeout
         self._rates = config.parsed_rates()
         self._keys = [f"{{{config.key}}}:{i}" for i in range(len(self._rates))]
         self._fallback = self._make_fallback(config)
+        self.breaker = breaker or CircuitBreaker(REDIS_BREAKER, name="redis-shared-limit")
         self._admitted = self._limited = self._fallback_calls = self._errors = 0
         self._using_fallback = False
 
@@ -197,29 +218,57 @@ class SharedRateLimiter:
         )
 
     async def try_acquire(self, cost: int = 1) -> None:
-        """Admit ``cost`` calls now or raise ``RateLimited`` with the exact ``retry_after``."""
+        """Admit ``cost`` calls now or raise ``RateLimited`` with the exact ``retry_after``.
+
+        While Redis fails, the breaker opens and calls go straight to the fallback (or
+        are refused) without waiting for a connection: a dead Redis costs each request
+        nothing once the breaker has seen it.
+        """
         args: list[int] = [cost]
         for rate in self._rates:
             args.extend(rate.script_args())
         try:
-            async with self.pool.connection() as conn:
-                reply = await conn.eval_script(GCRA_SCRIPT, self._keys, args)
-        except (BackendUnavailable, OSError, trio.BrokenResourceError) as exc:
-            self._errors += 1
-            if not self._using_fallback:
-                log.warning("shared rate limit: redis unavailable (%s); local fallback", exc)
-            self._using_fallback = True
-            if not self.config.fail_open:
-                raise BackendUnavailable(f"shared rate limit unavailable: {exc}") from exc
-            self._fallback_calls += 1
-            self._fallback.acquire_nowait(cost)
+            permit = self.breaker.acquire_permission()
+        except CircuitOpen as exc:
+            await trio.lowlevel.checkpoint()
+            self._unavailable(exc, cost)
             return
+        start = trio.current_time()
+        try:
+            with trio.fail_after(self.timeout):
+                async with self.pool.connection() as conn:
+                    reply = await conn.eval_script(GCRA_SCRIPT, self._keys, args)
+        except (BackendUnavailable, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            error: BaseException = exc
+            if isinstance(exc, trio.TooSlowError):
+                error = BackendUnavailable(
+                    f"redis did not answer within {self.timeout:g}s (redis.timeout)"
+                )
+            permit.on_error(error, trio.current_time() - start)
+            self._errors += 1
+            self._unavailable(error, cost)
+            return
+        except BaseException:
+            permit.on_ignore()
+            raise
+        permit.on_success(trio.current_time() - start)
         self._using_fallback = False
         allowed, retry_us, _remaining = (int(v) for v in reply)
         if not allowed:
             self._limited += 1
             raise RateLimited("global rate limit reached", retry_after=retry_us / 1e6)
         self._admitted += 1
+
+    def _unavailable(self, exc: BaseException, cost: int) -> None:
+        if not self._using_fallback:
+            log.warning("shared rate limit: redis unavailable (%s); local fallback", exc)
+        self._using_fallback = True
+        if not self.config.fail_open:
+            raise BackendUnavailable(
+                f"shared rate limit unavailable: {exc}", retry_after=1.0
+            ) from exc
+        self._fallback_calls += 1
+        self._fallback.acquire_nowait(cost)
 
     async def acquire(self, cost: int = 1) -> None:
         """Wait until admitted, sleeping exactly each ``retry_after`` (no polling)."""

@@ -32,6 +32,7 @@ from dtesn_trio.errors import DTESNError, InvalidRequest, PayloadTooLarge, Shutt
 from dtesn_trio.server.auth import ApiKeyAuth
 from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.errors import (
+    BodyTimeout,
     MalformedRequest,
     NotFound,
     NotReady,
@@ -463,17 +464,26 @@ class _Guard:
 
         async def limited_receive() -> Message:
             nonlocal received, body_done
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                body_done = not message.get("more_body", False)
-                if received > limit:
-                    raise too_large(limit)
-            return message
+            if body_done:  # e.g. waiting for a disconnect: no body deadline
+                return await receive()
+            with trio.move_on_at(body_deadline):
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    body_done = not message.get("more_body", False)
+                    if received > limit:
+                        raise too_large(limit)
+                return message
+            body_done = True  # never read the rest: the connection is closed after
+            raise BodyTimeout(
+                f"the request body did not arrive within {state.config.body_timeout:g}s"
+                " (server.body_timeout)"
+            )
 
         state.in_flight += 1
         state.metrics.in_flight.inc()
         start = time.perf_counter()
+        body_deadline = trio.current_time() + state.config.body_timeout
         try:
             try:
                 if path not in state.public_paths:

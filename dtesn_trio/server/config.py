@@ -30,6 +30,10 @@ class ServerConfig:
     - ``graceful_timeout``: how long hypercorn waits for open requests after a graceful
       stop; ``None`` means the runtime's ``shutdown_grace`` plus ``response_margin``.
     - ``response_margin``: time left after the drain deadline to write the 503s.
+    - ``body_timeout``: seconds a client has, from the start of its request, to send
+      the whole body; a slower one (a slow-loris) gets 408 ``body_timeout`` and its
+      connection closed, instead of holding a connection and a task forever.
+      (Slow *headers* are bounded by hypercorn's ``keep_alive_timeout``.)
     - ``keep_alive_timeout``, ``backlog``: passed to hypercorn.
     - ``access_log``: log one line per request (with its request id).
     """
@@ -45,6 +49,7 @@ class ServerConfig:
     docs: bool = True
     graceful_timeout: float | None = None
     response_margin: float = 2.0
+    body_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
     backlog: int = 1024
     access_log: bool = False
@@ -80,5 +85,6 @@ class ServerConfig:
         if self.graceful_timeout is not None:
             _checks.positive(p + "graceful_timeout", self.graceful_timeout)
         _checks.non_negative(p + "response_margin", self.response_margin)
+        _checks.positive(p + "body_timeout", self.body_timeout)
         _checks.positive(p + "keep_alive_timeout", self.keep_alive_timeout)
         _checks.integer(p + "backlog", self.backlog, minimum=1)

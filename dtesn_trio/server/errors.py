@@ -15,6 +15,7 @@ import msgspec
 from dtesn_trio.errors import DTESNError, InvalidRequest, PayloadTooLarge
 
 __all__ = [
+    "BodyTimeout",
     "MalformedRequest",
     "error_headers",
     "error_response_parts",
@@ -30,6 +31,14 @@ class MalformedRequest(InvalidRequest):
     is 422.  Same ``code``, so clients handle one code for both."""
 
     http_status = 400
+
+
+class BodyTimeout(InvalidRequest):
+    """The body did not arrive within ``server.body_timeout``: 408, and the connection
+    is closed (the rest of the body is never read)."""
+
+    code = "body_timeout"
+    http_status = 408
 
 
 class NotFound(DTESNError):
@@ -58,6 +67,8 @@ def error_headers(exc: DTESNError) -> list[tuple[bytes, bytes]]:
             _DEFAULT_RETRY_AFTER if exc.retry_after is None else max(1, math.ceil(exc.retry_after))
         )
         headers.append((b"retry-after", str(seconds).encode()))
+    if isinstance(exc, BodyTimeout):
+        headers.append((b"connection", b"close"))
     if exc.http_status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="dtesn-trio"'))
     return headers
@@ -87,7 +98,8 @@ def validation_error(exc: msgspec.ValidationError) -> InvalidRequest:
     message = _AT.sub("", text)
     name = _UNKNOWN.search(text) or _MISSING.search(text)
     if name is not None:
-        field = f"{path}.{name.group(1)}" if path else name.group(1)
+        key = name.group(1) or '""'  # an empty key is still a field to name
+        field = f"{path}.{key}" if path else key
     else:
         field = path or None
     if field is not None:

@@ -41,12 +41,14 @@ _ERRORS = {
     "400": "Malformed body: not JSON, or not UTF-8",
     "401": "API key missing or wrong",
     "404": "No such job (or durable jobs are disabled)",
+    "408": "The body did not arrive within server.body_timeout (connection closed)",
     "413": "Body over the configured limit",
     "422": "A field has the wrong type or value (error.field names it)",
     "429": "Rate limited; see Retry-After",
     "503": "Overloaded, circuit open, backend down or shutting down; see Retry-After",
     "504": "The request's deadline passed",
-    "500": "Internal error (a bug; logged with the request id)",
+    "500": "Internal error (a bug; logged with the request id), or engine_error: the"
+    " engine failed on this input (cause logged, never sent)",
 }
 
 # (method, path, summary, request model, success status, success model, error statuses)
@@ -58,7 +60,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         ProcessRequest,
         "200",
         ProcessResponse,
-        ("400", "401", "413", "422", "429", "503", "504", "500"),
+        ("400", "401", "408", "413", "422", "429", "503", "504", "500"),
     ),
     (
         "post",
@@ -67,7 +69,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         BatchRequest,
         "200",
         BatchResponse,
-        ("400", "401", "413", "422", "429", "503", "504", "500"),
+        ("400", "401", "408", "413", "422", "429", "503", "504", "500"),
     ),
     (
         "post",
@@ -76,7 +78,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         JobRequest,
         "202",
         JobAccepted,
-        ("400", "401", "413", "422", "503", "500"),
+        ("400", "401", "408", "413", "422", "503", "500"),
     ),
     (
         "get",
