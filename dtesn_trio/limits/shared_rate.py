@@ -7,7 +7,11 @@ full again) or refuses it with the exact ``retry_after`` — so a waiter sleeps 
 instead of polling.  The rates travel with every call, so adaptive changes apply at
 once.  When Redis cannot be reached, a local fallback limiter takes over with this
 instance's share of the global rate (``fail_open``) or calls are refused
-(``BackendUnavailable``); the next call after Redis answers again is shared again.
+(``BackendUnavailable``).  While Redis is down, one call at a time asks it again (the
+probe) and every other call goes straight to the fallback: the outage costs the probe
+its connect time, not every request (a blackholed host would otherwise hold each call
+for the pool's whole connect timeout).  The first call after Redis answers the probe is
+shared again.
 """
 
 from __future__ import annotations
@@ -146,10 +150,14 @@ class SharedRateLimiterConfig:
     rates: str = "1000/s:100"
     instances: int = 1  # this instance's share of the fallback rate is 1/instances
     fail_open: bool = True  # Redis down: local fallback (True) or refuse (False)
+    # One round trip (a pooled connection + the script) may take this long; past it,
+    # Redis counts as unavailable for that call.  A hung Redis must not hang requests.
+    timeout: float = 0.5
 
     def __post_init__(self) -> None:
         parse_rates(self.rates)
         _checks.integer("shared_limit.instances", self.instances, minimum=1)
+        _checks.positive("shared_limit.timeout", self.timeout)
 
     def parsed_rates(self) -> tuple[Rate, ...]:
         return parse_rates(self.rates)
@@ -177,6 +185,7 @@ class SharedRateLimiter:
         self._fallback = self._make_fallback(config)
         self._admitted = self._limited = self._fallback_calls = self._errors = 0
         self._using_fallback = False
+        self._probing = False  # while in fallback: a call is asking Redis whether it is back
 
     @staticmethod
     def _make_fallback(config: SharedRateLimiterConfig) -> RateLimiter:
@@ -198,28 +207,48 @@ class SharedRateLimiter:
 
     async def try_acquire(self, cost: int = 1) -> None:
         """Admit ``cost`` calls now or raise ``RateLimited`` with the exact ``retry_after``."""
+        if self._using_fallback and self._probing:
+            await trio.lowlevel.checkpoint()
+            self._without_redis(cost, "redis unavailable (another call is probing it)")
+            return
         args: list[int] = [cost]
         for rate in self._rates:
             args.extend(rate.script_args())
+        probe = self._using_fallback
+        if probe:
+            self._probing = True
         try:
-            async with self.pool.connection() as conn:
-                reply = await conn.eval_script(GCRA_SCRIPT, self._keys, args)
+            with trio.move_on_after(self.config.timeout) as scope:
+                async with self.pool.connection() as conn:
+                    reply = await conn.eval_script(GCRA_SCRIPT, self._keys, args)
+            if scope.cancelled_caught:
+                raise BackendUnavailable(
+                    f"no answer within {self.config.timeout:g}s (shared_limit.timeout)"
+                )
         except (BackendUnavailable, OSError, trio.BrokenResourceError) as exc:
             self._errors += 1
             if not self._using_fallback:
                 log.warning("shared rate limit: redis unavailable (%s); local fallback", exc)
             self._using_fallback = True
-            if not self.config.fail_open:
-                raise BackendUnavailable(f"shared rate limit unavailable: {exc}") from exc
-            self._fallback_calls += 1
-            self._fallback.acquire_nowait(cost)
+            self._without_redis(cost, str(exc), exc)
             return
+        finally:
+            if probe:
+                self._probing = False
+        if self._using_fallback:
+            log.warning("shared rate limit: redis answers again; shared limit restored")
         self._using_fallback = False
         allowed, retry_us, _remaining = (int(v) for v in reply)
         if not allowed:
             self._limited += 1
             raise RateLimited("global rate limit reached", retry_after=retry_us / 1e6)
         self._admitted += 1
+
+    def _without_redis(self, cost: int, reason: str, cause: BaseException | None = None) -> None:
+        if not self.config.fail_open:
+            raise BackendUnavailable(f"shared rate limit unavailable: {reason}") from cause
+        self._fallback_calls += 1
+        self._fallback.acquire_nowait(cost)
 
     async def acquire(self, cost: int = 1) -> None:
         """Wait until admitted, sleeping exactly each ``retry_after`` (no polling)."""
