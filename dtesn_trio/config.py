@@ -31,8 +31,8 @@ def _redis_pool_default() -> ConnectionPoolConfig:
 class RedisSettings:
     """Redis for the shared cache (section ``redis``); ``url`` None = no Redis.
 
-    ``timeout`` bounds one cache or shared-limit call to Redis, the wait for a
-    connection included: a Redis that is down, frozen or partitioned costs a request at
+    ``timeout`` bounds one cache call to Redis (the shared limit has its own,
+    ``shared_limit.timeout``), the wait for a connection included: a Redis that is down, frozen or partitioned costs a request at
     most this long (and nothing once the Redis breaker has opened), never its deadline.
     A timeout counts as a failure for the breaker.
     """

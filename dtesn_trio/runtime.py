@@ -498,9 +498,7 @@ async def open_runtime(
                     open_pool(connector, config.redis.pool)
                 )
             if config.shared_limit.enabled:
-                rt.shared_limiter = SharedRateLimiter(
-                    rt.pools["redis"], config.shared_limit, timeout=config.redis.timeout
-                )
+                rt.shared_limiter = SharedRateLimiter(rt.pools["redis"], config.shared_limit)
             if config.cache.enabled:
                 if config.cache.backend == "redis":
                     rt.cache = RedisCache(

@@ -40,6 +40,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS dtesn_jobs_runnable ON dtesn_jobs (status, available_at, seq);
     """,
+    # 2: which claimer recorded the outcome -- the audit trail of "exactly once" across
+    # instances (lease_owner is cleared when the job finishes).
+    "ALTER TABLE dtesn_jobs ADD COLUMN IF NOT EXISTS finished_by TEXT",
 )
 
 _LOCK_KEY = 0x6474_6573_6E  # "dtesn": the advisory lock held while migrating
@@ -146,7 +149,7 @@ class PostgresJobStore:
         status = "failed" if error is not None else "succeeded"
         rows = await self._fetch(
             "UPDATE dtesn_jobs SET status = $1, result = $2, error = $3, finished_at = $4,"
-            " lease_owner = NULL, lease_expires = NULL"
+            " finished_by = $6, lease_owner = NULL, lease_expires = NULL"
             " WHERE id = $5 AND status = 'running' AND lease_owner = $6 RETURNING id",
             status,
             _json(result),

@@ -6,14 +6,21 @@ runs ``process(payload)`` while renewing the lease, and records the outcome with
 that succeeds only if the row is still running under its own lease -- so an outcome is
 recorded exactly once even if a lease ran out and another process took the job over.
 
-Start-up requeues the jobs left running by a process that is gone: an owner on this
-host whose PID is not alive (or, for this process, a service that is closed).  Jobs of
-owners on other hosts are taken over when their lease runs out.
+Start-up requeues the jobs left running by a process that is gone: an owner in this
+PID domain (same host, boot and PID namespace: ``_pid_domain``) whose PID is not alive
+(or, for this process, a service that is closed).  Jobs of owners anywhere else --
+other hosts, other containers -- are taken over when their lease runs out; a running
+service does the same for a sibling that died (SIGKILL, OOM, power loss), so the
+longest a dead instance's job waits is ``jobs.lease_seconds`` plus one poll interval.
+Leases compare wall clocks of different machines: keep them synchronised (NTP) to
+well within ``lease_seconds``.
 
 Errors: a transient refusal (overloaded, rate limited, circuit open, backend down)
 puts the job back with a delay; ``ShuttingDown`` puts it back and stops that claimer; any
 other ``DTESNError`` fails the job with its error body; an unexpected exception is logged
-and fails the job with ``internal_error``.  Cancellation records nothing: on a graceful
+and fails the job with ``internal_error``.  When the store itself fails
+(``BackendUnavailable``: PostgreSQL went away), the claimer logs it, leaves the job to
+its lease and carries on.  Cancellation records nothing: on a graceful
 stop the lease is released (shielded, bounded) so the job is runnable at once; on a
 hard stop the row stays leased and the next start requeues it.
 """
@@ -56,7 +63,29 @@ _RELEASE_GRACE = 2.0
 # RunVar: a job row is owned by a process (the SQLite file may be shared by several
 # trio runs), and start-up must tell "closed service of this process" from "live one".
 _LIVE_OWNERS: set[str] = set()
-_HOST = socket.gethostname()
+
+
+def _pid_domain() -> str:
+    """Where this process's PID means something: the host name, plus the kernel's boot
+    id and the PID namespace when Linux tells us.
+
+    A hostname alone is not enough to trust a PID check: containers on one machine
+    (or on several, with a fixed ``hostname:``) share a name while each has its own
+    PID space -- often PID 1 each.  Judged by name only, an instance starting in one
+    would see a live sibling's PID as dead (or as itself) and requeue jobs that are
+    still running.  Owners from another domain are left to their leases.
+    """
+    parts = [socket.gethostname().replace(":", "_").replace("/", "_") or "host"]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip()[:8])
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass  # not Linux (or no /proc): the host name is all we have
+    return "/".join(parts)
+
+
+_HOST = _pid_domain()
 
 
 def _new_owner() -> str:
@@ -78,7 +107,7 @@ def owner_is_dead(owner: str) -> bool:
     host, _, rest = owner.partition(":")
     pid_text, _, _token = rest.partition(":")
     if host != _HOST or not pid_text.isdigit():
-        return False  # another machine: its lease decides
+        return False  # another machine or container: its lease decides
     pid = int(pid_text)
     if pid == os.getpid():
         return owner not in _LIVE_OWNERS
@@ -188,8 +217,17 @@ class JobService:
                     await wake.wait()
                 continue
             self._claimed += 1
-            if not await self._run(job):
-                return
+            try:
+                if not await self._run(job):
+                    return
+            except DTESNError as exc:
+                # The store went away while recording the outcome (``_run`` already
+                # tried to give the job back).  The job's lease runs out and it is
+                # claimed again; this claimer carries on instead of taking the
+                # service (and the server) down with it.
+                logger.warning("job %s: could not record its outcome: %s", job.id, exc)
+                with trio.move_on_after(self.config.retry_delay):
+                    await self._wake.wait()
 
     async def _idle_wait(self) -> float:
         """Sleep no longer than the poll interval, nor past a delayed job's time."""

@@ -7,7 +7,11 @@ full again) or refuses it with the exact ``retry_after`` — so a waiter sleeps 
 instead of polling.  The rates travel with every call, so adaptive changes apply at
 once.  When Redis cannot be reached, a local fallback limiter takes over with this
 instance's share of the global rate (``fail_open``) or calls are refused
-(``BackendUnavailable``); the next call after Redis answers again is shared again.
+(``BackendUnavailable``).  Each round trip is bounded by ``timeout``, and the limiter's
+own circuit breaker opens on Redis failures: while it is open, calls go straight to the
+fallback without touching the pool, so a dead or blackholed Redis costs requests nothing
+but the breaker's few half-open trials.  The first call that Redis answers again is
+shared again.
 """
 
 from __future__ import annotations
@@ -160,10 +164,14 @@ class SharedRateLimiterConfig:
     rates: str = "1000/s:100"
     instances: int = 1  # this instance's share of the fallback rate is 1/instances
     fail_open: bool = True  # Redis down: local fallback (True) or refuse (False)
+    # One round trip (a pooled connection + the script) may take this long; past it,
+    # Redis counts as unavailable for that call.  A hung Redis must not hang requests.
+    timeout: float = 0.25
 
     def __post_init__(self) -> None:
         parse_rates(self.rates)
         _checks.integer("shared_limit.instances", self.instances, minimum=1)
+        _checks.positive("shared_limit.timeout", self.timeout)
 
     def parsed_rates(self) -> tuple[Rate, ...]:
         return parse_rates(self.rates)
@@ -187,17 +195,18 @@ class SharedRateLimiter:
         config: SharedRateLimiterConfig,
         breaker: CircuitBreaker | None = None,
         *,
-        timeout: float = 0.25,
+        timeout: float | None = None,
     ) -> None:
         self.pool = pool
         self.config = config
-        self.timeout = timeout
+        self.timeout = config.timeout if timeout is None else timeout
         self._rates = config.parsed_rates()
         self._keys = [f"{{{config.key}}}:{i}" for i in range(len(self._rates))]
         self._fallback = self._make_fallback(config)
         self.breaker = breaker or CircuitBreaker(REDIS_BREAKER, name="redis-shared-limit")
         self._admitted = self._limited = self._fallback_calls = self._errors = 0
         self._using_fallback = False
+        self._probing = False  # in fallback: one call at a time asks Redis again
 
     @staticmethod
     def _make_fallback(config: SharedRateLimiterConfig) -> RateLimiter:
@@ -222,8 +231,13 @@ class SharedRateLimiter:
 
         While Redis fails, the breaker opens and calls go straight to the fallback (or
         are refused) without waiting for a connection: a dead Redis costs each request
-        nothing once the breaker has seen it.
+        nothing once the breaker has seen it.  Before it opens, once a call has failed,
+        only one call at a time asks Redis again (the probe); the others do not wait.
         """
+        if self._using_fallback and self._probing:
+            await trio.lowlevel.checkpoint()
+            self._unavailable(BackendUnavailable("another call is probing redis"), cost)
+            return
         args: list[int] = [cost]
         for rate in self._rates:
             args.extend(rate.script_args())
@@ -234,6 +248,8 @@ class SharedRateLimiter:
             self._unavailable(exc, cost)
             return
         start = trio.current_time()
+        probe = self._using_fallback
+        self._probing = self._probing or probe
         try:
             with trio.fail_after(self.timeout):
                 async with self.pool.connection() as conn:
@@ -242,7 +258,7 @@ class SharedRateLimiter:
             error: BaseException = exc
             if isinstance(exc, trio.TooSlowError):
                 error = BackendUnavailable(
-                    f"redis did not answer within {self.timeout:g}s (redis.timeout)"
+                    f"redis did not answer within {self.timeout:g}s (shared_limit.timeout)"
                 )
             permit.on_error(error, trio.current_time() - start)
             self._errors += 1
@@ -251,7 +267,12 @@ class SharedRateLimiter:
         except BaseException:
             permit.on_ignore()
             raise
+        finally:
+            if probe:
+                self._probing = False
         permit.on_success(trio.current_time() - start)
+        if self._using_fallback:
+            log.warning("shared rate limit: redis answers again; shared limit restored")
         self._using_fallback = False
         allowed, retry_us, _remaining = (int(v) for v in reply)
         if not allowed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from dtesn_trio.errors import BackendUnavailable, RateLimited
 from dtesn_trio.limits.shared_rate import (
@@ -129,3 +130,58 @@ def test_parse_rates_reads_specs_and_names_bad_ones() -> None:
         parse_rates("10/fortnight")
     with pytest.raises(ValueError, match="must name at least one rate"):
         SharedRateLimiterConfig(rates=" ; ")
+
+
+async def test_hung_redis_times_out_and_only_one_call_probes(redis: RedisServer) -> None:
+    """A Redis that stops answering (CLIENT PAUSE) costs one call ``timeout``; while a
+    probe is out, every other call goes straight to the fallback without the pool."""
+    config = SharedRateLimiterConfig(rates="1000/s:100", timeout=0.2)
+    probe_done = trio.Event()
+    with trio.fail_after(15):
+        async with open_pool(RedisConnector(redis.host, redis.port), POOL) as pool:
+            limiter = SharedRateLimiter(pool, config)
+            await limiter.try_acquire()
+            redis.command("CLIENT", "PAUSE", "1500", "ALL")
+            try:
+                start = trio.current_time()
+                await limiter.try_acquire()  # no answer: fallback after the timeout
+                assert 0.2 <= trio.current_time() - start < 1.0
+                assert limiter.statistics().using_fallback
+
+                async def probe() -> None:
+                    await limiter.try_acquire()
+                    probe_done.set()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(probe)
+                    await trio.testing.wait_all_tasks_blocked()
+                    requests = pool.statistics().total_requests
+                    for _ in range(5):
+                        await limiter.try_acquire()
+                    assert not probe_done.is_set()
+                    assert pool.statistics().total_requests == requests
+                stats = limiter.statistics()
+                assert (stats.fallback_calls, stats.admitted) == (7, 1)
+            finally:
+                redis.command("CLIENT", "UNPAUSE")
+            await limiter.try_acquire()  # Redis answers the next probe: shared again
+    stats = limiter.statistics()
+    assert (stats.using_fallback, stats.admitted) == (False, 2)
+
+
+async def test_cancelled_probe_frees_the_probe_slot(redis: RedisServer) -> None:
+    config = SharedRateLimiterConfig(rates="1000/s:100", timeout=0.2)
+    with trio.fail_after(15):
+        async with open_pool(RedisConnector(redis.host, redis.port), POOL) as pool:
+            limiter = SharedRateLimiter(pool, config)
+            redis.command("CLIENT", "PAUSE", "1500", "ALL")
+            try:
+                await limiter.try_acquire()  # times out: fallback
+                with trio.move_on_after(0.05):
+                    await limiter.try_acquire()  # the probe, cancelled mid-flight
+                assert limiter.statistics().using_fallback
+            finally:
+                redis.command("CLIENT", "UNPAUSE")
+            await limiter.try_acquire()  # probes again (the slot was freed): shared
+    stats = limiter.statistics()
+    assert (stats.using_fallback, stats.admitted, stats.fallback_calls) == (False, 1, 1)
