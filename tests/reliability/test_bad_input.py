@@ -157,7 +157,7 @@ DEEP = 100_000
         (b'{"input": "x", "priority": 1e400}', 422, "priority", "out of range"),
         (b'{"input": "x", "deadline_ms": -5}', 422, "deadline_ms", ">= 1"),
         (b'{"input": "x", "deadline_ms": ' + b"9" * 400 + b"}", 422, "deadline_ms", "<= "),
-        (b'{"input": "x", "deadline_ms": 1e300}', 422, "deadline_ms", "got `float`"),
+        (b'{"input": "x", "deadline_ms": 1e300}', 422, "deadline_ms", "deadline_ms"),
         (b'{"input": "x", "deadline_ms": "soon"}', 422, "deadline_ms", "got `str`"),
         (b'{"input": "x", "membrane_depth": 9}', 422, "membrane_depth", "<= 8"),
         # empty and wrongly typed inputs

@@ -173,13 +173,17 @@ async def open_clients(urls: Sequence[str]) -> AsyncIterator[list[HTTPClient]]:
 async def post_with_failover(
     clients: Sequence[HTTPClient], first: int, path: str, payload: Any
 ) -> tuple[int, Any]:
-    """POST to server ``first``; on a refused connection, to the next one.  Returns
-    ``(server index, response)``."""
+    """POST to server ``first``; on a refused or reset connection (a killed server), to
+    the next one.  Returns ``(server index, response)``.
+
+    A POST reset in flight may or may not have created its job on the dead server; the
+    retry creates another, and only acknowledged ids are counted, so exactly-once
+    accounting holds either way (an unacknowledged job still runs, once)."""
     for i in range(len(clients)):
         k = (first + i) % len(clients)
         try:
             return k, await clients[k].post_json(path, payload)
         except HTTPClientError as exc:
-            if exc.kind != "connect_error":
+            if exc.kind not in ("connect_error", "connection_closed"):
                 raise
     raise RuntimeError("every server refused the connection")
