@@ -31,11 +31,15 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# benchmarks/queue.py shares its name with the stdlib's ``queue``: take this folder off
+# the path (or trio's ``import queue`` finds that script) and put the repository first.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-import trio
+import trio  # noqa: E402
 
-from dtesn_trio.limits import Admission, AdmissionConfig
+from dtesn_trio.limits import Admission, AdmissionConfig  # noqa: E402
 
 TASKS = 1000
 

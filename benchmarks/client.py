@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# benchmarks/queue.py shares its name with the stdlib's ``queue``: take this folder off
+# the path (or trio's ``import queue`` finds that script) and put the repository first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 sys.path.insert(0, str(ROOT))
 
 import trio  # noqa: E402

@@ -19,13 +19,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# benchmarks/queue.py shares its name with the stdlib's ``queue``: take this folder off
+# the path (or trio's ``import queue`` finds that script) and put the repository first.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-import numpy as np
-from threadpoolctl import threadpool_limits
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
-from dtesn_trio.dtesn import DTESNConfig, DTESNModel, RidgeReadout
-from dtesn_trio.dtesn.tasks import narma10, nrmse
+from dtesn_trio.dtesn import DTESNConfig, DTESNModel, RidgeReadout  # noqa: E402
+from dtesn_trio.dtesn.tasks import narma10, nrmse  # noqa: E402
 
 
 def dtesn_score(

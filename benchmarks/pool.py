@@ -30,12 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# benchmarks/queue.py shares its name with the stdlib's ``queue``: take this folder off
+# the path (or trio's ``import queue`` finds that script) and put the repository first.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-import trio
+import trio  # noqa: E402
 
-from dtesn_trio.nurseries import ConnectionPoolConfig, RedisConnector, open_pool
-from tests.servers import RedisServer
+from dtesn_trio.nurseries import ConnectionPoolConfig, RedisConnector, open_pool  # noqa: E402
+from tests.servers import RedisServer  # noqa: E402
 
 
 class _Conn:

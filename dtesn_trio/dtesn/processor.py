@@ -216,6 +216,14 @@ class DTESNProcessor:
             self._models[depth] = DTESNModel(self.model_config)
         return self._models[depth]
 
+    def cache_key(self, membrane_depth: int | None = None) -> str:
+        """The model key for a result cache: config (at that depth) and readout."""
+        depth = self._depth(membrane_depth)
+        model = self._models.get(depth)
+        if model is not None:
+            return model.cache_key()
+        return replace(self.model_config, membrane_depth=depth).cache_key()
+
     async def start_async_resources(self) -> None:
         """Build the default model in a worker thread (the seed's start-up hook)."""
         await self._model_for(None)

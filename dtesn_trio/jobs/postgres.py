@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from dtesn_trio.jobs.store import JobRecord
+from dtesn_trio.jobs.store import COLUMNS, JobRecord, record_from_row
 
 __all__ = ["MIGRATIONS", "PostgresJobStore"]
 
@@ -44,11 +44,6 @@ MIGRATIONS: tuple[str, ...] = (
 
 _LOCK_KEY = 0x6474_6573_6E  # "dtesn": the advisory lock held while migrating
 
-_COLUMNS = (
-    "id, status, payload, result, error, attempts, created_at, started_at, finished_at,"
-    " lease_owner, lease_expires, available_at"
-)
-
 
 class _Conn(Protocol):
     async def execute(self, sql: str, *args: Any) -> str: ...
@@ -63,28 +58,10 @@ class _Pool(Protocol):
 
 
 _encode = msgspec.json.encode
-_decode_dict = msgspec.json.Decoder(dict[str, Any])
 
 
 def _json(value: dict[str, Any] | None) -> str | None:
     return None if value is None else _encode(value).decode()
-
-
-def _row(row: Any) -> JobRecord:
-    return JobRecord(
-        id=row[0],
-        status=row[1],
-        payload=_decode_dict.decode(row[2]),
-        result=None if row[3] is None else _decode_dict.decode(row[3]),
-        error=None if row[4] is None else _decode_dict.decode(row[4]),
-        attempts=row[5],
-        created_at=row[6],
-        started_at=row[7],
-        finished_at=row[8],
-        lease_owner=row[9],
-        lease_expires=row[10],
-        available_at=row[11],
-    )
 
 
 class PostgresJobStore:
@@ -129,8 +106,8 @@ class PostgresJobStore:
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
-        rows = await self._fetch(f"SELECT {_COLUMNS} FROM dtesn_jobs WHERE id = $1", job_id)
-        return _row(rows[0]) if rows else None
+        rows = await self._fetch(f"SELECT {COLUMNS} FROM dtesn_jobs WHERE id = $1", job_id)
+        return record_from_row(rows[0]) if rows else None
 
     async def claim(self, owner: str, now: float, lease_seconds: float) -> JobRecord | None:
         rows = await self._fetch(
@@ -140,12 +117,12 @@ class PostgresJobStore:
             "   WHERE (status = 'queued' AND available_at <= $3)"
             "      OR (status = 'running' AND lease_expires < $3)"
             "   ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            f" RETURNING {_COLUMNS}",
+            f" RETURNING {COLUMNS}",
             owner,
             now + lease_seconds,
             now,
         )
-        return _row(rows[0]) if rows else None
+        return record_from_row(rows[0]) if rows else None
 
     async def renew(self, job_id: str, owner: str, lease_expires: float) -> bool:
         rows = await self._fetch(

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from dtesn_trio.jobs.store import JobRecord
+from dtesn_trio.jobs.store import COLUMNS, JobRecord, record_from_row
 
 __all__ = ["SQLiteJobStore"]
 
@@ -37,11 +37,6 @@ CREATE TABLE IF NOT EXISTS dtesn_jobs (
 CREATE INDEX IF NOT EXISTS dtesn_jobs_runnable ON dtesn_jobs (status, available_at);
 """
 
-_COLUMNS = (
-    "id, status, payload, result, error, attempts, created_at, started_at, finished_at,"
-    " lease_owner, lease_expires, available_at"
-)
-
 
 class _Conn(Protocol):
     async def execute(self, sql: str, params: Any = ()) -> list[Any]: ...
@@ -54,24 +49,6 @@ class _Pool(Protocol):
 
 
 _encode = msgspec.json.encode
-_decode_dict = msgspec.json.Decoder(dict[str, Any])
-
-
-def _row(row: tuple[Any, ...]) -> JobRecord:
-    return JobRecord(
-        id=row[0],
-        status=row[1],
-        payload=_decode_dict.decode(row[2]),
-        result=None if row[3] is None else _decode_dict.decode(row[3]),
-        error=None if row[4] is None else _decode_dict.decode(row[4]),
-        attempts=row[5],
-        created_at=row[6],
-        started_at=row[7],
-        finished_at=row[8],
-        lease_owner=row[9],
-        lease_expires=row[10],
-        available_at=row[11],
-    )
 
 
 class SQLiteJobStore:
@@ -105,8 +82,8 @@ class SQLiteJobStore:
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
-        rows = await self._execute(f"SELECT {_COLUMNS} FROM dtesn_jobs WHERE id = ?", (job_id,))
-        return _row(rows[0]) if rows else None
+        rows = await self._execute(f"SELECT {COLUMNS} FROM dtesn_jobs WHERE id = ?", (job_id,))
+        return record_from_row(rows[0]) if rows else None
 
     async def claim(self, owner: str, now: float, lease_seconds: float) -> JobRecord | None:
         rows = await self._execute(
@@ -116,10 +93,10 @@ class SQLiteJobStore:
             "   WHERE (status = 'queued' AND available_at <= ?)"
             "      OR (status = 'running' AND lease_expires < ?)"
             "   ORDER BY rowid LIMIT 1)"
-            f" RETURNING {_COLUMNS}",
+            f" RETURNING {COLUMNS}",
             (owner, now + lease_seconds, now, now, now),
         )
-        return _row(rows[0]) if rows else None
+        return record_from_row(rows[0]) if rows else None
 
     async def renew(self, job_id: str, owner: str, lease_expires: float) -> bool:
         rows = await self._execute(

@@ -8,10 +8,12 @@ LOCKED``), and every method that changes a row commits before it returns.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
-__all__ = ["JobRecord", "JobStatus", "JobStore"]
+import msgspec
+
+__all__ = ["COLUMNS", "JobRecord", "JobStatus", "JobStore", "record_from_row"]
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed"})
@@ -85,3 +87,29 @@ class JobStore(Protocol):
 
     async def next_available(self) -> float | None:
         """The earliest ``available_at`` of a queued job (None: none queued)."""
+
+
+# The column order every SQL backend selects, and the decoding of such a row.
+COLUMNS = (
+    "id, status, payload, result, error, attempts, created_at, started_at, finished_at,"
+    " lease_owner, lease_expires, available_at"
+)
+_decode_dict = msgspec.json.Decoder(dict[str, Any])
+
+
+def record_from_row(row: Sequence[Any]) -> JobRecord:
+    """A ``JobRecord`` from a row of ``COLUMNS`` (JSON columns as text or bytes)."""
+    return JobRecord(
+        id=row[0],
+        status=row[1],
+        payload=_decode_dict.decode(row[2]),
+        result=None if row[3] is None else _decode_dict.decode(row[3]),
+        error=None if row[4] is None else _decode_dict.decode(row[4]),
+        attempts=row[5],
+        created_at=row[6],
+        started_at=row[7],
+        finished_at=row[8],
+        lease_owner=row[9],
+        lease_expires=row[10],
+        available_at=row[11],
+    )

@@ -25,6 +25,7 @@ import trio
 from dtesn_trio import _checks
 from dtesn_trio.errors import (
     CircuitOpen,
+    DeadlineExceeded,
     InvalidRequest,
     Overloaded,
     PayloadTooLarge,
@@ -48,10 +49,14 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Errors that say nothing about the protected service's health: the caller's own mistakes
-#: and refusals made before the service was reached.
+#: Errors that say nothing about the protected service's health: the caller's own mistakes,
+#: refusals made before the service was reached, and deadlines that passed (a sign of load,
+#: which the adaptive limiter hears as a drop; a slow engine is the slow-call rule's job).
+#: Counting deadlines as failures opened the breaker under plain overload and refused
+#: everything for ``wait_in_open``.
 DEFAULT_IGNORED: tuple[type[BaseException], ...] = (
     trio.Cancelled,
+    DeadlineExceeded,
     InvalidRequest,
     Unauthorized,
     PayloadTooLarge,
@@ -438,7 +443,9 @@ class CircuitBreaker:
             return
         if duration is None:
             duration = now - start
-        outcome = kind | (_SLOW if duration >= self._config.slow_call_duration else 0)
+        outcome = (_FAIL if kind == _FAILURE else 0) | (
+            _SLOW if duration >= self._slow_call_duration else 0
+        )
         window = self._window
         window.add(outcome, now)
         if state is BreakerState.HALF_OPEN:

@@ -49,6 +49,16 @@ def _input_size(ctx: click.Context, param: click.Parameter, value: str) -> Input
         raise click.BadParameter(str(exc)) from None
 
 
+def _embedded_config(config_file: str | None, sets: tuple[str, ...]) -> Any:
+    """The runtime config for --embedded, layered as for ``serve``: TOML file < DTESN_*
+    environment < --set. Raises ValueError (a SettingsError) naming a bad key.
+    """
+    from dtesn_trio.server.cli import load_serve_config
+
+    runtime_config, _ = load_serve_config(config_file=config_file, sets=sets)
+    return runtime_config
+
+
 def summary(report: dict[str, Any], report_dir: str | None = None) -> dict[str, Any]:
     """The one-object JSON summary ``--json`` prints."""
     lat = report["latency_ms"]["all"] or {}
@@ -67,6 +77,8 @@ def summary(report: dict[str, Any], report_dir: str | None = None) -> dict[str, 
         "max_ms": lat.get("max"),
         "by_status": {k: v["count"] for k, v in report["by_status"].items()},
         "client_cpu_ms_per_request": report["client"].get("cpu_ms_per_request"),
+        "client_send_lag_p99_ms": (report["client"].get("send_lag_ms") or {}).get("p99"),
+        "warnings": report.get("warnings", []),
         "slo_passed": report["slo"]["passed"],
         "slo_violations": report["slo"]["violations"],
         "interrupted": report["interrupted"],
@@ -96,12 +108,15 @@ def _print_summary(s: dict[str, Any]) -> None:
         "p99_ms",
         "max_ms",
         "client_cpu_ms_per_request",
+        "client_send_lag_p99_ms",
     ):
         table.add_row(key, "–" if s[key] is None else f"{s[key]:,}")
     for key, n in s["by_status"].items():
         table.add_row(f"  {key}", f"{n:,}")
     console = Console()
     console.print(table)
+    for warning in s["warnings"]:
+        console.print(f"[yellow bold]warning:[/] {warning}")
     if s["slo_violations"]:
         console.print("[red bold]SLO violated:[/] " + "; ".join(s["slo_violations"]))
     if s["report_dir"]:
@@ -225,6 +240,19 @@ async def _soak_main(
     help="Live display (default: on a terminal, without --json).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="With --embedded: the runtime's TOML config (as for serve).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="With --embedded: override one runtime setting (repeatable).",
+)
 @click.option("--worker-spec", hidden=True, help="Internal: run as a --workers load process.")
 def soak(
     url: str | None,
@@ -247,6 +275,8 @@ def soak(
     sample_interval: float,
     progress: bool | None,
     as_json: bool,
+    config_file: str | None,
+    sets: tuple[str, ...],
     worker_spec: str | None,
 ) -> None:
     """Drive a server at a fixed rate (or concurrency) and report how it held up.
@@ -262,6 +292,8 @@ def soak(
         raise click.UsageError("give --rate (open loop) or --concurrency (closed loop)")
     if workers < 1:
         raise click.BadParameter(f"must be >= 1 (got {workers})", param_hint="--workers")
+    if (config_file is not None or sets) and not embedded:
+        raise click.UsageError("--config and --set configure the embedded runtime: use --embedded")
     if workers > 1 and embedded:
         raise click.UsageError(
             "--workers > 1 needs --url (each worker would embed its own runtime)"
@@ -292,7 +324,7 @@ def soak(
             else:
                 target_cm = open_http_target(url, api_key=api_key, max_connections=max_conn)
         else:
-            target_cm = open_embedded_target()
+            target_cm = open_embedded_target(_embedded_config(config_file, sets))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -324,7 +324,7 @@ class _Runner:
 
     async def one(self, intended: float, request: RequestSpec) -> None:
         recorder = self.recorder
-        recorder.on_send(intended)
+        recorder.on_send(intended, trio.current_time())
         outcome: Outcome | None = None
         try:
             with trio.move_on_at(intended + self.config.timeout):

@@ -211,6 +211,7 @@ class LoadResult:
     # (priority, outcome key) -> histogram of latencies in µs
     histograms: Mapping[tuple[int, str], HdrHistogram]
     buckets: Mapping[int, _Bucket]
+    send_lag: HdrHistogram = field(default_factory=_new_histogram)
 
     def merged(self, *, priority: int | None = None, key: str | None = None) -> HdrHistogram:
         """One histogram of the requests matching ``priority`` and/or outcome ``key``."""
@@ -289,6 +290,7 @@ class LoadResult:
             "duration": self.duration,
             "bucket": self.bucket,
             "counts": [self.sent, self.answered, self.failed, self.ok, self.unfinished],
+            "send_lag": self.send_lag.encode().decode("ascii"),
             "histograms": [
                 [p, k, h.encode().decode("ascii")] for (p, k), h in self.histograms.items()
             ],
@@ -318,6 +320,7 @@ class LoadResult:
             arr.frombytes(zlib.decompress(base64.b64decode(lat)))
             buckets[int(i)] = _Bucket(sent, answered, ok, failed, ifm, dict(by), arr)
         sent, answered, failed, ok, unfinished = data["counts"]
+        send_lag = HdrHistogram.decode(data["send_lag"].encode("ascii"))
         return cls(
             duration=float(data["duration"]),
             bucket=float(data["bucket"]),
@@ -328,6 +331,7 @@ class LoadResult:
             unfinished=unfinished,
             histograms=hists,
             buckets=buckets,
+            send_lag=send_lag,
         )
 
     @classmethod
@@ -338,7 +342,9 @@ class LoadResult:
             raise ValueError("merge needs at least one result")
         hists: dict[tuple[int, str], HdrHistogram] = {}
         buckets: dict[int, _Bucket] = {}
+        send_lag = _new_histogram()
         for r in results:
+            send_lag.add(r.send_lag)
             for k, h in r.histograms.items():
                 hists.setdefault(k, _new_histogram()).add(h)
             for i, b in r.buckets.items():
@@ -361,6 +367,7 @@ class LoadResult:
             unfinished=sum(r.unfinished for r in results),
             histograms=hists,
             buckets=buckets,
+            send_lag=send_lag,
         )
 
 
@@ -387,6 +394,9 @@ class Recorder:
         self._hists: dict[tuple[int, str], HdrHistogram] = {}
         self._buckets: dict[int, _Bucket] = {}
         self.records: list[tuple[float, float, int, str]] | None = [] if keep_records else None
+        # How late requests left the generator (µs): if this grows, the client is the
+        # bottleneck and the figures measure it, not the server.
+        self.send_lag = _new_histogram()
         self._last_now = 0.0
 
     def start(self, t0: float) -> None:
@@ -405,8 +415,14 @@ class Recorder:
             b = self._buckets[i] = _Bucket()
         return b
 
-    def on_send(self, intended: float) -> None:
-        """A request is due at ``intended`` and being sent."""
+    def on_send(self, intended: float, now: float | None = None) -> None:
+        """A request is due at ``intended`` and being sent at ``now``.
+
+        ``now - intended`` is how late the generator itself is (its send lag).
+        """
+        if now is not None:
+            lag_us = round((now - intended) * 1e6)
+            self.send_lag.record_value(min(max(lag_us, _LOWEST_US), _HIGHEST_US))
         self.sent += 1
         self.in_flight += 1
         b = self._bucket(intended)
@@ -484,4 +500,5 @@ class Recorder:
             unfinished=self.unfinished,
             histograms=dict(self._hists),
             buckets=dict(self._buckets),
+            send_lag=self.send_lag,
         )

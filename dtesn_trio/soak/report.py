@@ -17,6 +17,7 @@ from dtesn_trio.soak.recorder import LatencySummary, LoadResult, count_at_or_bel
 __all__ = ["SLO", "build_report", "check_slo", "write_report"]
 
 REPORT_VERSION = 1
+LAG_WARNING_MS = 10.0  # send lag p99 above this: the generator itself was behind
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,13 @@ class SLO:
 def _summary(hist: Any) -> dict[str, float] | None:
     s = LatencySummary.of(hist)
     return None if s is None else s.to_dict()
+
+
+def _send_window(load: Mapping[str, Any], seconds: float, interrupted: bool) -> float:
+    planned = load.get("duration_s")
+    if interrupted or not isinstance(planned, int | float):
+        return seconds
+    return min(float(planned), seconds) if seconds > 0 else float(planned)
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -146,7 +154,8 @@ def build_report(
             "ok": result.ok,
             "errors": failed_total,
         },
-        "offered_rate": _rate(result.sent, seconds),
+        # Offered over the load's own window (a finished run's drain sends nothing).
+        "offered_rate": _rate(result.sent, _send_window(load, seconds, interrupted)),
         "achieved_rate": _rate(result.answered + result.failed, seconds),
         "goodput": _rate(result.ok, seconds),
         "goodput_within_deadline": (
@@ -166,8 +175,16 @@ def build_report(
         "timeseries": series,
         "target_summary": summarize_samples(samples),
         "target_samples": list(samples),
-        "client": dict(client or {}),
+        "client": {**(client or {}), "send_lag_ms": _summary(result.send_lag)},
     }
+    lag = report["client"]["send_lag_ms"]
+    if lag is not None and lag["p99"] > LAG_WARNING_MS:
+        report["warnings"] = [
+            f"the load generator sent late (p99 {lag['p99']:.1f} ms behind schedule): "
+            "it may be the bottleneck; try --workers"
+        ]
+    else:
+        report["warnings"] = []
     slo = slo or SLO()
     violations = check_slo(report, slo)
     report["slo"] = {
@@ -364,6 +381,7 @@ def render_html(report: Mapping[str, Any], plots: Sequence[str]) -> str:
                 f"{_fmt(lat_all.get('p50'))} / {_fmt(lat_all.get('p99'))} / {_fmt(lat_all.get('max'))}",
             ],
             ["client CPU ms per request", report["client"].get("cpu_ms_per_request")],
+            ["client send lag p99 ms", (report["client"].get("send_lag_ms") or {}).get("p99")],
             ["duration s", report["duration_s"]],
         ],
         ["", "value"],
@@ -405,6 +423,7 @@ img {{ max-width: 100%; }}
 <p>Started {_fmt(report.get("started_at"))}; {_fmt(report["load"].get("mode"))} loop.
 Latency is measured from each request's intended send time.</p>
 {verdict}
+{"".join(f"<p class=fail>{html.escape(w)}</p>" for w in report.get("warnings", []))}
 <div class=grid><div><h2>Summary</h2>{summary}</div><div><h2>Load</h2>{load}</div></div>
 <h2>By priority</h2>{prio}
 <h2>By status</h2>{status}

@@ -226,6 +226,16 @@ def test_cache_key_is_stable_and_covers_every_field() -> None:
     assert DTESNConfig.from_dict(DTESNConfig().to_dict()) == DTESNConfig()
 
 
+def test_model_cache_key_covers_the_readout() -> None:
+    model = DTESNModel(SMALL)
+    assert model.cache_key() == SMALL.cache_key()
+    model.fit_readout(["ab", "cd", "ef"], [1.0, 2.0, 3.0])
+    with_readout = model.cache_key()
+    assert with_readout != SMALL.cache_key()
+    model.fit_readout(["ab", "cd", "ef"], [1.0, 2.0, 4.0])
+    assert model.cache_key() not in (with_readout, SMALL.cache_key())
+
+
 def test_save_load_round_trip(tmp_path: Path) -> None:
     model = DTESNModel(SMALL)
     rng = np.random.default_rng(5)

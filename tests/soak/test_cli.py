@@ -113,6 +113,9 @@ def test_unreachable_target_exits_2_with_a_clear_message() -> None:
         (["--url", "http://x", "--rate", "5", "--max-error-rate", "3"], "slo.max_error_rate"),
         (["--url", "http://x", "--rate", "5", "--ramp", "20"], "load.ramp"),
         (["--url", "http://x", "--rate", "5", "--arrivals", "bursty"], "bursty"),
+        (["--url", "http://x", "--rate", "5", "--set", "model.x=1"], "use --embedded"),
+        (["--embedded", "--rate", "5", "--set", "model.nope=1"], "model.nope"),
+        (["--embedded", "--rate", "5", "--set", "model.reservoir_size=-3"], "reservoir_size"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_problem(args: list[str], message: str) -> None:

@@ -97,6 +97,9 @@ async def test_open_loop_sends_at_the_intended_times(
     assert all(round(end - intended, 9) == 0.05 for intended, end, _, _ in recorder.records)
     assert (recorder.sent, recorder.answered, recorder.ok, recorder.failed) == (20, 20, 20, 0)
     assert trio.current_time() - start == pytest.approx(1.95)
+    # Every request left on time (lag is clamped to the histogram's 1 µs floor).
+    assert recorder.send_lag.get_total_count() == 20
+    assert recorder.send_lag.get_max_value() == 1
 
 
 async def test_open_loop_overlaps_requests_instead_of_waiting(

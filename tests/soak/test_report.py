@@ -106,6 +106,24 @@ def test_goodput_within_deadline_counts_ok_answers_in_time() -> None:
     assert report["goodput_within_deadline"] == report["goodput"] == 90.0
 
 
+def test_a_late_generator_is_reported() -> None:
+    rec = Recorder()
+    rec.start(0.0)
+    for i in range(100):
+        intended = i / 100
+        rec.on_send(intended, intended + (0.05 if i % 10 == 0 else 0.0001))
+        rec.on_done(intended, intended + 0.01, 2, Outcome.OK)
+    rec.finish(1.0)
+    report = build_report(rec.result(), target={}, load={})
+    assert report["client"]["send_lag_ms"]["p99"] == pytest.approx(50, rel=0.01)
+    assert report["warnings"][0].startswith("the load generator sent late (p99 50.")
+    on_time = Recorder()
+    on_time.start(0.0)
+    on_time.on_send(0.0, 0.0001)
+    on_time.on_done(0.0, 0.01, 2, Outcome.OK)
+    assert build_report(on_time.result(), target={}, load={})["warnings"] == []
+
+
 def test_slo_verdicts() -> None:
     report = build_report(_synthetic(), target={}, load={}, slo=SLO(p99_ms=2000))
     assert report["slo"]["passed"]
@@ -174,7 +192,9 @@ def test_a_truncated_png_is_caught(tmp_path: Path) -> None:
 
 def test_wire_round_trip_and_merge() -> None:
     a = _synthetic()
+    a.send_lag.record_value(1234)
     b = LoadResult.from_wire(json.loads(json.dumps(a.to_wire())))
+    assert b.send_lag.get_max_value() == a.send_lag.get_max_value()
     assert (b.sent, b.ok, b.failed) == (a.sent, a.ok, a.failed)
     assert b.merged().get_value_at_percentile(99) == a.merged().get_value_at_percentile(99)
     both = LoadResult.merge([a, b])
