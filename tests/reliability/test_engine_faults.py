@@ -164,7 +164,7 @@ async def test_strict_breaker_opens_refuses_fast_then_closes(tmp_path: Path) -> 
         sliding_window_size=10,
         minimum_calls=10,
         failure_rate_threshold=5.0,
-        wait_in_open=0.5,
+        wait_in_open=2.0,  # long enough that a loaded machine still sees it open
         permitted_calls_in_half_open=2,
     )
     config = _config(tmp_path, breaker)
@@ -180,10 +180,10 @@ async def test_strict_breaker_opens_refuses_fast_then_closes(tmp_path: Path) -> 
             refused = await s.client.post("/v1/process", json={"input": "clean, refused"})
             assert refused.status_code == 503
             assert _error(refused)["code"] == "circuit_open"
-            assert refused.headers["retry-after"] == "1"
+            assert 1 <= int(refused.headers["retry-after"]) <= 2  # ceil(wait_in_open left)
             # refused at admission: the engine never saw it
             assert rt.processor.statistics().total_requests == engine_calls
-            await trio.sleep(0.5)  # wait_in_open
+            await trio.sleep(2.0)  # wait_in_open
             trials = [
                 await s.client.post("/v1/process", json={"input": f"trial {i}"}) for i in range(2)
             ]
