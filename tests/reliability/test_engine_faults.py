@@ -12,6 +12,7 @@ refuses fast, half-opens and closes again under a 5 % threshold).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -189,3 +190,11 @@ async def test_strict_breaker_opens_refuses_fast_then_closes(tmp_path: Path) -> 
             ]
             assert [r.status_code for r in trials] == [200, 200]
             assert await _breaker_state(rt) == "closed"
+
+
+async def test_a_model_must_match_the_config(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    other = DTESNModel(dataclasses.replace(config.model, reservoir_size=32))
+    with pytest.raises(ValueError, match=r"model\.config must equal config\.model"):
+        async with open_runtime(config, model=other):
+            pass  # pragma: no cover
