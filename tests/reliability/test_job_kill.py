@@ -150,6 +150,7 @@ async def test_sigkill_with_jobs_accepted_but_unfinished(tmp_path: Path) -> None
         assert len(done_at_kill) >= 10
         assert len(at_kill) > len(done_at_kill) + len(running_at_kill)  # queued ones too
 
+        restarted = trio.current_time()
         async with serve_process(tmp_path, db, workers=2) as (proc, url):
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                 while True:
@@ -159,6 +160,7 @@ async def test_sigkill_with_jobs_accepted_but_unfinished(tmp_path: Path) -> None
                     assert stats["store"]["failed"] == 0, stats
                     await trio.sleep(0.05)
                 recovered = stats["recovered"]
+                drained = trio.current_time() - restarted
                 sample = (await client.get(f"/v1/jobs/{accepted[-1]}")).json()
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
@@ -193,5 +195,6 @@ async def test_sigkill_with_jobs_accepted_but_unfinished(tmp_path: Path) -> None
     assert recovered == len(running_at_kill)
     print(
         f"\njobs: {len(rows)} in the file ({len(accepted)} answered 202), at the kill"
-        f" {len(done_at_kill)} done / {len(running_at_kill)} running; all succeeded, once"
+        f" {len(done_at_kill)} done / {len(running_at_kill)} running; all succeeded, once,"
+        f" {drained:.1f} s after the restart began"
     )
