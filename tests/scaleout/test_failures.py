@@ -9,18 +9,23 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio_asyncio
 
+from dtesn_trio.config import PostgresSettings
 from dtesn_trio.errors import BackendUnavailable
 from dtesn_trio.jobs import JobRecord, JobsConfig, open_job_service, owner_is_dead
 from dtesn_trio.jobs.postgres import MIGRATIONS, PostgresJobStore
 from dtesn_trio.jobs.service import _new_owner
 from dtesn_trio.nurseries import ConnectionPool, ConnectionPoolConfig, open_pool
 from dtesn_trio.nurseries.connectors import PostgresConnection, PostgresConnector
+from dtesn_trio.runtime import open_runtime
+from tests.server.harness import served
+from tests.server.runtimes import runtime_config
 from tests.servers import PostgresServer
 
 pytestmark = pytest.mark.postgres
@@ -164,3 +169,32 @@ def test_pid_checks_stay_inside_one_pid_domain() -> None:
     assert owner_is_dead(f"{domain}:{dead}:t")
     assert not owner_is_dead(f"{socket.gethostname()}:{dead}:t")
     assert not owner_is_dead(f"{socket.gethostname()}/ffffffff/1:{dead}:t")  # other boot, ns
+
+
+@pytest.mark.slow
+async def test_served_instance_with_postgres_down(
+    own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """PostgreSQL down: jobs get 503 backend_unavailable, /v1/process and /v1/stats
+    still answer; back up: jobs are accepted again."""
+    config = runtime_config(
+        tmp_path,
+        jobs=JobsConfig(backend="postgres", workers=1, poll_interval=0.2),
+        postgres=PostgresSettings(dsn=own_postgres.dsn, pool=POOL),
+    )
+    with trio.fail_after(60):
+        async with open_runtime(config) as rt, served(rt) as srv:
+            assert (await srv.client.post("/v1/jobs", json={"input": "a"})).status_code == 202
+            await trio.to_thread.run_sync(own_postgres.stop)
+            down = await srv.client.post("/v1/jobs", json={"input": "b"})
+            assert down.status_code == 503
+            assert down.json()["error"]["code"] == "backend_unavailable"
+            assert (await srv.client.post("/v1/process", json={"input": "c"})).status_code == 200
+            stats = await srv.client.get("/v1/stats")
+            assert stats.status_code == 200
+            assert stats.json()["jobs"]["store"] is None
+            assert "postgresql://" in stats.json()["jobs"]["store_error"]
+            await trio.to_thread.run_sync(own_postgres.start)
+            while (up := await srv.client.post("/v1/jobs", json={"input": "d"})).status_code == 503:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+            assert up.status_code == 202
