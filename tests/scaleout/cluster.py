@@ -54,12 +54,12 @@ def shared_settings(redis_url: str, dsn: str, rates: str, instances: int) -> lis
 class ServerProcess:
     """One ``python -m dtesn_trio serve --port 0`` child; stdout/stderr go to files."""
 
-    def __init__(self, name: str, sets: Sequence[str], workdir: Path) -> None:
+    def __init__(self, name: str, sets: Sequence[str], workdir: Path, port: int = 0) -> None:
         self.name = name
         self.out_path = workdir / f"{name}.out"
         self.err_path = workdir / f"{name}.err"
         argv = [sys.executable, "-m", "dtesn_trio", "serve", "--host", "127.0.0.1"]
-        argv += ["--port", "0", "--log-level", "warning"]
+        argv += ["--port", str(port), "--log-level", "warning"]
         for s in sets:
             argv += ["--set", s]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -102,11 +102,16 @@ class ServerProcess:
 
 
 def start_servers(
-    count: int, sets: Sequence[str], *, timeout: float = 60.0, workdir: Path | None = None
+    count: int,
+    sets: Sequence[str],
+    *,
+    timeout: float = 60.0,
+    workdir: Path | None = None,
+    port: int = 0,
 ) -> list[ServerProcess]:
     """Start ``count`` servers at once and wait until each listens (or raise)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="dtesn-scaleout-"))
-    servers = [ServerProcess(f"server-{i}", sets, workdir) for i in range(count)]
+    servers = [ServerProcess(f"server-{i}", sets, workdir, port) for i in range(count)]
     deadline = time.monotonic() + timeout
     try:
         while not all(s.poll_ready() for s in servers):
