@@ -178,13 +178,16 @@ async def open_clients(urls: Sequence[str]) -> AsyncIterator[list[HTTPClient]]:
 async def post_with_failover(
     clients: Sequence[HTTPClient], first: int, path: str, payload: Any
 ) -> tuple[int, Any]:
-    """POST to server ``first``; on a refused connection, to the next one.  Returns
-    ``(server index, response)``."""
+    """POST to server ``first``; if its connection is refused or dropped before the
+    answer (the server died), to the next one.  Returns ``(server index, response)``.
+
+    A dropped POST may have taken effect: retrying it elsewhere can do it twice, as any
+    client retrying a non-idempotent request would."""
     for i in range(len(clients)):
         k = (first + i) % len(clients)
         try:
             return k, await clients[k].post_json(path, payload)
         except HTTPClientError as exc:
-            if exc.kind != "connect_error":
+            if exc.kind not in ("connect_error", "connection_closed"):
                 raise
     raise RuntimeError("every server refused the connection")
