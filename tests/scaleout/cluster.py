@@ -10,6 +10,7 @@ load balancer with health checks would.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -176,17 +177,23 @@ async def open_clients(urls: Sequence[str]) -> AsyncIterator[list[HTTPClient]]:
 
 
 async def post_with_failover(
-    clients: Sequence[HTTPClient], first: int, path: str, payload: Any
+    clients: Sequence[HTTPClient],
+    first: int,
+    path: str,
+    payload: Any,
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> tuple[int, Any]:
     """POST to server ``first``; if its connection is refused or dropped before the
     answer (the server died), to the next one.  Returns ``(server index, response)``.
 
-    A dropped POST may have taken effect: retrying it elsewhere can do it twice, as any
-    client retrying a non-idempotent request would."""
+    A dropped POST may have taken effect: retrying it elsewhere does it twice unless
+    the request is idempotent (``Idempotency-Key`` for ``/v1/jobs``)."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    all_headers = [(b"content-type", b"application/json"), *headers]
     for i in range(len(clients)):
         k = (first + i) % len(clients)
         try:
-            return k, await clients[k].post_json(path, payload)
+            return k, await clients[k].request("POST", path, body, all_headers)
         except HTTPClientError as exc:
             if exc.kind not in ("connect_error", "connection_closed"):
                 raise
