@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ class ServerProcess:
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=workdir)
         self.url: str | None = None
+        self.remove_dir: Path | None = None  # deleted by stop_servers (logs included)
 
     @property
     def pid(self) -> int:
@@ -111,8 +113,12 @@ def start_servers(
     port: int = 0,
 ) -> list[ServerProcess]:
     """Start ``count`` servers at once and wait until each listens (or raise)."""
+    own_dir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="dtesn-scaleout-"))
     servers = [ServerProcess(f"server-{i}", sets, workdir, port) for i in range(count)]
+    if own_dir:
+        for s in servers:
+            s.remove_dir = workdir
     deadline = time.monotonic() + timeout
     try:
         while not all(s.poll_ready() for s in servers):
@@ -127,11 +133,14 @@ def start_servers(
 
 def stop_servers(servers: Iterable[ServerProcess], *, grace: float = 10.0) -> None:
     """Stop every server still running: all SIGTERMed at once, then waited for."""
+    servers = list(servers)
     alive = [s for s in servers if s.proc.poll() is None]
     for s in alive:
         s.proc.send_signal(signal.SIGTERM)
     for s in alive:
         s.stop(grace)
+    for d in {s.remove_dir for s in servers if s.remove_dir is not None}:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class RoundRobinTarget:
