@@ -19,10 +19,11 @@ one PostgreSQL (jobs), both started by this script and stopped by PID at the end
 
 This machine has 2 cores, and the load generator, Redis and PostgreSQL run on them
 too: scaling cannot exceed ~2x.  Measured here (``--quick``, load average 3-7 from
-other work): goodput_1 136-147/s, goodput_2 110-118/s, scaling ~0.8; rate error
-0.0-0.4 %.  One instance already keeps both cores busy (its engine threads run outside
-the GIL in numpy, with larger batches than two instances each get), so a second
-instance on the same 2 cores only adds a second event loop and smaller batches.  The
+other work): goodput_1 136-165/s, goodput_2 110-225/s, scaling 0.8-1.4 from run to
+run; rate error within ±0.5 %.  One instance already keeps both cores busy much of the
+time (its engine threads run outside the GIL in numpy, with larger batches than two
+instances each get), so a second instance on the same 2 cores adds a second event loop
+and smaller batches as much as it adds capacity.  The
 point of scaling out is more machines; on one machine this measures the cost of
 sharing (Redis per request), not a ceiling.
 
