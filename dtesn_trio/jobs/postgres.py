@@ -96,10 +96,10 @@ class PostgresJobStore:
         async with self._pool.connection() as conn:
             return int(await conn.fetchval("SELECT max(version) FROM dtesn_schema") or 0)
 
-    async def insert(self, record: JobRecord) -> None:
-        await self._fetch(
+    async def insert(self, record: JobRecord) -> bool:
+        rows = await self._fetch(
             "INSERT INTO dtesn_jobs (id, status, payload, attempts, created_at, available_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING id",
             record.id,
             record.status,
             _json(record.payload),
@@ -107,6 +107,7 @@ class PostgresJobStore:
             record.created_at,
             record.available_at,
         )
+        return bool(rows)
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._fetch(f"SELECT {COLUMNS} FROM dtesn_jobs WHERE id = $1", job_id)

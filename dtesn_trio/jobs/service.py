@@ -28,6 +28,7 @@ hard stop the row stays leased and the next start requeues it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import socket
@@ -158,15 +159,25 @@ class JobService:
 
     # ------------------------------------------------------------------ public API
 
-    async def submit(self, payload: dict[str, Any]) -> JobRecord:
-        """Store a new job and wake a claimer; the row is committed when this returns."""
-        record = JobRecord(
-            id=uuid.uuid4().hex,
-            status="queued",
-            payload=payload,
-            created_at=self._now(),
-        )
-        await self._store.insert(record)
+    async def submit(
+        self, payload: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> JobRecord:
+        """Store a new job and wake a claimer; the row is committed when this returns.
+
+        With an ``idempotency_key``, the job id is derived from the key, so submitting
+        again with the same key -- a client retrying after a lost answer, on this
+        instance or another -- returns the job stored the first time (as it is now)
+        instead of adding a second one.  Keys must be unique per job (e.g. a UUID).
+        """
+        if idempotency_key is None:
+            job_id = uuid.uuid4().hex
+        else:
+            job_id = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+        record = JobRecord(id=job_id, status="queued", payload=payload, created_at=self._now())
+        if not await self._store.insert(record):
+            existing = await self._store.get(job_id)
+            if existing is not None:
+                return existing
         self._submitted += 1
         self._wake_claimers()
         return record

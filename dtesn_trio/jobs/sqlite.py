@@ -67,19 +67,23 @@ class SQLiteJobStore:
         async with self._pool.connection() as conn:
             await conn.executescript(_SCHEMA)
 
-    async def insert(self, record: JobRecord) -> None:
-        await self._execute(
-            "INSERT INTO dtesn_jobs (id, status, payload, attempts, created_at, available_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                record.id,
-                record.status,
-                _encode(record.payload),
-                record.attempts,
-                record.created_at,
-                record.available_at,
-            ),
-        )
+    async def insert(self, record: JobRecord) -> bool:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT OR IGNORE INTO dtesn_jobs"
+                " (id, status, payload, attempts, created_at, available_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.status,
+                    _encode(record.payload),
+                    record.attempts,
+                    record.created_at,
+                    record.available_at,
+                ),
+            )
+            rows: list[Any] = await conn.execute("SELECT changes()")
+        return bool(rows[0][0])
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._execute(f"SELECT {COLUMNS} FROM dtesn_jobs WHERE id = ?", (job_id,))

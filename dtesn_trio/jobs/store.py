@@ -49,8 +49,9 @@ class JobStore(Protocol):
     async def setup(self) -> None:
         """Create the tables if they do not exist."""
 
-    async def insert(self, record: JobRecord) -> None:
-        """Store a new queued job; committed when this returns."""
+    async def insert(self, record: JobRecord) -> bool:
+        """Store a new queued job; committed when this returns.  False (and nothing
+        written) when a job with this id exists already: an idempotent resubmission."""
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job, or None."""

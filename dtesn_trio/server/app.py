@@ -358,7 +358,13 @@ class AppState:
         self._check_input(req.input, "input")
         if self.runtime.shutting_down or self.draining:
             raise ShuttingDown("the server is shutting down; submit the job again later")
-        record = await jobs.submit(msgspec.to_builtins(req))
+        key = request.headers.get("idempotency-key")
+        if key is not None and not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
+            raise InvalidRequest(
+                "the Idempotency-Key header must be 1-255 printable ASCII characters",
+                field="Idempotency-Key",
+            )
+        record = await jobs.submit(msgspec.to_builtins(req), idempotency_key=key)
         location = f"/v1/jobs/{record.id}"
         body = {"job_id": record.id, "status": record.status, "location": location}
         return _json(body, 202, {"location": location})
@@ -386,7 +392,13 @@ class AppState:
         jobs = self.runtime.jobs
         if jobs is not None:
             job_stats = dict(jobs.get_stats())
-            job_stats["store"] = await jobs.counts()
+            try:
+                job_stats["store"] = await jobs.counts()
+            except DTESNError as exc:
+                # The shared job store (PostgreSQL) is down: the instance's own figures
+                # are what an operator needs now, not a 503 instead of all of them.
+                job_stats["store"] = None
+                job_stats["store_error"] = exc.message
             stats["jobs"] = job_stats
         stats["server"] = dataclasses.asdict(self.statistics())
         return _json(stats)

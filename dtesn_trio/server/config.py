@@ -36,6 +36,9 @@ class ServerConfig:
       (Slow *headers* are bounded by hypercorn's ``keep_alive_timeout``.)
     - ``keep_alive_timeout``, ``backlog``: passed to hypercorn.
     - ``access_log``: log one line per request (with its request id).
+    - ``reuse_port``: bind with ``SO_REUSEPORT`` (Linux, BSD), so that several
+      ``dtesn-trio serve`` processes on one host listen on the same port and the kernel
+      spreads connections over them -- N instances without a local load balancer.
     """
 
     host: str = "127.0.0.1"
@@ -53,6 +56,7 @@ class ServerConfig:
     keep_alive_timeout: float = 5.0
     backlog: int = 1024
     access_log: bool = False
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         p = "server."
@@ -79,7 +83,7 @@ class ServerConfig:
         _checks.in_range(p + "max_batch_inputs", self.max_batch_inputs, 1, MAX_BATCH_INPUTS)
         _checks.integer(p + "max_deadline_ms", self.max_deadline_ms, minimum=1)
         _checks.in_range(p + "max_deadline_ms", self.max_deadline_ms, 1, MAX_DEADLINE_MS)
-        for name in ("metrics_require_auth", "docs", "access_log"):
+        for name in ("metrics_require_auth", "docs", "access_log", "reuse_port"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{p}{name} must be true or false (got {getattr(self, name)!r})")
         if self.graceful_timeout is not None:

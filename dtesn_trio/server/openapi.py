@@ -172,6 +172,17 @@ def openapi_document(
                     "schema": {"type": "string"},
                 }
             ]
+        if path == "/v1/jobs" and method == "post":
+            op["parameters"] = [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": "Submitting again with the same key (e.g. a UUID) returns"
+                    " the job stored the first time instead of adding one",
+                }
+            ]
         if ok == "202":
             op["responses"][ok]["headers"] = {
                 "Location": {"schema": {"type": "string"}, "description": "The job's URL"}

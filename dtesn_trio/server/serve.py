@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -48,10 +49,27 @@ def _runtime_grace(runtime: RuntimeLike) -> float:
     return float(grace)
 
 
+def _reuse_port_socket(config: ServerConfig) -> str:
+    """A listening address several processes can bind at once (``SO_REUSEPORT``): the
+    kernel spreads new connections over them.  Returned as hypercorn's ``fd://`` bind,
+    which takes the socket over."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((config.host, config.port))
+    except BaseException:
+        sock.close()
+        raise
+    return f"fd://{sock.detach()}"
+
+
 def _hypercorn_config(config: ServerConfig, graceful_timeout: float) -> HypercornConfig:
     hc = HypercornConfig()
     host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]
+    hc.bind = [_reuse_port_socket(config) if config.reuse_port else f"{host}:{config.port}"]
     hc.graceful_timeout = graceful_timeout
     hc.keep_alive_timeout = config.keep_alive_timeout
     hc.backlog = config.backlog

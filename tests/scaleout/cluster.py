@@ -10,7 +10,9 @@ load balancer with health checks would.
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,18 +56,19 @@ def shared_settings(redis_url: str, dsn: str, rates: str, instances: int) -> lis
 class ServerProcess:
     """One ``python -m dtesn_trio serve --port 0`` child; stdout/stderr go to files."""
 
-    def __init__(self, name: str, sets: Sequence[str], workdir: Path) -> None:
+    def __init__(self, name: str, sets: Sequence[str], workdir: Path, port: int = 0) -> None:
         self.name = name
         self.out_path = workdir / f"{name}.out"
         self.err_path = workdir / f"{name}.err"
         argv = [sys.executable, "-m", "dtesn_trio", "serve", "--host", "127.0.0.1"]
-        argv += ["--port", "0", "--log-level", "warning"]
+        argv += ["--port", str(port), "--log-level", "warning"]
         for s in sets:
             argv += ["--set", s]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=workdir)
         self.url: str | None = None
+        self.remove_dir: Path | None = None  # deleted by stop_servers (logs included)
 
     @property
     def pid(self) -> int:
@@ -102,11 +105,20 @@ class ServerProcess:
 
 
 def start_servers(
-    count: int, sets: Sequence[str], *, timeout: float = 60.0, workdir: Path | None = None
+    count: int,
+    sets: Sequence[str],
+    *,
+    timeout: float = 60.0,
+    workdir: Path | None = None,
+    port: int = 0,
 ) -> list[ServerProcess]:
     """Start ``count`` servers at once and wait until each listens (or raise)."""
+    own_dir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="dtesn-scaleout-"))
-    servers = [ServerProcess(f"server-{i}", sets, workdir) for i in range(count)]
+    servers = [ServerProcess(f"server-{i}", sets, workdir, port) for i in range(count)]
+    if own_dir:
+        for s in servers:
+            s.remove_dir = workdir
     deadline = time.monotonic() + timeout
     try:
         while not all(s.poll_ready() for s in servers):
@@ -121,11 +133,14 @@ def start_servers(
 
 def stop_servers(servers: Iterable[ServerProcess], *, grace: float = 10.0) -> None:
     """Stop every server still running: all SIGTERMed at once, then waited for."""
+    servers = list(servers)
     alive = [s for s in servers if s.proc.poll() is None]
     for s in alive:
         s.proc.send_signal(signal.SIGTERM)
     for s in alive:
         s.stop(grace)
+    for d in {s.remove_dir for s in servers if s.remove_dir is not None}:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class RoundRobinTarget:
@@ -171,18 +186,23 @@ async def open_clients(urls: Sequence[str]) -> AsyncIterator[list[HTTPClient]]:
 
 
 async def post_with_failover(
-    clients: Sequence[HTTPClient], first: int, path: str, payload: Any
+    clients: Sequence[HTTPClient],
+    first: int,
+    path: str,
+    payload: Any,
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> tuple[int, Any]:
-    """POST to server ``first``; on a refused or reset connection (a killed server), to
-    the next one.  Returns ``(server index, response)``.
+    """POST to server ``first``; if its connection is refused or dropped before the
+    answer (the server died), to the next one.  Returns ``(server index, response)``.
 
-    A POST reset in flight may or may not have created its job on the dead server; the
-    retry creates another, and only acknowledged ids are counted, so exactly-once
-    accounting holds either way (an unacknowledged job still runs, once)."""
+    A dropped POST may have taken effect: retrying it elsewhere does it twice unless
+    the request is idempotent (``Idempotency-Key`` for ``/v1/jobs``)."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    all_headers = [(b"content-type", b"application/json"), *headers]
     for i in range(len(clients)):
         k = (first + i) % len(clients)
         try:
-            return k, await clients[k].post_json(path, payload)
+            return k, await clients[k].request("POST", path, body, all_headers)
         except HTTPClientError as exc:
             if exc.kind not in ("connect_error", "connection_closed"):
                 raise
