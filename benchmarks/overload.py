@@ -124,10 +124,10 @@ async def server_counters(server: Server) -> dict[str, Any]:
     return {short: m.get(f"dtesn_runtime_{name}") for name, short in keys.items()}
 
 
-def steady_ok_rate(result: LoadResult, duration: float) -> float:
-    """2xx answers per second, by completion second, over the whole seconds after the
-    first (warm-up) and before the end of the load."""
-    points = [p for p in result.series() if p.t >= 1.0 and p.t + result.bucket <= duration]
+def steady_ok_rate(result: LoadResult, warm: float, duration: float) -> float:
+    """2xx answers per second, by completion second, over the whole seconds from ``warm``
+    to the end of the load."""
+    points = [p for p in result.series() if p.t >= warm and p.t + result.bucket <= duration]
     if not points:
         return result.ok / max(duration, 1e-9)
     return sum(p.ok for p in points) / (len(points) * result.bucket)
@@ -153,8 +153,11 @@ def timeouts(result: LoadResult) -> int:
 async def capacity(
     server: Server, args: argparse.Namespace, concurrency: int, seconds: float
 ) -> dict[str, Any]:
+    """Closed loop at ``concurrency``: 2xx per second after a warm-up of ``seconds / 5``
+    (batches of 10 finish together, so short windows are coarse: keep it >= 10 s)."""
+    warm = round(seconds / 5)
     load = LoadConfig(
-        duration=seconds,
+        duration=seconds + warm,
         concurrency=concurrency,
         priority_mix=PriorityMix.parse("2:1"),
         input_size=InputSizes.parse(str(args.input_bytes)),
@@ -164,9 +167,10 @@ async def capacity(
     result, summary = await drive(server, load)
     ok = result.ok_histogram()
     return {
-        "per_s": round(steady_ok_rate(result, seconds), 2),
+        "per_s": round(steady_ok_rate(result, warm, seconds + warm), 2),
         "concurrency": concurrency,
         "seconds": seconds,
+        "warm_up_s": warm,
         "p50_ms": LatencySummary.of(ok).p50_ms if ok.get_total_count() else None,  # type: ignore[union-attr]
         "p99_ms": p99(ok),
         **summary,
@@ -214,6 +218,7 @@ async def open_loop(
         "refusals": refusals.get_total_count(),
         "refusal_p99_ms": p99(refusals),
         "timeouts": timeouts(result),
+        "timeout_share": round(timeouts(result) / result.sent, 4) if result.sent else None,
         **summary,
     }
 
@@ -287,6 +292,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "timeouts": over["timeouts"],
         "naive_goodput_per_s": naive_over["goodput_per_s"],
         "naive_goodput_ratio": _ratio(naive_over["goodput_per_s"], c),
+        "timeout_share": over["timeout_share"],
+        "naive_timeout_share": naive_over["timeout_share"],
+        "peer_timeout_share": peer_over["timeout_share"],
         "peer_capacity_per_s": pc,
         "capacity_ratio": _ratio(c, pc),
         "peer_goodput_per_s": peer_over["goodput_per_s"],
@@ -351,8 +359,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="15 s of overload")
     parser.add_argument("--reservoir-size", type=int, default=256)
     parser.add_argument("--membrane-depth", type=int, default=4)
-    parser.add_argument("--input-bytes", type=int, default=2000)
-    parser.add_argument("--deadline-ms", type=int, default=2000)
+    parser.add_argument("--input-bytes", type=int, default=12000)
+    parser.add_argument("--deadline-ms", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=None, help="client timeout, s")
     parser.add_argument("--factor", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=40)
@@ -363,8 +371,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     q = args.quick
-    args.capacity_seconds = 5.0 if q else 10.0
-    args.half_seconds = 6.0 if q else 20.0
+    args.capacity_seconds = 10.0 if q else 20.0
+    args.half_seconds = 8.0 if q else 30.0
     args.overload_seconds = 15.0 if q else 60.0
     args.baseline_seconds = 8.0 if q else 30.0
     if args.timeout is None:

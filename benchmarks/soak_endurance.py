@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--input-bytes", type=int, default=2000)
     args = parser.parse_args()
     args.duration = args.duration or (30.0 if args.quick else 600.0)
-    args.capacity_seconds = 5.0 if args.quick else 10.0
+    args.capacity_seconds = 8.0 if args.quick else 20.0
     args.timeout = 30.0
     result = trio.run(bench, args)
     print(json.dumps(result) if args.json else table(result))
