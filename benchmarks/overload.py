@@ -52,7 +52,14 @@ sys.path.insert(0, str(_HERE.parent))
 sys.path.append(str(_HERE))
 
 import trio  # noqa: E402
-from _servers import Server, describe_env, raise_nofile, start_dtesn, start_peer  # noqa: E402
+from _servers import (  # noqa: E402
+    Server,
+    describe_env,
+    raise_nofile,
+    start_dtesn,
+    start_peer,
+    thread_cpu_seconds,
+)
 
 from dtesn_trio.soak import InputSizes, LoadConfig, LoadResult, PriorityMix  # noqa: E402
 from dtesn_trio.soak.recorder import LatencySummary, count_at_or_below  # noqa: E402
@@ -84,8 +91,10 @@ async def drive(
 ) -> tuple[LoadResult, dict[str, Any]]:
     """Run ``load`` against ``server``; the raw result and a short summary."""
     max_connections = load.concurrency if load.rate is not None else None
+    cpu0 = thread_cpu_seconds(server.pid)
     async with open_http_target(server.url, max_connections=max_connections) as target:
         run = await run_soak(target, load, sample_interval=1.0 if sample else None)
+    cpu1 = thread_cpu_seconds(server.pid)
     result = run.result
     summary: dict[str, Any] = {
         "sent": result.sent,
@@ -93,6 +102,12 @@ async def drive(
         "by_outcome": {k: result.merged(key=k).get_total_count() for k in result.outcome_keys},
         "client_cpu_ms_per_request": run.client.get("cpu_ms_per_request"),
     }
+    if cpu0 is not None and cpu1 is not None:
+        # the server's CPU per second of the run: its event loop (main thread) and the
+        # rest of its threads (the engine's), to see who got the cores
+        seconds = max(result.duration, 1e-9)
+        summary["server_loop_cpu"] = round((cpu1[0] - cpu0[0]) / seconds, 3)
+        summary["server_threads_cpu"] = round((cpu1[1] - cpu0[1]) / seconds, 3)
     if sample:
         summary["server"] = await server_counters(server)
     return result, summary
