@@ -57,6 +57,29 @@ def cpu_seconds_of(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU seconds of process ``pid``'s main thread (the event loop) and of all its other
+    threads together (the engine's workers), or None."""
+    main = other = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(tid) == pid:
+            main += seconds
+        else:
+            other += seconds
+    return main, other
+
+
 @dataclass
 class Server:
     """A running server subprocess."""

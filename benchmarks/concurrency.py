@@ -10,8 +10,9 @@ so).  Admission limits are raised to fit (the defaults -- 500 in flight, 1,000/s
 burst of 100 -- would refuse the burst; that is their job, not what this measures).
 
 Reported (``--json``): connections, completed (2xx), errors (everything else),
-largest_batch (== connections: all were in the server at once), peak_in_flight (the
-server's own count, sampled every 0.5 s), client_peak_in_flight, rss_idle_mb (after a
+largest_batch (== connections: all were in the server at once), in_flight_sampled_max
+(the server's own count, sampled every 0.5 s over a busy loop: it misses the peak),
+client_peak_in_flight, rss_idle_mb (after a
 warm-up request), rss_peak_mb, rss_per_connection_kb, max_step_ms (the longest event-loop
 step the server saw, from /v1/stats), tasks_peak (live Trio tasks), p50_ms / p99_ms
 (from each request's intended send time), seed_connections (500) and ratio
@@ -119,7 +120,7 @@ async def bench(n: int) -> dict[str, Any]:
         "errors": report["counts"]["sent"] - ok,
         "by_status": {k: v["count"] for k, v in report["by_status"].items()},
         "largest_batch": max(batch_sizes, default=0),
-        "peak_in_flight": int(max(in_flight, default=0)),
+        "in_flight_sampled_max": int(max(in_flight, default=0)),
         "client_peak_in_flight": client_peak,
         "rss_idle_mb": round(rss_idle / MiB, 1),
         "rss_peak_mb": round(peak_rss[0] / MiB, 1),
@@ -144,7 +145,7 @@ def table(r: dict[str, Any]) -> str:
             f" x{r['ratio']}), machine {r['machine']}",
             f"completed {r['completed']}, errors {r['errors']} {r['by_status']}",
             f"largest batch {r['largest_batch']} (all in the server at once when ="
-            f" connections); server peak in flight (sampled) {r['peak_in_flight']},"
+            f" connections); server in flight (sampled, misses the peak) {r['in_flight_sampled_max']},"
             f" client {r['client_peak_in_flight']}",
             f"server RSS idle {r['rss_idle_mb']} MB, peak {r['rss_peak_mb']} MB"
             f" ({r['rss_per_connection_kb']} KB per connection); tasks peak {r['tasks_peak']}",

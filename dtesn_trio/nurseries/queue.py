@@ -540,6 +540,11 @@ class PriorityBatchQueue(Generic[T, R]):
         ewma = self._batch_ewma
         return max(ewma if ewma is not None else self._max_wait, 0.001)
 
+    @property
+    def mean_batch_duration(self) -> float | None:
+        """Recent mean seconds per batch (EWMA), ``None`` before the first batch."""
+        return self._batch_ewma
+
     def estimated_wait(self, priority: int) -> float:
         """Estimated seconds until a request submitted now at ``priority`` starts running.
 

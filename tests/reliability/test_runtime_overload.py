@@ -94,3 +94,25 @@ def test_processor_defaults_and_validation() -> None:
     for bad in (0.0, -1.0, 2.0, "fast"):
         with pytest.raises(ValueError, match=r"processor\.switch_interval"):
             ProcessorConfig(switch_interval=bad)  # type: ignore[arg-type]
+
+
+async def test_a_deadline_shorter_than_a_batch_is_refused_at_once() -> None:
+    from dtesn_trio.errors import Overloaded
+
+    with trio.fail_after(30):
+        async with open_runtime(SMALL) as rt:
+            await rt.process("warm up", use_cache=False)
+            assert rt.queue is not None
+            assert rt.queue.mean_batch_duration is not None
+            # Pretend batches take 1 s now (the queue's own measure of its engine).
+            rt.queue._batch_ewma = 1.0
+            now = trio.current_time()
+            with pytest.raises(Overloaded) as info:
+                await rt.process("too tight", deadline=now + 0.5, use_cache=False)
+            assert info.value.retry_after == 1.0
+            assert trio.current_time() - now < 0.1  # refused at once, not after waiting
+            # Room for one batch: admitted and answered.
+            outcome = await rt.process("fits", deadline=trio.current_time() + 5.0)
+            assert outcome.batch_size >= 1
+            stats = rt.statistics()
+    assert stats.queue.submitted == 2  # the refused one never reached the queue
