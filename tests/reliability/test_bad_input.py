@@ -107,6 +107,12 @@ def _refusal_problem(status: int, body: Any, response: Any) -> str | None:
         return None
     if status == 504 and isinstance(body, dict) and body.get("deadline_ms", 100) < 100:
         return None  # a deadline too short to meet, answered as DESIGN.md says
+    if status == 503 and isinstance(body, dict) and "deadline_ms" in body:
+        # A deadline shorter than one batch is refused at once (overloaded, with
+        # Retry-After) rather than queued to expire: an answer that says why.
+        error = response.json().get("error", {})
+        if error.get("code") == "overloaded" and "deadline" in error.get("message", ""):
+            return None
     if status >= 500:
         return f"server error {status}: {response.text[:200]}"
     if status == 404 and response.request.method == "GET":
