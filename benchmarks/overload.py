@@ -39,7 +39,7 @@ timeouts), naive_goodput_ratio, peer_capacity_per_s, capacity_ratio (ours / peer
 target >= 2), peer_goodput_ratio, and the details of every run.
 
     python benchmarks/overload.py --quick     # 15 s of overload; ~95 s in all
-    python benchmarks/overload.py --json      # 60 s of overload; ~4.5 min in all
+    python benchmarks/overload.py --json      # 60 s of overload; ~4 min in all
 """
 
 from __future__ import annotations
