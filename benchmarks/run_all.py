@@ -98,6 +98,17 @@ SPECS: dict[str, list[Row]] = {
         Row("capacity_per_s", "peer_capacity_per_s", "capacity_ratio", ">= 2"),
         Row("peer_goodput_ratio", target="< goodput_ratio"),
     ],
+    "concurrency": [
+        Row("connections", "seed_connections", "ratio", ">= 10"),
+        Row("errors", target="== 0"),
+        Row("rss_per_connection_kb"),
+        Row("max_step_ms"),
+    ],
+    "soak_endurance": [
+        Row("errors_5xx", target="== 0"),
+        Row("rss_growth_pct", target="<= 5"),
+        Row("tasks_growth", target="<= 0"),
+    ],
     # issue 9
     "scale_out": [
         Row("goodput_2", "goodput_1", "scaling"),
@@ -117,7 +128,10 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 def benchmark_names() -> list[str]:
     """Every benchmark script's name (file stem), sorted."""
     return sorted(
-        p.stem for p in BENCH_DIR.glob("*.py") if p.stem != "run_all" and not p.stem.startswith("_")
+        p.stem
+        for p in BENCH_DIR.glob("*.py")
+        if p.stem not in ("run_all", "peer_fastapi")  # peer_fastapi is a server, not a run
+        and not p.stem.startswith("_")
     )
 
 
