@@ -191,7 +191,12 @@ async def _run_load(url: str, path: str, duration: float, concurrency: int) -> d
 
 
 async def bench(
-    duration: float, warmup: float, concurrency: int, rounds: int, batch_size: int | None
+    duration: float,
+    warmup: float,
+    concurrency: int,
+    rounds: int,
+    batch_size: int | None,
+    max_wait: float | None = None,
 ) -> dict[str, Any]:
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve as hypercorn_serve
@@ -210,7 +215,10 @@ async def bench(
         jobs=JobsConfig(enabled=False),
         # the rate limit (1000/s by default) is not what is measured here
         admission=AdmissionConfig(max_requests_per_second=1e6, burst_limit=100_000),
-        **({} if batch_size is None else {"queue": BatchQueueConfig(max_batch_size=batch_size)}),
+        queue=BatchQueueConfig(
+            **({} if batch_size is None else {"max_batch_size": batch_size}),
+            **({} if max_wait is None else {"max_wait": max_wait}),
+        ),
     )
     results: dict[str, list[dict[str, Any]]] = {"hello": [], "process": []}
     rt_batch = config.queue.max_batch_size
@@ -289,6 +297,12 @@ def main() -> None:
         default=None,
         help="the queue's max_batch_size (default: the runtime's, 10)",
     )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=None,
+        help="the queue's max_wait in seconds (default: the runtime's, 0.1)",
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--client-path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -300,7 +314,9 @@ def main() -> None:
     duration = args.duration or (3.0 if args.quick else 8.0)
     rounds = args.rounds or (3 if args.quick else 5)
     warmup = 1.0 if args.quick else 2.0
-    result = trio.run(bench, duration, warmup, args.concurrency, rounds, args.batch_size)
+    result = trio.run(
+        bench, duration, warmup, args.concurrency, rounds, args.batch_size, args.max_wait
+    )
     if args.json:
         print(json.dumps(result))
         return
