@@ -93,10 +93,12 @@ class ServerProcess:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
 
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM (graceful drain), SIGKILL after ``grace`` seconds."""
+    def stop(self, grace: float = 10.0, *, signalled: bool = False) -> None:
+        """SIGTERM (graceful drain), SIGKILL after ``grace`` seconds.  ``signalled``: the
+        SIGTERM was sent already -- a second one would mean "stop at once" (exit 130)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if not signalled:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -138,7 +140,7 @@ def stop_servers(servers: Iterable[ServerProcess], *, grace: float = 10.0) -> No
     for s in alive:
         s.proc.send_signal(signal.SIGTERM)
     for s in alive:
-        s.stop(grace)
+        s.stop(grace, signalled=True)
     for d in {s.remove_dir for s in servers if s.remove_dir is not None}:
         shutil.rmtree(d, ignore_errors=True)
 
