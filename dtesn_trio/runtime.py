@@ -213,7 +213,11 @@ class Runtime:
         async with trio.open_nursery() as nursery:
             for i in range(len(inputs)):
                 nursery.start_soon(one, i)
-        return [o for o in out if o is not None]
+        # Every task set its slot or raised (and then so did the nursery): none is None,
+        # and the answers stay aligned with the inputs.
+        answers = [o for o in out if o is not None]
+        assert len(answers) == len(inputs)
+        return answers
 
     async def _admitted(
         self,

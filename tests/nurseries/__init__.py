@@ -6,6 +6,8 @@ import random
 
 import trio
 
+from dtesn_trio.nurseries import ConnectionPoolConfig
+
 
 class MemConn:
     """A fake connection: an id and whether it is open / broken."""
@@ -89,3 +91,18 @@ class MemoryConnector:
         conn.open = False
         self.live.discard(conn)
         await self._delay(self.close_delay)
+
+
+def cfg(**kw: object) -> ConnectionPoolConfig:
+    """A small pool with jitter, keepalive, lifetime and idle timeout off unless asked."""
+    base: dict[str, object] = {
+        "min_connections": 2,
+        "max_connections": 4,
+        "backoff_jitter": 0.0,
+        "lifetime_jitter": 0.0,
+        "enable_keepalive": False,
+        "max_lifetime": None,
+        "idle_timeout": None,
+    }
+    base.update(kw)
+    return ConnectionPoolConfig(**base)  # type: ignore[arg-type]

@@ -10,21 +10,7 @@ import trio.testing
 
 from dtesn_trio.errors import BackendUnavailable, Overloaded, ShuttingDown
 from dtesn_trio.nurseries import ConnectionPool, ConnectionPoolConfig, open_pool
-from tests.nurseries import MemConn, MemoryConnector
-
-
-def cfg(**kw: object) -> ConnectionPoolConfig:
-    base: dict[str, object] = {
-        "min_connections": 2,
-        "max_connections": 4,
-        "backoff_jitter": 0.0,
-        "lifetime_jitter": 0.0,
-        "enable_keepalive": False,
-        "max_lifetime": None,
-        "idle_timeout": None,
-    }
-    base.update(kw)
-    return ConnectionPoolConfig(**base)  # type: ignore[arg-type]
+from tests.nurseries import MemConn, MemoryConnector, cfg
 
 
 def test_config_defaults_are_the_seeds() -> None:

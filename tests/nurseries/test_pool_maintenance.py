@@ -11,22 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from dtesn_trio.nurseries import ConnectionPool, ConnectionPoolConfig, open_pool
-from tests.nurseries import MemConn, MemoryConnector
-
-
-def cfg(**kw: object) -> ConnectionPoolConfig:
-    base: dict[str, object] = {
-        "min_connections": 2,
-        "max_connections": 4,
-        "backoff_jitter": 0.0,
-        "lifetime_jitter": 0.0,
-        "enable_keepalive": False,
-        "max_lifetime": None,
-        "idle_timeout": None,
-    }
-    base.update(kw)
-    return ConnectionPoolConfig(**base)  # type: ignore[arg-type]
+from dtesn_trio.nurseries import ConnectionPool, open_pool
+from tests.nurseries import MemConn, MemoryConnector, cfg
 
 
 async def _use_n_at_once(pool: ConnectionPool[MemConn], n: int) -> list[MemConn]:

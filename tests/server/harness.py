@@ -27,6 +27,22 @@ from dtesn_trio.errors import (
 )
 from dtesn_trio.server import ServerConfig, ServerInfo, serve
 
+# `dtesn-trio serve` flags for a small, fast server whose limits stay out of the tests' way.
+FAST_SERVE_FLAGS = [
+    "--set",
+    "model.reservoir_size=64",
+    "--set",
+    "model.membrane_depth=2",
+    "--set",
+    "admission.max_requests_per_second=1000000",
+    "--set",
+    "admission.burst_limit=100000",
+    "--set",
+    "queue.max_wait=0.005",
+    "--set",
+    "shutdown_grace=2",
+]
+
 ERRORS: dict[str, DTESNError] = {
     "rate_limited": RateLimited("rate limit hit", retry_after=2.5),
     "overloaded": Overloaded("queue full", retry_after=0.2),

@@ -19,23 +19,11 @@ import trio
 from click.testing import CliRunner
 
 from dtesn_trio.cli import main
+from tests.server.harness import FAST_SERVE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-FAST = [
-    "--set",
-    "model.reservoir_size=64",
-    "--set",
-    "model.membrane_depth=2",
-    "--set",
-    "admission.max_requests_per_second=1000000",
-    "--set",
-    "admission.burst_limit=100000",
-    "--set",
-    "queue.max_wait=0.005",
-    "--set",
-    "shutdown_grace=2",
-]
+FAST = FAST_SERVE_FLAGS
 
 pytestmark = pytest.mark.slow
 

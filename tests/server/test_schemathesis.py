@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.harness import FAST_SERVE_FLAGS
+
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
 
@@ -34,16 +36,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "serve",
             "--port",
             "0",
-            "--set",
-            "model.reservoir_size=64",
-            "--set",
-            "model.membrane_depth=2",
-            "--set",
-            "admission.max_requests_per_second=1000000",
-            "--set",
-            "admission.burst_limit=100000",
-            "--set",
-            "queue.max_wait=0.005",
+            *FAST_SERVE_FLAGS,
             "--set",
             "server.max_input_length=2000",
             "--set",
