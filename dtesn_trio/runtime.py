@@ -25,7 +25,7 @@ import trio
 
 from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache, cache_key
 from dtesn_trio.config import RuntimeConfig
-from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult
+from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult, encode_input
 from dtesn_trio.errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -340,23 +340,10 @@ class Runtime:
             if not data:
                 raise InvalidRequest("input must not be empty", field="input")
             return data
-        try:
-            array = np.asarray(data, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(
-                "input must be a string or a T x D array of numbers", field="input"
-            ) from exc
-        if array.ndim == 1:
-            array = array[:, None]
-        dim = self.config.model.input_dim
-        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != dim:
-            raise InvalidRequest(
-                f"numeric input must be a non-empty T x {dim} array (got shape {array.shape})",
-                field="input",
-            )
-        if not np.isfinite(array).all():
-            raise InvalidRequest("numeric input must be finite", field="input")
-        return array
+        # Numeric input: the engine's own check (shape T x input_dim, finite, non-empty).
+        encoded = encode_input(data, self.config.model.input_dim)
+        assert encoded.values is not None
+        return encoded.values
 
     def _model_key(self, depth: int | None) -> str:
         return f"{self.config.model.cache_key()}/{depth or self.config.model.membrane_depth}"

@@ -65,13 +65,13 @@ def encode_input(x: object, input_dim: int, *, field: str = "input") -> EncodedI
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(
-            f"{field} must be text or a T × {input_dim} array of numbers ({exc})", field=field
+            f"{field} must be text or a T x {input_dim} array of numbers ({exc})", field=field
         ) from None
     if arr.ndim == 1 and input_dim == 1:
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2 or arr.shape[1] != input_dim:
         raise InvalidRequest(
-            f"{field} must be a T × {input_dim} array (got shape {arr.shape})", field=field
+            f"{field} must be a T x {input_dim} array (got shape {arr.shape})", field=field
         )
     if arr.shape[0] == 0:
         raise InvalidRequest(f"{field} must not be empty", field=field)

@@ -168,9 +168,9 @@ def test_result_to_dict_is_plain_json() -> None:
     ("bad", "message"),
     [
         ("", "input must not be empty"),
-        (np.zeros((3, 2)), r"input must be a T × 1 array \(got shape \(3, 2\)\)"),
+        (np.zeros((3, 2)), r"input must be a T x 1 array \(got shape \(3, 2\)\)"),
         ([1.0, float("nan")], "input must contain only finite numbers"),
-        ([[1.0], [2.0, 3.0]], "input must be text or a T × 1 array"),
+        ([[1.0], [2.0, 3.0]], "input must be text or a T x 1 array"),
         (object(), "input must be"),
     ],
 )
