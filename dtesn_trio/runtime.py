@@ -230,7 +230,7 @@ class Runtime:
     ) -> ProcessOutcome:
         key = None
         if use_cache and self.cache is not None:
-            key = cache_key(self._model_key(depth), data)
+            key = cache_key(self.processor.cache_key(depth), data)
             hit = await self.cache.get(key)
             if hit is not None:
                 total = (trio.current_time() - start) * 1000
@@ -344,9 +344,6 @@ class Runtime:
         encoded = encode_input(data, self.config.model.input_dim)
         assert encoded.values is not None
         return encoded.values
-
-    def _model_key(self, depth: int | None) -> str:
-        return f"{self.config.model.cache_key()}/{depth or self.config.model.membrane_depth}"
 
     # ---- statistics -------------------------------------------------------------
 
