@@ -232,7 +232,7 @@ class DTESNProcessor:
         model = self._models.get(depth)
         if model is not None:
             return model.cache_key()
-        return replace(self.model_config, membrane_depth=depth).cache_key()
+        return self._config_at(depth).cache_key()
 
     async def start_async_resources(self) -> None:
         """Build the default model in a worker thread (the seed's start-up hook)."""
@@ -257,6 +257,14 @@ class DTESNProcessor:
             )
         return membrane_depth
 
+    def _config_at(self, depth: int) -> DTESNConfig:
+        """The model config at ``depth``; a depth this reservoir cannot hold is the
+        caller's error (too few units for that many membranes), named as such."""
+        try:
+            return replace(self.model_config, membrane_depth=depth)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), field="membrane_depth") from None
+
     async def _model_for(self, membrane_depth: int | None) -> DTESNModel:
         depth = self._depth(membrane_depth)
         while True:
@@ -268,10 +276,7 @@ class DTESNProcessor:
             if building is not None:
                 await building.wait()
                 continue  # built, or the builder failed: look again
-            try:
-                cfg = replace(self.model_config, membrane_depth=depth)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc), field="membrane_depth") from None
+            cfg = self._config_at(depth)
             done = self._building[depth] = trio.Event()
             try:
                 model = await trio.to_thread.run_sync(
