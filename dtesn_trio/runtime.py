@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 import math
 import sys
@@ -102,6 +103,7 @@ class _Work:
     data: InputData
     depth: int | None
     enqueued: float
+    priority: int
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ class Runtime:
                 return ProcessOutcome(hit, True, priority, 0, timings)
         assert self.queue is not None
         now = trio.current_time()
-        work = _Work(data, depth, now)
+        work = _Work(data, depth, now, priority)
         start_by = deadline
         run = self.queue.mean_batch_duration
         if deadline is not None and run is not None:
@@ -267,15 +269,21 @@ class Runtime:
         """The queue's batch function: one engine call per membrane depth in the batch.
 
         Never raises for an engine failure: each input gets its result or its own error
-        (see ``_run_group``), whatever ``queue.retry_individually`` says.
+        (see ``_run_group``), whatever ``queue.retry_individually`` says.  The batch runs
+        at its most urgent member's priority: lower-priority batches pause for it, and
+        with a member on an express level it may use the processor's express thread.
         """
         groups: dict[int | None, list[int]] = {}
+        priority = self.config.queue.priority_levels
         for i, work in enumerate(items):
             groups.setdefault(work.depth, []).append(i)
+            if work.priority < priority:
+                priority = work.priority
+        express = priority < self.config.queue.express_level_count
         out: list[_Done | BaseException] = [ShuttingDown("not run")] * len(items)
         started = trio.current_time()
         for depth, idxs in groups.items():
-            results = await self._run_group([items[i].data for i in idxs], depth)
+            results = await self._run_group([items[i].data for i in idxs], depth, priority, express)
             finished = trio.current_time()
             for i, result in zip(idxs, results, strict=True):
                 out[i] = (
@@ -286,20 +294,26 @@ class Runtime:
         return out
 
     async def _run_group(
-        self, inputs: list[InputData], depth: int | None
+        self, inputs: list[InputData], depth: int | None, priority: int, express: bool
     ) -> list[DTESNResult | BaseException]:
         """One engine call; if it raises, each input again alone, so that one poisoned
         input fails only itself.  The engine is deterministic: the inputs that failed
         the batch fail alone, the others succeed."""
+        run = functools.partial(
+            self.processor.process_batch,
+            membrane_depth=depth,
+            priority=priority,
+            express=express,
+        )
         try:
-            return list(await self.processor.process_batch(inputs, membrane_depth=depth))
+            return list(await run(inputs))
         except Exception as exc:
             if len(inputs) == 1:
                 return [_engine_failure(exc)]
         out: list[DTESNResult | BaseException] = []
         for data in inputs:
             try:
-                (result,) = await self.processor.process_batch([data], membrane_depth=depth)
+                (result,) = await run([data])
             except Exception as exc:
                 out.append(_engine_failure(exc))
             else:
@@ -312,8 +326,9 @@ class Runtime:
             payload["input"], payload.get("priority", 4), payload.get("membrane_depth")
         )
         assert self.queue is not None
-        work = _Work(data, payload.get("membrane_depth"), trio.current_time())
-        done = await self.queue.submit(work, priority=payload.get("priority", 4), wait=True)
+        priority = payload.get("priority", 4)
+        work = _Work(data, payload.get("membrane_depth"), trio.current_time(), priority)
+        done = await self.queue.submit(work, priority=priority, wait=True)
         return {"result": done.result.to_dict(), "batch_size": done.batch_size}
 
     # ---- validation ------------------------------------------------------------
@@ -494,6 +509,9 @@ async def open_runtime(
                 admission=Admission(_engine_admission(config.admission)),
                 loop_monitor=monitor,
             )
+            # the engine's workers (processes, with processor.executor="process") outlive
+            # the queue that feeds them: the stack closes the queue first
+            await stack.enter_async_context(rt.processor.open())
             if config.redis.url is not None:
                 connector = RedisConnector.from_url(config.redis.url)
                 rt.pools["redis"] = await stack.enter_async_context(

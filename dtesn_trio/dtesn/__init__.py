@@ -7,7 +7,15 @@ threads under Trio without blocking the event loop or oversubscribing the cores.
 from dtesn_trio.dtesn.blas import available_cores, blas_threads
 from dtesn_trio.dtesn.config import MAX_MEMBRANE_DEPTH, DTESNConfig
 from dtesn_trio.dtesn.encoding import EncodedInput, InputLike, encode_input
-from dtesn_trio.dtesn.model import DTESNModel, DTESNResult, Membrane, spectral_radius
+from dtesn_trio.dtesn.engine_processes import EngineProcesses, open_engine_processes
+from dtesn_trio.dtesn.model import (
+    Checkpoint,
+    DTESNModel,
+    DTESNResult,
+    Membrane,
+    spectral_radius,
+)
+from dtesn_trio.dtesn.preemption import GateStatistics, PriorityGate
 from dtesn_trio.dtesn.processor import (
     DTESNProcessor,
     ProcessorConfig,
@@ -19,13 +27,17 @@ from dtesn_trio.dtesn.topology import a000081, membrane_count, tree_layout
 
 __all__ = [
     "MAX_MEMBRANE_DEPTH",
+    "Checkpoint",
     "DTESNConfig",
     "DTESNModel",
     "DTESNProcessor",
     "DTESNResult",
     "EncodedInput",
+    "EngineProcesses",
+    "GateStatistics",
     "InputLike",
     "Membrane",
+    "PriorityGate",
     "ProcessorConfig",
     "ProcessorStatistics",
     "RateWindow",
@@ -35,6 +47,7 @@ __all__ = [
     "blas_threads",
     "encode_input",
     "membrane_count",
+    "open_engine_processes",
     "spectral_radius",
     "tree_layout",
 ]

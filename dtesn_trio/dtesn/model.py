@@ -34,12 +34,10 @@ Input encoding: see :mod:`dtesn_trio.dtesn.encoding`.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,11 +63,21 @@ __all__ = ["DTESNModel", "DTESNResult", "Membrane", "spectral_radius"]
 _FORMAT = "dtesn-trio-model/1"
 
 # The step loops are Python around small NumPy calls, which keep the GIL; a thread that
-# wants it (the event loop) waits for the interpreter's switch interval (5 ms), longer
-# when two workers compete. Offering the GIL every few steps (a batch step is ~0.3 ms,
-# a single-input step ~30 µs) keeps the loop's wait to a fraction of a millisecond.
-_YIELD_MASK = 7
-_yield_gil = functools.partial(time.sleep, 0)
+# wants it (the event loop) gets it after the interpreter's switch interval, which the
+# runtime sets to 0.5 ms (``processor.switch_interval``).  The loops call a checkpoint
+# between steps (every step of a batch, every 8th of a single input), a no-op unless a
+# caller passes one (the processor's preemption gate).  It used to offer the GIL with
+# ``time.sleep(0)`` each step: measured on the shared 2-core machine, that made a batch
+# 2.5-3x slower (the thread gave its core away 12,000 times a batch) and did not raise
+# the event loop's socket round trips over the 0.5 ms switch interval alone (issue 8).
+_CHECK_MASK = 7
+Checkpoint = Callable[[], None]  # called between time steps (see process_batch)
+
+
+def _no_checkpoint() -> None:
+    return None
+
+
 _DENSE_EIG_LIMIT = 32
 
 
@@ -383,7 +391,11 @@ class DTESNModel:
 
     # ------------------------------------------------------------------ single path
     def _run_single(
-        self, enc: EncodedInput, record: bool, initial: FloatArray | None = None
+        self,
+        enc: EncodedInput,
+        record: bool,
+        initial: FloatArray | None = None,
+        checkpoint: Checkpoint = _no_checkpoint,
     ) -> tuple[FloatArray, FloatArray | None]:
         a = self.config.leak_rate
         x = np.zeros(self._npad)
@@ -397,8 +409,8 @@ class DTESNModel:
         drive = self._text_table if enc.text is not None else self._drive(enc)
         rows = np.frombuffer(enc.text, dtype=np.uint8) if enc.text is not None else range(steps)
         for t, row in enumerate(rows):
-            if t & _YIELD_MASK == _YIELD_MASK:
-                _yield_gil()
+            if t & _CHECK_MASK == _CHECK_MASK:
+                checkpoint()
             d = drive[row]
             for mat, c0, lo, hi in levels:
                 pre = d[lo:hi].copy()
@@ -414,17 +426,19 @@ class DTESNModel:
 
     # ------------------------------------------------------------------ batch paths
     def _run_batch(
-        self, encs: list[EncodedInput], record: bool
+        self, encs: list[EncodedInput], record: bool, checkpoint: Checkpoint
     ) -> tuple[list[FloatArray], list[FloatArray] | None]:
         lengths = np.array([e.steps for e in encs])
         order = np.argsort(-lengths, kind="stable")
         sorted_len = lengths[order]
         if self.batch_layout == "dense":
             finals, recs = self._run_batch_dense(
-                [self._drive(encs[i]) for i in order], sorted_len, record
+                [self._drive(encs[i]) for i in order], sorted_len, record, checkpoint
             )
         else:
-            finals, recs = self._run_batch_sparse([encs[i] for i in order], sorted_len, record)
+            finals, recs = self._run_batch_sparse(
+                [encs[i] for i in order], sorted_len, record, checkpoint
+            )
         out_f: list[FloatArray] = [np.empty(0)] * len(encs)
         out_r: list[FloatArray] | None = [np.empty(0)] * len(encs) if record else None
         for pos, i in enumerate(order):
@@ -434,7 +448,11 @@ class DTESNModel:
         return out_f, out_r
 
     def _run_batch_sparse(
-        self, encs: list[EncodedInput], sorted_len: npt.NDArray[np.int_], record: bool
+        self,
+        encs: list[EncodedInput],
+        sorted_len: npt.NDArray[np.int_],
+        record: bool,
+        checkpoint: Checkpoint,
     ) -> tuple[list[FloatArray], list[FloatArray] | None]:
         """Inputs sorted by length, longest first. State layout ``(units, batch)``."""
         a = self.config.leak_rate
@@ -469,7 +487,7 @@ class DTESNModel:
         rec = np.zeros((steps, npad, b)) if record else None
         levels = [(lv.sparse, lv.col_start, lv.start * s, lv.stop * s) for lv in self._levels]
         for t in range(steps):
-            _yield_gil()
+            checkpoint()
             na = int(np.count_nonzero(sorted_len[:width] > t))
             if na <= width // 2:
                 for pos in range(na, width):
@@ -506,7 +524,11 @@ class DTESNModel:
         return finals, recs
 
     def _run_batch_dense(
-        self, drives: list[FloatArray], sorted_len: npt.NDArray[np.int_], record: bool
+        self,
+        drives: list[FloatArray],
+        sorted_len: npt.NDArray[np.int_],
+        record: bool,
+        checkpoint: Checkpoint,
     ) -> tuple[list[FloatArray], list[FloatArray] | None]:
         """The dense alternative (measured slower at 10 % sparsity): states as
         ``(membranes, batch, units)``, one stacked GEMM per level for ``W`` and one for
@@ -522,6 +544,7 @@ class DTESNModel:
         rec = np.zeros((steps, n_mem, b, s)) if record else None
         bufs = [np.empty((lv.stop - lv.start, b, s)) for lv in self._levels]
         for t in range(steps):
+            checkpoint()
             na = int(active[t])
             Pt = P[t]
             for lv, buf in zip(self._levels, bufs, strict=True):
@@ -599,18 +622,26 @@ class DTESNModel:
         return self.readout is not None and self.readout.mode == "per_step"
 
     # ------------------------------------------------------------------ public
-    def process_one(self, x: object) -> DTESNResult:
-        """Run one input on the fastest single-input path (not a padded batch of one)."""
+    def process_one(self, x: object, *, checkpoint: Checkpoint = _no_checkpoint) -> DTESNResult:
+        """Run one input on the fastest single-input path (not a padded batch of one).
+
+        ``checkpoint`` is called every few time steps (default: nothing); the
+        processor's :class:`~dtesn_trio.dtesn.preemption.PriorityGate` checkpoint pauses
+        the computation there while a more urgent one runs.
+        """
         enc = self._encode(x)
-        xpad, rec = self._run_single(enc, self._needs_record())
+        xpad, rec = self._run_single(enc, self._needs_record(), checkpoint=checkpoint)
         return self._results([xpad], None if rec is None else [rec], [enc.steps])[0]
 
-    def process_batch(self, inputs: Sequence[object]) -> list[DTESNResult]:
+    def process_batch(
+        self, inputs: Sequence[object], *, checkpoint: Checkpoint = _no_checkpoint
+    ) -> list[DTESNResult]:
         """Run a batch: one set of matrix products per time step for all inputs.
 
         Each result equals ``process_one`` of the same input to ~1e-15. Every input is
         validated first; a bad one raises :class:`InvalidRequest` with
-        ``field="inputs[i]"`` and nothing runs.
+        ``field="inputs[i]"`` and nothing runs.  ``checkpoint`` is called between time
+        steps (see :meth:`process_one`).
         """
         if isinstance(inputs, str | bytes | bytearray | np.ndarray):
             raise TypeError("process_batch takes a sequence of inputs; use process_one for one")
@@ -618,9 +649,9 @@ class DTESNModel:
         if not encs:
             return []
         if len(encs) == 1:
-            return [self.process_one(encs[0])]
+            return [self.process_one(encs[0], checkpoint=checkpoint)]
         record = self._needs_record()
-        finals, recs = self._run_batch(encs, record)
+        finals, recs = self._run_batch(encs, record, checkpoint)
         return self._results(finals, recs, [e.steps for e in encs])
 
     def run_states(self, x: object, *, initial_state: npt.ArrayLike | None = None) -> FloatArray:
@@ -651,7 +682,7 @@ class DTESNModel:
             xpad, _ = self._run_single(encs[0], False)
             one: FloatArray = xpad[self._unit_index][None, :]
             return one
-        finals, _ = self._run_batch(encs, False)
+        finals, _ = self._run_batch(encs, False, _no_checkpoint)
         return np.stack([f[self._unit_index] for f in finals])
 
     def fit_readout(

@@ -11,6 +11,20 @@ Two limits apply to every call:
   says. A FastAPI app whose 40 pool threads each ran multi-threaded BLAS served zero
   requests at 64 connections on this project's 2-core machine; this is why.
 
+Priority (issue 8). A call may carry a ``priority`` (0 = most urgent): while it computes,
+every computation of a lower priority pauses at its next time step (a
+:class:`~dtesn_trio.dtesn.preemption.PriorityGate`) and resumes afterwards, nothing lost.
+An ``express`` call that finds every worker thread busy computes on one of
+``express_threads`` reserved threads instead of waiting for a worker: with a priority
+above the running work's, it preempts it instead of queueing behind it.
+
+Where it computes (``executor``): in worker *threads* of the server's process (the
+default), or in worker *processes* (``"process"``, :mod:`dtesn_trio.dtesn.engine_processes`):
+each with its own interpreter and GIL, so the event loop never waits for the model to
+let go of the GIL.  This model is GIL-bound (Python between small sparse products); at
+10x overload a thread engine and the event loop shared one core's worth of GIL.  The
+processes exist while ``async with processor.open():`` runs (``open_runtime`` does it).
+
 A cancelled call is neither a success nor a failure: it counts in
 ``cancelled_requests`` only. Work already running in a thread is not abandoned (NumPy
 cannot be interrupted); if it finishes, the caller gets its result and it counts as
@@ -21,9 +35,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -31,7 +46,9 @@ from dtesn_trio import _checks
 from dtesn_trio.dtesn.blas import available_cores, blas_threads
 from dtesn_trio.dtesn.config import MAX_MEMBRANE_DEPTH, DTESNConfig
 from dtesn_trio.dtesn.encoding import EncodedInput, encode_input
+from dtesn_trio.dtesn.engine_processes import EngineProcesses, open_engine_processes
 from dtesn_trio.dtesn.model import DTESNModel, DTESNResult
+from dtesn_trio.dtesn.preemption import PriorityGate
 from dtesn_trio.errors import InvalidRequest
 
 __all__ = ["DTESNProcessor", "ProcessorConfig", "ProcessorStatistics"]
@@ -49,6 +66,12 @@ class ProcessorConfig:
     - ``blas_threads``: BLAS threads per worker thread; default 1.
     - ``worker_threads``: threads computing at once; default ``cores // blas_threads``.
       Both are clamped so that ``worker_threads × blas_threads <= cores``.
+    - ``express_threads``: extra threads for ``express`` calls that find every worker
+      thread busy (0: express calls wait for a worker like any other).  They do not
+      oversubscribe the cores when the express call preempts: the paused thread waits.
+    - ``executor``: ``"thread"`` (compute in worker threads of this process) or
+      ``"process"`` (in worker processes, one per worker/express thread: the model gets
+      its own GIL; see the module docstring).
     - ``throughput_window``: seconds over which ``throughput`` counts completions.
     - ``switch_interval``: the interpreter's GIL switch interval (``sys.setswitchinterval``)
       that ``open_runtime`` sets while it runs (and restores after); ``None`` leaves it
@@ -63,6 +86,8 @@ class ProcessorConfig:
     enable_async_optimization: bool = True
     blas_threads: int | None = None
     worker_threads: int | None = None
+    express_threads: int = 1
+    executor: Literal["thread", "process"] = "thread"
     throughput_window: float = 10.0
     switch_interval: float | None = 0.0005
 
@@ -79,6 +104,8 @@ class ProcessorConfig:
             _checks.integer("processor.blas_threads", self.blas_threads, minimum=1)
         if self.worker_threads is not None:
             _checks.integer("processor.worker_threads", self.worker_threads, minimum=1)
+        _checks.integer("processor.express_threads", self.express_threads, minimum=0)
+        _checks.one_of("processor.executor", self.executor, ("thread", "process"))
         _checks.positive("processor.throughput_window", self.throughput_window)
         if self.switch_interval is not None:
             _checks.in_range("processor.switch_interval", self.switch_interval, 1e-6, 1.0)
@@ -113,6 +140,14 @@ class ProcessorStatistics:
     blas_threads: int
     async_optimization_enabled: bool
     model_depths: tuple[int, ...]  # membrane depths with a built model
+    busy_threads: int = 0  # worker threads computing now
+    express_threads: int = 0
+    express_calls: int = 0  # calls that computed on an express thread
+    executor: str = "thread"
+    worker_deaths: int = 0  # engine worker processes that died mid-call
+    computing: tuple[tuple[int, int], ...] = ()  # (priority, calls) computing now
+    preemptions: int = 0  # times a computation paused for a higher-priority one
+    paused_seconds: float = 0.0  # total seconds computations spent paused
 
 
 class RateWindow:
@@ -191,6 +226,12 @@ class DTESNProcessor:
         self._workers, self._blas = self.config.resolved_threads()
         self._slots = trio.CapacityLimiter(self.config.max_concurrent_processes)
         self._threads = trio.CapacityLimiter(self._workers)
+        express = self.config.express_threads
+        self._express = trio.CapacityLimiter(express) if express else None
+        self._express_calls = 0
+        self._gate = PriorityGate()
+        self._processes: EngineProcesses | None = None
+        self._closed_processes: list[EngineProcesses] = []  # their counts still count
         self._providers = {
             "concurrency_stats": concurrency_stats,
             "connection_pool_stats": connection_pool_stats,
@@ -233,6 +274,27 @@ class DTESNProcessor:
         if model is not None:
             return model.cache_key()
         return self._config_at(depth).cache_key()
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[DTESNProcessor]:
+        """Run the executor for the block: with ``executor="process"``, start the worker
+        processes (each loads the model before the block begins) and end them after;
+        with threads, nothing to start."""
+        if self.config.executor != "process":
+            await trio.lowlevel.checkpoint()
+            yield self
+            return
+        if self._processes is not None:
+            raise RuntimeError("DTESNProcessor.open(): already open")
+        async with open_engine_processes(blas=self._blas) as processes:
+            model = await self._model_for(None)
+            await processes.warm_up(model, self._workers + self.config.express_threads)
+            self._processes = processes
+            try:
+                yield self
+            finally:
+                self._processes = None
+                self._closed_processes.append(processes)
 
     async def start_async_resources(self) -> None:
         """Build the default model in a worker thread (the seed's start-up hook)."""
@@ -300,30 +362,55 @@ class DTESNProcessor:
         membrane_depth: int | None = None,
         use_batching: bool = False,
         enable_concurrent: bool = True,
+        priority: int | None = None,
+        express: bool = False,
     ) -> DTESNResult:
         """Process one input on the model's single-input path.
 
         ``use_batching`` and ``enable_concurrent`` are the seed's keywords, accepted and
         without effect here: batching across callers is the runtime's queue, and the
-        limits above decide concurrency. Raises :class:`InvalidRequest` for bad input.
+        limits above decide concurrency. ``priority`` and ``express``: see the module's
+        docstring. Raises :class:`InvalidRequest` for bad input.
         """
-        results = await self._submit([input_data], membrane_depth, batch=False)
+        results = await self._submit(
+            [input_data], membrane_depth, batch=False, priority=priority, express=express
+        )
         return results[0]
 
     async def process_batch(
-        self, inputs: Sequence[object], *, membrane_depth: int | None = None
+        self,
+        inputs: Sequence[object],
+        *,
+        membrane_depth: int | None = None,
+        priority: int | None = None,
+        express: bool = False,
     ) -> list[DTESNResult]:
         """Process a batch as one set of matrix products per step (one worker thread).
 
-        A bad input raises :class:`InvalidRequest` naming ``inputs[i]``; nothing runs.
+        With ``priority``, lower-priority computations pause while this one runs; with
+        ``express``, it may compute on a reserved thread when every worker is busy (see
+        the module's docstring).  A bad input raises :class:`InvalidRequest` naming
+        ``inputs[i]``; nothing runs.
         """
         if isinstance(inputs, str | bytes | bytearray):
             raise InvalidRequest("inputs must be a list of inputs", field="inputs")
-        return await self._submit(list(inputs), membrane_depth, batch=True)
+        return await self._submit(
+            list(inputs), membrane_depth, batch=True, priority=priority, express=express
+        )
 
     async def _submit(
-        self, inputs: list[object], membrane_depth: int | None, *, batch: bool
+        self,
+        inputs: list[object],
+        membrane_depth: int | None,
+        *,
+        batch: bool,
+        priority: int | None,
+        express: bool,
     ) -> list[DTESNResult]:
+        if priority is not None and (type(priority) is not int or priority < 0):
+            raise InvalidRequest(
+                f"priority must be a non-negative integer (got {priority!r})", field="priority"
+            )
         n = len(inputs)
         self._total += n
         if batch:
@@ -338,15 +425,30 @@ class DTESNProcessor:
             ]
             model = await self._model_for(membrane_depth)
             async with self._slots:
+                limiter = self._threads
+                if express and self._express is not None and not limiter.available_tokens:
+                    # every worker is busy: compute beside them (preempting, with a
+                    # priority above theirs) instead of waiting for one of them
+                    limiter = self._express
+                    self._express_calls += 1
                 started = self._clock()
-                results = await trio.to_thread.run_sync(
-                    self._compute,
-                    model,
-                    encs,
-                    batch,
-                    limiter=self._threads,
-                    abandon_on_cancel=False,
-                )
+                if self.config.executor == "process":
+                    if self._processes is None:
+                        raise RuntimeError(
+                            'processor.executor="process" computes inside '
+                            "`async with processor.open():` (open_runtime opens it)"
+                        )
+                    results = await self._processes.run(model, encs, batch, priority, limiter)
+                else:
+                    results = await trio.to_thread.run_sync(
+                        self._compute,
+                        model,
+                        encs,
+                        batch,
+                        priority,
+                        limiter=limiter,
+                        abandon_on_cancel=False,
+                    )
                 elapsed = self._clock() - started
         except trio.Cancelled:
             self._cancelled += n
@@ -362,16 +464,28 @@ class DTESNProcessor:
         return results
 
     def _compute(
-        self, model: DTESNModel, encs: list[EncodedInput], batch: bool
+        self, model: DTESNModel, encs: list[EncodedInput], batch: bool, priority: int | None
     ) -> list[DTESNResult]:
         with blas_threads(self._blas):
-            if batch:
-                return model.process_batch(encs)
-            return [model.process_one(encs[0])]
+            if priority is None:
+                if batch:
+                    return model.process_batch(encs)
+                return [model.process_one(encs[0])]
+            with self._gate.running(priority) as checkpoint:
+                if batch:
+                    return model.process_batch(encs, checkpoint=checkpoint)
+                return [model.process_one(encs[0], checkpoint=checkpoint)]
 
     # ------------------------------------------------------------------ statistics
     def statistics(self) -> ProcessorStatistics:
         """A frozen snapshot; ``throughput`` is over the last ``throughput_window``."""
+        gate = self._gate.statistics()
+        procs = self._processes
+        computing = gate.running if procs is None else procs.computing
+        every = [*self._closed_processes, *([procs] if procs is not None else [])]
+        pauses = gate.pauses + sum(p.pauses for p in every)
+        paused = gate.paused_seconds + sum(p.paused_seconds for p in every)
+        deaths = sum(p.worker_deaths for p in every)
         return ProcessorStatistics(
             total_requests=self._total,
             completed_requests=self._completed,
@@ -388,6 +502,14 @@ class DTESNProcessor:
             blas_threads=self._blas,
             async_optimization_enabled=self.config.enable_async_optimization,
             model_depths=tuple(sorted(self._models)),
+            busy_threads=self._workers - int(self._threads.available_tokens),
+            express_threads=self.config.express_threads,
+            express_calls=self._express_calls,
+            computing=computing,
+            preemptions=pauses,
+            paused_seconds=paused,
+            executor=self.config.executor,
+            worker_deaths=deaths,
         )
 
     def get_processing_stats(self) -> dict[str, Any]:
@@ -408,6 +530,9 @@ class DTESNProcessor:
             "async_optimization_enabled": st.async_optimization_enabled,
             "worker_threads": st.worker_threads,
             "blas_threads": st.blas_threads,
+            "express_threads": st.express_threads,
+            "express_calls": st.express_calls,
+            "preemptions": st.preemptions,
         }
         for key, provider in self._providers.items():
             out[key] = dict(provider()) if provider is not None else {}

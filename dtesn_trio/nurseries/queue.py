@@ -10,6 +10,12 @@ each result to its own waiter, while the next idle worker forms the next batch.
 
 Every submit ends in exactly one way: a result, the item's error, ``Overloaded``,
 ``DeadlineExceeded``, ``ShuttingDown``, ``InvalidRequest`` or its own cancellation.
+
+The express lane (``express_levels``): one more worker that forms batches only from the
+top levels, on its own, without waiting for the forming lock or for a running batch.  A
+priority-0 request that arrives while every worker runs a batch of lower ones is batched
+and handed to ``process_batch`` at once (the runtime's engine then pauses the lower batch
+for it, see :mod:`dtesn_trio.dtesn.preemption`) instead of waiting for one to finish.
 """
 
 from __future__ import annotations
@@ -201,6 +207,14 @@ class PriorityBatchQueue(Generic[T, R]):
         self._reaper_wakeup: trio.Event | None = None
         self._wakeup: trio.Event | None = None
         self._forming: list[_Request[T, R]] = []
+        # the express lane's former (see the module docstring): its own wakeup and batch
+        self._express_below = config.express_level_count
+        self._express_levels = list(range(config.express_level_count))
+        self._express_wakeup: trio.Event | None = None
+        self._express_forming: list[_Request[T, R]] = []
+        self._express_batches = 0
+        self._shared_running = 0  # batches the shared workers are running
+        self._shared_urgent = 0  # ... of which hold a request of an express level
         self._taken_gone = 0  # taken requests abandoned so far (see _form_batch)
         self._workers_left = 0
         self._workers_done = trio.Event()
@@ -305,6 +319,8 @@ class PriorityBatchQueue(Generic[T, R]):
             if wakeup is not None:
                 self._wakeup = None
                 wakeup.set()
+            if priority < self._express_below:
+                self._wake_express()
         if expires != _INF:
             # The reaper answers it with DeadlineExceeded if it is still queued at
             # ``expires``: one timer task for the queue, not a cancel scope per request.
@@ -392,6 +408,14 @@ class PriorityBatchQueue(Generic[T, R]):
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
+            wakeup.set()
+        if level < self._express_below:
+            self._wake_express()
+
+    def _wake_express(self) -> None:
+        wakeup = self._express_wakeup
+        if wakeup is not None:
+            self._express_wakeup = None
             wakeup.set()
 
     async def _enqueue_waiting(
@@ -513,14 +537,16 @@ class PriorityBatchQueue(Generic[T, R]):
                     req = side.popleft()
                     if req.state == _TAKEN:
                         self._answer(req, None, error)
-        for req in self._forming:
+        for req in (*self._forming, *self._express_forming):
             if req.state == _TAKEN:
                 self._answer(req, None, error)
         self._forming = []
+        self._express_forming = []
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
             wakeup.set()
+        self._wake_express()
 
     def _answer(self, req: _Request[T, R], value: R | None, error: BaseException | None) -> None:
         # Answers a request that was not answered before (callers check its state); the
@@ -568,41 +594,71 @@ class PriorityBatchQueue(Generic[T, R]):
 
     # ------------------------------------------------------------------ workers
 
-    async def _worker(self) -> None:
+    async def _worker(self, express: bool = False) -> None:
+        """A batch worker: the shared lane's (one forms at a time, holding the forming
+        lock, from every level in service order), or the express lane's (alone, from the
+        express levels only; its batches do not count as skips of the other levels)."""
         try:
             lock = self._form_lock
             max_batch = self._max_batch
             waiting = self._waiting
             sizes = self._batch_sizes
             retry = self.config.retry_individually
+            levels = self._levels
+            workers = self.config.workers
             batch: list[_Request[T, R]] | None
             budget = 0
             while True:
-                # One worker forms a batch at a time.  The worker checkpoints at least
-                # once per _CHECKPOINT_EVERY items: when full batches are ready and the
-                # engine did not yield, it goes on without a trip through the scheduler.
-                if budget > 0 and lock.value:
-                    lock.acquire_nowait()
-                else:
-                    await lock.acquire()
-                    budget = _CHECKPOINT_EVERY
-                try:
-                    # fast path: a full batch is waiting; no coroutine, no timer
+                if express:
+                    await trio.lowlevel.checkpoint()  # (the shared lane's is the lock)
+                    if not self._express_due():
+                        wakeup = self._express_wakeup = trio.Event()
+                        await wakeup.wait()
+                        continue
                     batch = []
-                    size, closed = self._fill(batch, 0, self._now())
+                    size, closed = self._fill(batch, 0, self._now(), express=True)
                     if closed or size < max_batch:
-                        batch = await self._form_batch(batch, size, closed)
+                        batch = await self._form_batch(batch, size, closed, express=True)
                         if batch is None:
                             return
-                    if self._max_skips is not None:
-                        self._count_skips(batch)
-                finally:
-                    lock.release()
-                budget -= len(batch)
+                    self._express_batches += 1
+                else:
+                    # One worker forms a batch at a time.  The worker checkpoints at least
+                    # once per _CHECKPOINT_EVERY items: when full batches are ready and the
+                    # engine did not yield, it goes on without a trip through the scheduler.
+                    if budget > 0 and lock.value:
+                        lock.acquire_nowait()
+                    else:
+                        await lock.acquire()
+                        budget = _CHECKPOINT_EVERY
+                    try:
+                        # fast path: a full batch is waiting; no coroutine, no timer
+                        batch = []
+                        size, closed = self._fill(batch, 0, self._now())
+                        if closed or size < max_batch:
+                            batch = await self._form_batch(batch, size, closed)
+                            if batch is None:
+                                return
+                        if self._max_skips is not None:
+                            self._count_skips(batch)
+                    finally:
+                        lock.release()
+                    budget -= len(batch)
                 # run it (inline, not another coroutine: this is the per-batch hot path)
+                top = levels
                 for req in batch:
-                    waiting[req.level] -= 1
+                    level = req.level
+                    waiting[level] -= 1
                     req.state = _RUNNING
+                    if level < top:
+                        top = level
+                urgent = top < self._express_below
+                if not express:
+                    self._shared_running += 1
+                    if urgent:
+                        self._shared_urgent += 1
+                    elif self._express_below and self._shared_running >= workers:
+                        self._wake_express()  # the express levels' waiters need it now
                 n = len(batch)
                 self._running_batches += 1
                 self._running_items += n
@@ -617,6 +673,10 @@ class PriorityBatchQueue(Generic[T, R]):
                 finally:
                     self._running_batches -= 1
                     self._running_items -= n
+                    if not express:
+                        self._shared_running -= 1
+                        if urgent:
+                            self._shared_urgent -= 1
                     # Cancelled (the queue is being torn down) or KeyboardInterrupt: the
                     # batch never finished; its members still get an answer, and the
                     # breaker no verdict.
@@ -628,6 +688,18 @@ class PriorityBatchQueue(Generic[T, R]):
             if self._workers_left == 0:
                 self._workers_done.set()
 
+    def _express_due(self) -> bool:
+        """Whether the express lane should form a batch now: requests wait at its levels
+        and every shared worker runs a batch with none of theirs (otherwise a shared
+        worker takes them, in priority order, as it always does), or the queue closed."""
+        if self._receive[0].statistics().open_send_channels == 0:
+            return True  # closed: the lane's next look answers what it holds, and ends
+        return (
+            self._shared_running >= self.config.workers
+            and not self._shared_urgent
+            and any(self._waiting[level] for level in self._express_levels)
+        )
+
     def _service_order(self) -> list[int]:
         levels = self._all_levels
         max_skips = self._max_skips
@@ -637,8 +709,11 @@ class PriorityBatchQueue(Generic[T, R]):
                     return [level, *(lv for lv in levels if lv != level)]
         return levels
 
-    def _fill(self, batch: list[_Request[T, R]], size: int, now: float) -> tuple[int, bool]:
-        """Pull live requests into ``batch`` in service order until it is full.
+    def _fill(
+        self, batch: list[_Request[T, R]], size: int, now: float, express: bool = False
+    ) -> tuple[int, bool]:
+        """Pull live requests into ``batch`` in service order (the express lane: from
+        its levels only) until it is full.
 
         Returns the batch's size and whether the channels are closed.  Synchronous: no
         other task runs while it looks at the levels.
@@ -647,7 +722,7 @@ class PriorityBatchQueue(Generic[T, R]):
         size_fn = self._size_fn
         waiting = self._waiting
         closed = False
-        for level in self._service_order():
+        for level in self._express_levels if express else self._service_order():
             if size >= max_batch:
                 break
             delayed = self._delayed[level]
@@ -692,13 +767,16 @@ class PriorityBatchQueue(Generic[T, R]):
         return size, closed
 
     async def _form_batch(
-        self, batch: list[_Request[T, R]], size: int, closed: bool
+        self, batch: list[_Request[T, R]], size: int, closed: bool, express: bool = False
     ) -> list[_Request[T, R]] | None:
         """Complete a partly filled batch: wait for more until it is full or due.
 
         Returns ``None`` (having answered its members) once the queue is closed.
         """
-        self._forming = batch
+        if express:
+            self._express_forming = batch
+        else:
+            self._forming = batch
         waited = False
         first = True
         # Per wakeup, look only at the members added since the last one: a batch of n
@@ -712,13 +790,13 @@ class PriorityBatchQueue(Generic[T, R]):
             if first:  # the worker has just filled it
                 first = False
             else:
-                size, closed = self._fill(batch, size, now)
+                size, closed = self._fill(batch, size, now, express)
             if closed:
                 error = ShuttingDown("the queue is shutting down")
                 for req in batch:
                     if req.state == _TAKEN:
                         self._answer(req, None, error)
-                self._forming = []
+                self._end_forming(express)
                 return None
             if waited and batch and self._taken_gone != gone:
                 # members whose submitters left (cancelled, expired) while we waited
@@ -751,15 +829,25 @@ class PriorityBatchQueue(Generic[T, R]):
                     break
             else:
                 if self._receive[0].statistics().open_send_channels == 0:
-                    self._forming = []
+                    self._end_forming(express)
                     return None  # closed, and close() answered whatever was queued
                 leave_at = _INF
-            wakeup = self._wakeup = trio.Event()
+            wakeup = trio.Event()
+            if express:
+                self._express_wakeup = wakeup
+            else:
+                self._wakeup = wakeup
             with trio.move_on_at(leave_at):
                 await wakeup.wait()
             waited = True
-        self._forming = []
+        self._end_forming(express)
         return batch
+
+    def _end_forming(self, express: bool) -> None:
+        if express:
+            self._express_forming = []
+        else:
+            self._forming = []
 
     def _count_skips(self, batch: list[_Request[T, R]]) -> None:
         max_skips = self._max_skips
@@ -937,9 +1025,11 @@ async def open_batch_queue(
     async with trio.open_nursery() as nursery:
         # the clock's own method: cheaper than trio.current_time() on the hot path
         queue._now = trio.lowlevel.current_clock().current_time
-        queue._workers_left = config.workers
+        queue._workers_left = config.workers + (1 if config.express_level_count else 0)
         for _ in range(config.workers):
             nursery.start_soon(queue._worker)
+        if config.express_level_count:
+            nursery.start_soon(queue._worker, True)
         nursery.start_soon(queue._reaper)
         try:
             yield queue

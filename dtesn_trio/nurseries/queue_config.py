@@ -37,6 +37,11 @@ class BatchQueueConfig:
       function is given.  A batch leaves when full, when ``max_wait`` has passed since
       its oldest item was queued, or at once when nothing more is waiting and its size
       is one of ``preferred_batch_sizes``.
+    - ``express_levels``: the top levels (``0`` .. ``express_levels - 1``) get an express
+      lane: one more worker that forms batches from those levels only, on its own, so
+      they never wait for the forming lock or a running batch (the runtime's engine
+      pauses lower-priority batches for them).  ``0`` turns it off; ``None`` (the
+      default) means 1 when there is more than one level.  Resolved: ``express_level_count``.
     - ``retry_individually``: when ``process_batch`` raises, run each member alone so one
       poisoned input does not fail its neighbours.
     - ``close_grace``: seconds in-flight batches get to finish when the queue closes.
@@ -49,6 +54,7 @@ class BatchQueueConfig:
     max_wait: float = 0.1
     preferred_batch_sizes: tuple[int, ...] = ()
     workers: int = 2
+    express_levels: int | None = None
     default_timeout: float | tuple[float | None, ...] | None = None
     timeout_action: TimeoutAction | tuple[TimeoutAction, ...] = "reject"
     max_skips: int | None = 16
@@ -90,6 +96,13 @@ class BatchQueueConfig:
                     f"(got {size} > {self.max_batch_size})"
                 )
         _checks.integer("queue.workers", self.workers, minimum=1)
+        if self.express_levels is not None:
+            _checks.integer("queue.express_levels", self.express_levels, minimum=0)
+        if self.express_levels and self.express_levels >= levels:
+            raise ValueError(
+                "queue.express_levels must be below queue.priority_levels "
+                f"(got {self.express_levels} >= {levels}): the express lane is for the top levels"
+            )
         for i, timeout in enumerate(self._per_level("default_timeout", self.default_timeout)):
             if timeout is not None:
                 _checks.positive(f"queue.default_timeout[{i}]", timeout)  # type: ignore[arg-type]
@@ -108,6 +121,13 @@ class BatchQueueConfig:
         )
         _checks.one_of("queue.retry_individually", self.retry_individually, (True, False))
         _checks.non_negative("queue.close_grace", self.close_grace)
+
+    @property
+    def express_level_count(self) -> int:
+        """The express lane's levels, resolved (0: no express lane)."""
+        if self.express_levels is None:
+            return 1 if self.priority_levels > 1 else 0
+        return self.express_levels
 
     def _per_level(self, name: str, value: object) -> tuple[object, ...]:
         if isinstance(value, tuple):

@@ -49,6 +49,7 @@ config_strategy = st.builds(
     max_batch_size=st.integers(1, 4),
     max_wait=st.sampled_from([0.0, 0.02, 0.1]),
     workers=st.integers(1, 3),
+    express_levels=st.sampled_from([None, 0, 2]),
     default_timeout=st.sampled_from([None, 0.15, (0.1, None, 0.2)]),
     timeout_action=st.sampled_from(["reject", ("reject", "delay", "delay")]),
     max_skips=st.sampled_from([None, 1, 3]),

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import trio
 
-from dtesn_trio.dtesn import DTESNModel, DTESNResult
+from dtesn_trio.dtesn import Checkpoint, DTESNModel, DTESNResult
 from dtesn_trio.limits import AdmissionConfig, CircuitBreakerConfig
 from dtesn_trio.nurseries import BatchQueueConfig
 from dtesn_trio.runtime import Runtime, open_runtime
@@ -32,6 +32,10 @@ from tests.server.runtimes import runtime_config
 
 POISON = b"poison"
 SECRET = "reservoir state diverged at step"  # the model's words: must not reach clients
+
+
+def _none() -> None:
+    return None
 
 
 class PoisonModel(DTESNModel):
@@ -49,13 +53,15 @@ class PoisonModel(DTESNModel):
                 self.poisoned_batch_sizes.append(len(encs))
             raise FloatingPointError(f"{SECRET} 17 (injected fault)")
 
-    def process_one(self, x: object) -> DTESNResult:
+    def process_one(self, x: object, *, checkpoint: Checkpoint = _none) -> DTESNResult:
         self._check([x])
-        return super().process_one(x)
+        return super().process_one(x, checkpoint=checkpoint)
 
-    def process_batch(self, inputs: Sequence[object]) -> list[DTESNResult]:
+    def process_batch(
+        self, inputs: Sequence[object], *, checkpoint: Checkpoint = _none
+    ) -> list[DTESNResult]:
         self._check(inputs)
-        return super().process_batch(inputs)
+        return super().process_batch(inputs, checkpoint=checkpoint)
 
 
 def _config(tmp_path: Path, breaker: CircuitBreakerConfig | None = None) -> Any:
