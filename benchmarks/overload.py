@@ -93,6 +93,8 @@ def ours_sets(args: argparse.Namespace) -> list[str]:
         # to match: a formed batch waiting for the thread would only delay priority 0.
         "processor.worker_threads=1",
         "queue.workers=1",
+        # the calibration may lengthen the inputs past the default 16,384 characters
+        "server.max_input_length=1000000",
         *args.set,
     ]
 

@@ -674,37 +674,48 @@ async def test_express_lane_runs_priority_0_while_every_worker_is_busy(
                 nursery.start_soon(functools.partial(queue.submit, i, priority=3))
             await trio.sleep(0.2)
             nursery.start_soon(functools.partial(queue.submit, 10, priority=0))
-            nursery.start_soon(functools.partial(queue.submit, 11, priority=1))
+            await trio.sleep(0.05)
+            nursery.start_soon(functools.partial(queue.submit, 11, priority=3))
+            nursery.start_soon(functools.partial(queue.submit, 12, priority=4))
     calls = [(t, sorted(items)) for t, items in engine.calls]
     if express_levels:
-        # priority 0 is batched by the express lane after max_wait and runs beside the
-        # busy worker; priority 1 is not an express level: it waits for the worker
-        assert calls == [(t0, [0, 1, 2, 3]), (t0 + 0.2 + 0.1, [10]), (t0 + 1.0, [11])]
+        # priority 0 is batched by the express lane and runs beside the busy worker; the
+        # lane fills its batch (half of max_batch_size) with the next levels in order
+        assert calls == [(t0, [0, 1, 2, 3]), (t0 + 0.2 + 0.05, [10, 11]), (t0 + 1.0, [12])]
     else:
-        assert calls == [(t0, [0, 1, 2, 3]), (t0 + 1.0, [10, 11])]
-    assert queue.statistics().completed == 6
+        assert calls == [(t0, [0, 1, 2, 3]), (t0 + 1.0, [10, 11, 12])]
+    assert queue.statistics().completed == 7
 
 
-async def test_express_lane_takes_only_its_levels_and_counts_no_skips(
+async def test_express_batch_fills_in_priority_order_and_counts_no_skips(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     engine = Engine()
     engine.hold()
-    config = cfg(max_batch_size=2, max_wait=0.0, workers=1, express_levels=2, max_skips=1)
+    config = cfg(
+        max_batch_size=6,
+        express_batch_size=3,
+        max_wait=0.0,
+        workers=1,
+        express_levels=2,
+        max_skips=1,
+    )
     async with open_batch_queue(engine, config) as queue, trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(queue.submit, 0, priority=4))
-        await trio.testing.wait_all_tasks_blocked()  # the worker holds [0]
-        for item, priority in ((1, 2), (2, 1), (3, 0), (4, 1)):
+        for item in range(6):  # the only worker holds a full batch of level 4
+            nursery.start_soon(functools.partial(queue.submit, item, priority=4))
+        await trio.testing.wait_all_tasks_blocked()
+        for item, priority in ((10, 3), (11, 2), (12, 4)):  # no express level yet
             nursery.start_soon(functools.partial(queue.submit, item, priority=priority))
-            await trio.testing.wait_all_tasks_blocked()
-        # the express lane took levels 0 and 1 only, one batch at a time
-        assert [items for _, items in engine.calls] == [[0], [2]]
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(engine.calls) == 1
+        nursery.start_soon(functools.partial(queue.submit, 13, priority=1))
+        await trio.testing.wait_all_tasks_blocked()
+        # level 1 woke the express lane: 13 first, then 11 (level 2), then 10
+        assert engine.calls[-1][1] == [13, 11, 10]
+        assert queue.statistics().running_batches == 2
         engine.release()
-    batches = [items for _, items in engine.calls]
-    assert batches[:2] == [[0], [2]]
-    assert sorted(x for b in batches for x in b) == [0, 1, 2, 3, 4]
-    # level 2 was passed over only by express batches: not starving, served in order
-    assert batches[-1] == [1]
+    assert engine.calls[-1][1] == [12]
+    assert queue.statistics().completed == 10
 
 
 async def test_close_answers_the_express_lanes_forming_batch(
@@ -720,7 +731,14 @@ async def test_close_answers_the_express_lanes_forming_batch(
         except ShuttingDown as exc:
             outcomes[item] = str(exc)
 
-    config = cfg(max_batch_size=2, max_wait=10.0, workers=1, close_grace=0.0, express_levels=1)
+    config = cfg(
+        max_batch_size=2,
+        express_batch_size=2,
+        max_wait=10.0,
+        workers=1,
+        close_grace=0.0,
+        express_levels=1,
+    )
     async with trio.open_nursery() as nursery, open_batch_queue(engine, config) as queue:
         for item in (0, 1):  # a full batch: the only worker runs it (held)
             nursery.start_soon(submit, queue, item, 3)
