@@ -41,6 +41,12 @@ def child_pids() -> set[int]:
     return pids
 
 
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def processor(model: DTESNModel, **kw: object) -> DTESNProcessor:
     config = ProcessorConfig(worker_threads=1, express_threads=1, executor="process")
     return DTESNProcessor(model, config, **kw)  # type: ignore[arg-type]
@@ -110,8 +116,11 @@ async def test_a_killed_worker_fails_its_call_only_and_is_replaced() -> None:
         async with proc.open():
             (worker,) = child_pids() - before
 
+            busy_from = cpu_ticks(worker)
+
             async def kill_when_computing() -> None:
-                await wait_until(lambda: bool(proc.statistics().computing))
+                # the job is in the worker once the worker burns CPU (not merely sent)
+                await wait_until(lambda: cpu_ticks(worker) > busy_from + 5)
                 os.kill(worker, signal.SIGKILL)
 
             async with trio.open_nursery() as nursery:
