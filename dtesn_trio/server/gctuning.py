@@ -2,7 +2,7 @@
 
 A server holding thousands of connections has a heap of millions of tracked objects;
 each *full* (generation 2) collection walks all of them while the event loop waits
-(10,000 held connections: 1.3-2.5 s pauses with CPython's defaults, see
+(10,000 held connections: full collections of up to 3 s with CPython's defaults, see
 docs/RELIABILITY.md "Concurrency").  ``serve`` applies, once the runtime is ready:
 
 - ``gc_freeze``: ``gc.freeze()`` -- everything alive at start-up (imports, the model,
