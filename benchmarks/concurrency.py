@@ -16,10 +16,17 @@ client_peak_in_flight, rss_idle_mb (after a
 warm-up request), rss_peak_mb, rss_per_connection_kb, max_step_ms (the longest event-loop
 step the server saw, from /v1/stats), tasks_peak (live Trio tasks), p50_ms / p99_ms
 (from each request's intended send time), seed_connections (500) and ratio
-(connections / 500).
+(connections / 500); and the server's garbage collector: ``gc_settings`` (freeze,
+threshold, objects frozen, from /v1/stats), ``gc_collections`` per generation,
+``gc_gen2_longest_ms`` / ``gc_gen2_total_ms`` (the full collections' pauses) and
+``gc_longest_ms`` (any generation), ``gc_longest_pause_ms`` / ``gc_total_pause_ms`` per
+generation.  ``--set section.key=value`` passes a setting to
+the server (after the benchmark's own), e.g. ``--set server.gc_freeze=false``.
 
     python benchmarks/concurrency.py --quick     # 10,000 connections, ~30 s
     python benchmarks/concurrency.py --json --connections 5000
+    python benchmarks/concurrency.py --quick --set server.gc_threshold=default \
+        --set server.gc_freeze=false              # the interpreter's own GC settings
 """
 
 from __future__ import annotations
@@ -66,14 +73,14 @@ def server_sets(n: int) -> list[str]:
     ]
 
 
-async def bench(n: int) -> dict[str, Any]:
+async def bench(n: int, extra_sets: list[str]) -> dict[str, Any]:
     limit = raise_nofile(n + 2000)
     if limit < n + 100:
         raise SystemExit(f"RLIMIT_NOFILE is {limit}: too low for {n} connections")
     env = describe_env()
     began = time.perf_counter()
     async with trio.open_nursery() as nursery:
-        server = await start_dtesn(nursery, server_sets(n), name="concurrency")
+        server = await start_dtesn(nursery, server_sets(n) + extra_sets, name="concurrency")
         try:
             # Warm the HTTP path up (a process request would wait out max_wait alone).
             async with open_http_client(server.url) as client:
@@ -114,6 +121,8 @@ async def bench(n: int) -> dict[str, Any]:
     client_peak = max((p["in_flight_max"] for p in report["timeseries"]), default=0)
     ok = report["counts"]["ok"]
     all_latency = report["latency_ms"]["all"] or {}
+    gc_stats = final.get("gc") or {}
+    gc_longest = gc_stats.get("longest_pause_ms", {})
     return {
         "connections": n,
         "completed": ok,
@@ -130,12 +139,28 @@ async def bench(n: int) -> dict[str, Any]:
         "tasks_peak": int(max(tasks, default=0)),
         "p50_ms": all_latency.get("p50"),
         "p99_ms": all_latency.get("p99"),
+        "gc_settings": {
+            "freeze": gc_stats.get("freeze"),
+            "threshold": gc_stats.get("threshold"),
+            "frozen_objects": gc_stats.get("frozen_objects"),
+        },
+        "gc_collections": gc_stats.get("collections"),
+        "gc_collected": gc_stats.get("collected"),
+        "gc_gen2_longest_ms": _round(gc_longest.get("2")),
+        "gc_gen2_total_ms": _round(gc_stats.get("total_pause_ms", {}).get("2")),
+        "gc_longest_ms": _round(max(gc_longest.values(), default=None)),
+        "gc_longest_pause_ms": {g: _round(v) for g, v in gc_longest.items()},
+        "gc_total_pause_ms": {g: _round(v) for g, v in gc_stats.get("total_pause_ms", {}).items()},
         "seed_connections": SEED_CONNECTIONS,
         "ratio": round(n / SEED_CONNECTIONS, 1),
-        "server_sets": server_sets(n),
+        "server_sets": server_sets(n) + extra_sets,
         "machine": env,
         "seconds": round(time.perf_counter() - began, 1),
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def table(r: dict[str, Any]) -> str:
@@ -150,6 +175,11 @@ def table(r: dict[str, Any]) -> str:
             f"server RSS idle {r['rss_idle_mb']} MB, peak {r['rss_peak_mb']} MB"
             f" ({r['rss_per_connection_kb']} KB per connection); tasks peak {r['tasks_peak']}",
             f"longest loop step {r['max_step_ms']} ms ({r['max_step_task']})",
+            f"server GC {r['gc_settings']}: collections per generation {r['gc_collections']},"
+            f" collected {r['gc_collected']}; longest full (gen 2) collection"
+            f" {r['gc_gen2_longest_ms']} ms (total {r['gc_gen2_total_ms']} ms),"
+            f" longest of any generation {r['gc_longest_ms']} ms; per generation: longest"
+            f" {r['gc_longest_pause_ms']} ms, total {r['gc_total_pause_ms']} ms",
             f"latency p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms; total {r['seconds']} s",
         ]
     )
@@ -160,8 +190,16 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="the same 10,000; < 45 s")
     parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a server setting, after the benchmark's own (repeatable)",
+    )
     args = parser.parse_args()
-    result = trio.run(bench, args.connections)
+    result = trio.run(bench, args.connections, args.sets)
     print(json.dumps(result) if args.json else table(result))
 
 

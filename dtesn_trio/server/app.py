@@ -41,6 +41,7 @@ from dtesn_trio.server.errors import (
     too_large,
     validation_error,
 )
+from dtesn_trio.server.gctuning import GCMonitor
 from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
 from dtesn_trio.server.models import (
     BatchRequest,
@@ -178,6 +179,11 @@ class AppState:
         self.auth = ApiKeyAuth(config.api_keys)
         self.metrics = AppMetrics()
         self.metrics.add_snapshot("runtime", runtime.metrics_snapshot)
+        # Set by ``serve`` while it runs (it owns the process's GC settings).
+        self.gc_monitor: GCMonitor | None = None
+        self.metrics.add_gc(
+            lambda: None if self.gc_monitor is None else self.gc_monitor.statistics()
+        )
         self.public_paths = frozenset(
             {"/healthz", "/readyz"} | (set() if config.metrics_require_auth else {"/metrics"})
         )
@@ -401,6 +407,8 @@ class AppState:
                 job_stats["store_error"] = exc.message
             stats["jobs"] = job_stats
         stats["server"] = dataclasses.asdict(self.statistics())
+        if self.gc_monitor is not None:
+            stats["gc"] = self.gc_monitor.get_stats()
         return _json(stats)
 
     async def healthz(self, request: Request) -> Response:

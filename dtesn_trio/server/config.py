@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from dtesn_trio import _checks
 
@@ -11,6 +12,7 @@ __all__ = ["ServerConfig"]
 MiB = 1024 * 1024
 MAX_BATCH_INPUTS = 100
 MAX_DEADLINE_MS = 3_600_000
+MAX_GC_GEN0 = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,13 @@ class ServerConfig:
     - ``reuse_port``: bind with ``SO_REUSEPORT`` (Linux, BSD), so that several
       ``dtesn-trio serve`` processes on one host listen on the same port and the kernel
       spreads connections over them -- N instances without a local load balancer.
+    - ``gc_freeze``: ``gc.freeze()`` once the runtime is ready, so the objects of
+      start-up (imports, model, app) are never scanned by the cyclic GC again.
+    - ``gc_threshold``: ``gc.set_threshold(gen0, gen1, gen2)`` once the runtime is
+      ready (``"50000,10,100"`` from text, ``[50000, 10, 100]`` in TOML), or
+      ``"default"`` to keep the interpreter's (CPython: 700, 10, 10).
+      Both apply to the whole process while ``serve`` runs and are restored after;
+      docs/RELIABILITY.md ("Concurrency") has the measurements behind the defaults.
     """
 
     host: str = "127.0.0.1"
@@ -57,6 +66,8 @@ class ServerConfig:
     backlog: int = 1024
     access_log: bool = False
     reuse_port: bool = False
+    gc_freeze: bool = True
+    gc_threshold: tuple[int, int, int] | Literal["default"] = (2_000, 10, 250)
 
     def __post_init__(self) -> None:
         p = "server."
@@ -83,7 +94,7 @@ class ServerConfig:
         _checks.in_range(p + "max_batch_inputs", self.max_batch_inputs, 1, MAX_BATCH_INPUTS)
         _checks.integer(p + "max_deadline_ms", self.max_deadline_ms, minimum=1)
         _checks.in_range(p + "max_deadline_ms", self.max_deadline_ms, 1, MAX_DEADLINE_MS)
-        for name in ("metrics_require_auth", "docs", "access_log", "reuse_port"):
+        for name in ("metrics_require_auth", "docs", "access_log", "reuse_port", "gc_freeze"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{p}{name} must be true or false (got {getattr(self, name)!r})")
         if self.graceful_timeout is not None:
@@ -92,3 +103,21 @@ class ServerConfig:
         _checks.positive(p + "body_timeout", self.body_timeout)
         _checks.positive(p + "keep_alive_timeout", self.keep_alive_timeout)
         _checks.integer(p + "backlog", self.backlog, minimum=1)
+        if self.gc_threshold != "default":
+            _check_gc_threshold(p + "gc_threshold", self.gc_threshold)
+
+
+def _check_gc_threshold(field: str, value: object) -> None:
+    if not (isinstance(value, tuple) and len(value) == 3):
+        raise ValueError(
+            f'{field} must be "default" or three integers gen0,gen1,gen2 (got {value!r})'
+        )
+    for name, item in zip(("gen0", "gen1", "gen2"), value, strict=True):
+        _checks.integer(f"{field} {name}", item)
+        if item < 1:
+            # gc.set_threshold(0) turns automatic collection off: not a tuning.
+            raise ValueError(f"{field} {name} must be >= 1 (got {item!r})")
+    if value[0] > MAX_GC_GEN0:
+        # gen0 is how many net allocations a young collection waits for, and scans:
+        # past this a "young" pause is as long as the full ones we avoid.
+        raise ValueError(f"{field} gen0 must be <= {MAX_GC_GEN0} (got {value[0]!r})")

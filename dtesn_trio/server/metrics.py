@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "AppMetrics"]
@@ -85,6 +85,45 @@ def _flatten(
                 _flatten(value, name, out)
 
 
+class _GCCollector(Collector):
+    """The server's garbage-collector figures (``GCMonitor``), read at scrape time."""
+
+    def __init__(self, statistics: Callable[[], Any]) -> None:
+        self._statistics = statistics
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._statistics()
+        if stats is None:
+            return
+        collections = CounterMetricFamily(
+            "dtesn_gc_collections", "Cyclic GC collections by generation.", labels=["generation"]
+        )
+        paused = CounterMetricFamily(
+            "dtesn_gc_pause_seconds", "Time spent in GC collections.", labels=["generation"]
+        )
+        longest = GaugeMetricFamily(
+            "dtesn_gc_longest_pause_seconds",
+            "The longest GC collection so far.",
+            labels=["generation"],
+        )
+        threshold = GaugeMetricFamily(
+            "dtesn_gc_threshold", "gc.get_threshold() of the process.", labels=["generation"]
+        )
+        for gen in range(3):
+            label = [str(gen)]
+            collections.add_metric(label, stats.collections[gen])
+            paused.add_metric(label, stats.total_pause[gen])
+            longest.add_metric(label, stats.longest_pause[gen])
+            threshold.add_metric(label, stats.threshold[gen])
+        yield collections
+        yield paused
+        yield longest
+        yield threshold
+        yield GaugeMetricFamily(
+            "dtesn_gc_frozen_objects", "gc.get_freeze_count() of the process.", value=stats.frozen
+        )
+
+
 class AppMetrics:
     """The metrics of one app."""
 
@@ -142,6 +181,10 @@ class AppMetrics:
     def add_snapshot(self, prefix: str, snapshot: Callable[[], Mapping[str, Any]]) -> None:
         """Expose ``snapshot()`` (flat or nested numbers) as gauges named after its keys."""
         self.registry.register(_SnapshotCollector(prefix, snapshot))
+
+    def add_gc(self, statistics: Callable[[], Any]) -> None:
+        """Expose ``statistics()`` (a ``GCStatistics`` or None) as ``dtesn_gc_*``."""
+        self.registry.register(_GCCollector(statistics))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@ plus ``response_margin``, so every request gets its answer before the cut.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from dtesn_trio.server.app import AppState, RuntimeLike, create_app
 from dtesn_trio.server.config import ServerConfig
+from dtesn_trio.server.gctuning import applied_gc_settings
 
 __all__ = ["ServerInfo", "serve"]
 
@@ -119,9 +121,26 @@ async def serve(
         if state is not None:
             state.begin_drain(grace)
 
-    async with trio.open_nursery() as nursery:
-        urls: list[str] = await nursery.start(
-            partial(hypercorn_serve, app, hc, shutdown_trigger=trigger, mode="asgi")
+    # The runtime is ready and the app built: what is alive now lives as long as the
+    # server, so this is when freezing it pays (gctuning's docstring).
+    with applied_gc_settings(config.gc_freeze, config.gc_threshold) as gc_monitor:
+        if state is not None:
+            state.gc_monitor = gc_monitor
+        logger.info(
+            "gc: freeze=%s (%d objects frozen), threshold=%s",
+            "on" if config.gc_freeze else "off",
+            gc.get_freeze_count(),
+            ",".join(map(str, gc.get_threshold())),
         )
-        info = ServerInfo(host=config.host, port=_port_of(urls[0]), urls=tuple(urls), app=app)
-        task_status.started(info)
+        try:
+            async with trio.open_nursery() as nursery:
+                urls: list[str] = await nursery.start(
+                    partial(hypercorn_serve, app, hc, shutdown_trigger=trigger, mode="asgi")
+                )
+                info = ServerInfo(
+                    host=config.host, port=_port_of(urls[0]), urls=tuple(urls), app=app
+                )
+                task_status.started(info)
+        finally:
+            if state is not None and state.gc_monitor is gc_monitor:
+                state.gc_monitor = None
