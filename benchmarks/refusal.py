@@ -24,6 +24,10 @@ machine's load drifts; both see the same drift) and are pooled.  Keys: ``refusal
 ``refusal_cost_ratio`` (refusal / floor), ``refusal_p50_ms``, ``refusal_p99_ms`` (the
 client's, from each request's intended send time), ``floor_p99_ms``, and the details.
 
+The app's own share, without hypercorn: the same app and runtime in this process, called
+directly over ASGI (``app_floor_cpu_us`` for ``GET /healthz``, ``app_refusal_429_cpu_us``
+and ``app_refusal_503_cpu_us``; this thread's CPU, the least of three passes).
+
     python benchmarks/refusal.py --quick      # 3 rounds of 2 x 4 s at 200/s; ~35 s
     python benchmarks/refusal.py --json       # 5 rounds of 2 x 8 s; ~90 s
 """
@@ -116,6 +120,103 @@ async def prime(server: Server) -> float:
     return float(run) if run else json.loads(r.body)["timings"]["processing_ms"] / 1000
 
 
+def _scope(method: str, path: str, body_len: int | None) -> dict[str, Any]:
+    headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]
+    if body_len is not None:
+        headers.append((b"content-length", str(body_len).encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.1"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 5555),
+        "server": ("127.0.0.1", 8000),
+        "extensions": {},
+        "state": {},
+    }
+
+
+async def app_only(args: argparse.Namespace, rate: float) -> dict[str, float]:
+    """The app alone, in process (no hypercorn, no sockets): this thread's CPU per
+    ``GET /healthz`` and per refused ``POST /v1/process``, called as hypercorn calls the
+    app (the body as one message, then an empty last one).  ``rate`` is the admission
+    rate: tiny -> every request is refused 429; huge -> 503 after admission."""
+    import random
+    import string
+
+    from dtesn_trio.server import ServerConfig, create_app
+    from dtesn_trio.server.cli import load_serve_config
+
+    sets = [*server_sets(args)[:6], f"admission.max_requests_per_second={rate:g}"]
+    sets += ["admission.burst_limit=1", "admission.adaptive_scaling=false"]
+    runtime_config, _ = load_serve_config(sets=sets)
+    from dtesn_trio.runtime import open_runtime
+
+    n = args.app_requests
+    rnd = random.Random(5)
+    async with open_runtime(runtime_config) as rt:
+        app = create_app(rt, ServerConfig())
+        statuses: list[int] = []
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        async def call(method: str, path: str, body: bytes | None) -> None:
+            messages = (
+                [{"type": "http.request", "body": b"", "more_body": False}]
+                if body is None
+                else [
+                    {"type": "http.request", "body": body, "more_body": True},
+                    {"type": "http.request", "body": b"", "more_body": False},
+                ]
+            )
+
+            async def receive() -> Any:
+                return messages.pop(0)
+
+            await app(_scope(method, path, None if body is None else len(body)), receive, send)
+
+        await call("POST", "/v1/process", json.dumps({"input": "x" * 16000}).encode())
+        if statuses != [200] or rt.queue is None or rt.queue.mean_batch_duration is None:
+            raise RuntimeError(f"in-process priming failed: {statuses}")
+        deadline_ms = max(1, int(rt.queue.mean_batch_duration * 500))
+        bodies = [
+            json.dumps(
+                {
+                    "input": "".join(rnd.choices(string.ascii_letters, k=args.input_bytes)),
+                    "priority": rnd.randrange(5),
+                    "deadline_ms": deadline_ms,
+                },
+                separators=(",", ":"),
+            ).encode()
+            for _ in range(n)
+        ]
+        best = {"floor": math.inf, "refusal": math.inf}
+        for _ in range(3):  # the least of three: the machine's noise only ever adds
+            for kind in ("floor", "refusal"):
+                statuses.clear()
+                t0 = time.thread_time()
+                for i in range(n):
+                    if kind == "floor":
+                        await call("GET", "/healthz", None)
+                    else:
+                        await call("POST", "/v1/process", bodies[i])
+                cpu = (time.thread_time() - t0) / n * 1e6
+                wanted = {200} if kind == "floor" else {429, 503}
+                if not set(statuses) <= wanted:
+                    raise RuntimeError(f"in-process {kind}: unexpected statuses {set(statuses)}")
+                best[kind] = min(best[kind], cpu)
+        rt.nursery.cancel_scope.cancel()
+    return {k: round(v, 1) for k, v in best.items()}
+
+
 def _loop_cpu(server: Server) -> float:
     cpu = thread_cpu_seconds(server.pid)
     if cpu is None:
@@ -198,6 +299,8 @@ def pooled(rounds: list[dict[str, Any]], idle: float) -> dict[str, Any]:
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     env = describe_env()
     began = time.perf_counter()
+    app_429 = await app_only(args, 1e-3)
+    app_503 = await app_only(args, 1e9)
     rounds: dict[str, list[dict[str, Any]]] = {"floor": [], "refusal": []}
     async with trio.open_nursery() as nursery:
         server = await start_dtesn(nursery, server_sets(args), name="refusal")
@@ -232,6 +335,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "refusal_p50_ms": refusal["p50_ms"],
         "refusal_p99_ms": refusal["p99_ms"],
         "floor_p99_ms": floor["p99_ms"],
+        "app_floor_cpu_us": min(app_429["floor"], app_503["floor"]),
+        "app_refusal_429_cpu_us": app_429["refusal"],
+        "app_refusal_503_cpu_us": app_503["refusal"],
         "refused_share": (
             round(refusal["counted"] / refusal["sent"], 4) if refusal["sent"] else math.nan
         ),
@@ -274,6 +380,9 @@ def table(r: dict[str, Any]) -> str:
         f"refusal_cpu_us {r['refusal_cpu_us']}  floor_cpu_us {r['floor_cpu_us']}"
         f"  refusal_cost_ratio {r['refusal_cost_ratio']} (rounds {r['refusal_cost_ratio_rounds']})",
         f"refusal_p99_ms {r['refusal_p99_ms']} (target <= 50)   total {r['total_seconds']} s",
+        "",
+        f"the app alone (in process, no hypercorn): GET /healthz {r['app_floor_cpu_us']} us,"
+        f" refusal 429 {r['app_refusal_429_cpu_us']} us, 503 {r['app_refusal_503_cpu_us']} us",
     ]
     return "\n".join(lines)
 
@@ -301,6 +410,7 @@ def main() -> None:
     if args.rounds is None:
         args.rounds = 3 if args.quick else 5
     args.idle_seconds = 1.0 if args.quick else 2.0
+    args.app_requests = 1000 if args.quick else 3000
     result = trio.run(bench, args)
     print(json.dumps(result) if args.json else table(result))
 
