@@ -98,6 +98,10 @@ SPECS: dict[str, list[Row]] = {
         Row("capacity_per_s", "peer_capacity_per_s", "capacity_ratio", ">= 2"),
         Row("peer_goodput_ratio", target="< goodput_ratio"),
     ],
+    "refusal": [
+        Row("refusal_cpu_us", "floor_cpu_us", "refusal_cost_ratio"),
+        Row("refusal_p99_ms", target="<= 50"),
+    ],
     "concurrency": [
         Row("connections", "seed_connections", "ratio", ">= 10"),
         Row("errors", target="== 0"),
