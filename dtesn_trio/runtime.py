@@ -269,17 +269,21 @@ class Runtime:
         """The queue's batch function: one engine call per membrane depth in the batch.
 
         Never raises for an engine failure: each input gets its result or its own error
-        (see ``_run_group``), whatever ``queue.retry_individually`` says.  The batch runs
-        at its most urgent member's priority: lower-priority batches pause for it, and
-        with a member on an express level it may use the processor's express thread.
+        (see ``_run_group``), whatever ``queue.retry_individually`` says.  With an
+        express lane (``queue.express_levels``), the batch runs at its most urgent
+        member's priority: lower-priority batches pause for it, and with a member on an
+        express level it may use the processor's express thread.  Without one, batches
+        never pause each other.
         """
         groups: dict[int | None, list[int]] = {}
-        priority = self.config.queue.priority_levels
+        top = self.config.queue.priority_levels
         for i, work in enumerate(items):
             groups.setdefault(work.depth, []).append(i)
-            if work.priority < priority:
-                priority = work.priority
-        express = priority < self.config.queue.express_level_count
+            if work.priority < top:
+                top = work.priority
+        lanes = self.config.queue.express_level_count
+        express = top < lanes
+        priority = top if lanes else None
         out: list[_Done | BaseException] = [ShuttingDown("not run")] * len(items)
         started = trio.current_time()
         for depth, idxs in groups.items():
@@ -294,7 +298,7 @@ class Runtime:
         return out
 
     async def _run_group(
-        self, inputs: list[InputData], depth: int | None, priority: int, express: bool
+        self, inputs: list[InputData], depth: int | None, priority: int | None, express: bool
     ) -> list[DTESNResult | BaseException]:
         """One engine call; if it raises, each input again alone, so that one poisoned
         input fails only itself.  The engine is deterministic: the inputs that failed

@@ -255,7 +255,7 @@ async def test_priority_0_overtakes_a_running_lower_batch(executor: str) -> None
     # preemption gate, the priority-0 request would wait for the whole bulk batch
     config = small_config(
         cache=CacheConfig(enabled=False),
-        queue=BatchQueueConfig(workers=1, max_batch_size=4, max_wait=0.01),
+        queue=BatchQueueConfig(workers=1, max_batch_size=4, max_wait=0.01, express_levels=1),
         processor=ProcessorConfig(worker_threads=1, express_threads=1, executor=executor),
     )
     order: list[str] = []

@@ -221,7 +221,7 @@ def _compute_in_worker(
 
     def checkpoint() -> None:
         nonlocal pauses, paused
-        if top[0] < level:
+        if not pauses and top[0] < level:
             pauses += 1
             began = time.monotonic()
             while top[0] < level:

@@ -77,9 +77,13 @@ class PriorityGate:
                     self._cond.notify_all()
 
     def _checkpoint_for(self, priority: int) -> Callable[[], None]:
+        resumed = False
+
         def checkpoint() -> None:
-            if self._top < priority:
+            nonlocal resumed
+            if not resumed and self._top < priority:
                 self._wait(priority)
+                resumed = True
 
         return checkpoint
 

@@ -38,16 +38,22 @@ class BatchQueueConfig:
       its oldest item was queued, or at once when nothing more is waiting and its size
       is one of ``preferred_batch_sizes``.
     - ``express_levels``: the top levels (``0`` .. ``express_levels - 1``) get an express
-      lane: one more worker that forms batches from those levels only, on its own, so
-      they never wait for the forming lock or a running batch (the runtime's engine
-      pauses lower-priority batches for them).  ``0`` turns it off; ``None`` (the
-      default) means 1 when there is more than one level.  Resolved: ``express_level_count``.
+      lane (default ``0``: none): one more worker that batches their requests at once
+      while every shared worker runs a batch of lower ones, instead of letting them wait
+      for that batch to finish; the runtime's engine pauses the lower batch for it (once
+      per batch, so lower work always progresses).  While the lane is idle, the shared
+      workers leave those levels to it as long as lower levels have requests waiting.
+      Measured (the runtime in process, one engine thread, 10x overload, 256 units,
+      12,000-byte inputs; ``python benchmarks/priority.py``): with
+      urgent traffic at 1/15 of capacity, priority 0's p50 fell from 570-640 ms to
+      340-370 ms (its idle latency: 330 ms) and its p99 from 750-840 to 560-690 ms, at
+      20 % fewer answers for the other levels; with urgent traffic at half of capacity
+      the lane is always busy and gains nothing.  Off by default for that reason: turn it
+      on when urgent requests are a small share of the load.
     - ``express_batch_size``: the express lane's batches, its levels' requests first,
-      then the next levels' (default: half of ``max_batch_size``).  An express batch of
-      one spends the engine's time on one request (a batch of ten costs about three of
-      one); a full one makes the urgent request wait for nine others.  Measured at 10x
-      load (benchmarks/overload.py's model): sizes 1 / 4 / 10 gave priority 0 a p99 of
-      1.2-1.6 / 0.9 / 1.0-2.3 s and the lower levels 16-113 / 192-200 / 170-261 answers.
+      then the next levels' (default: half of ``max_batch_size``).  A batch of ten costs
+      the engine about three of one: an express batch of one spends it on one request, a
+      full one makes the urgent request wait for nine others.
     - ``retry_individually``: when ``process_batch`` raises, run each member alone so one
       poisoned input does not fail its neighbours.
     - ``close_grace``: seconds in-flight batches get to finish when the queue closes.
@@ -60,7 +66,7 @@ class BatchQueueConfig:
     max_wait: float = 0.1
     preferred_batch_sizes: tuple[int, ...] = ()
     workers: int = 2
-    express_levels: int | None = None
+    express_levels: int = 0
     express_batch_size: int | None = None
     default_timeout: float | tuple[float | None, ...] | None = None
     timeout_action: TimeoutAction | tuple[TimeoutAction, ...] = "reject"
@@ -103,8 +109,7 @@ class BatchQueueConfig:
                     f"(got {size} > {self.max_batch_size})"
                 )
         _checks.integer("queue.workers", self.workers, minimum=1)
-        if self.express_levels is not None:
-            _checks.integer("queue.express_levels", self.express_levels, minimum=0)
+        _checks.integer("queue.express_levels", self.express_levels, minimum=0)
         if self.express_batch_size is not None:
             _checks.integer("queue.express_batch_size", self.express_batch_size, minimum=1)
             if self.express_batch_size > self.max_batch_size:
@@ -145,9 +150,7 @@ class BatchQueueConfig:
 
     @property
     def express_level_count(self) -> int:
-        """The express lane's levels, resolved (0: no express lane)."""
-        if self.express_levels is None:
-            return 1 if self.priority_levels > 1 else 0
+        """The express lane's levels (0: no express lane)."""
         return self.express_levels
 
     def _per_level(self, name: str, value: object) -> tuple[object, ...]:

@@ -56,9 +56,7 @@ class Engine:
 
 
 def cfg(**kw: Any) -> BatchQueueConfig:
-    """The shared lane alone unless a test asks for the express lane (tests below)."""
     kw.setdefault("default_timeout", 60.0)
-    kw.setdefault("express_levels", 0)
     return BatchQueueConfig(**kw)
 
 
