@@ -29,6 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dtesn_trio.errors import DTESNError, InvalidRequest, PayloadTooLarge, ShuttingDown
+from dtesn_trio.instrument import memory_statistics
 from dtesn_trio.server.auth import ApiKeyAuth
 from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.errors import (
@@ -401,6 +402,7 @@ class AppState:
                 job_stats["store_error"] = exc.message
             stats["jobs"] = job_stats
         stats["server"] = dataclasses.asdict(self.statistics())
+        stats["memory"] = dataclasses.asdict(memory_statistics())
         return _json(stats)
 
     async def healthz(self, request: Request) -> Response:

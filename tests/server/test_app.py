@@ -149,6 +149,15 @@ async def test_stats_health_ready(runtime: Faults) -> None:
                 "failed": 0,
             }
             assert stats["server"] == {"in_flight": 1, "requests": 0, "draining": False}
+            memory = stats["memory"]
+            assert set(memory) == {
+                "rss_bytes",
+                "allocated_blocks",
+                "traced_bytes",
+                "traced_peak_bytes",
+            }
+            assert memory["rss_bytes"] > 0
+            assert memory["allocated_blocks"] > 0
             again = (await s.client.get("/v1/stats")).json()
             assert again["server"]["requests"] == 1
             health = await s.client.get("/healthz")
