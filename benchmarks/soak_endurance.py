@@ -2,13 +2,12 @@
 after warm-up, no growth of the task count.
 
 A ``dtesn-trio serve`` subprocess (DTESN of 256 units, depth 4; result cache and
-durable jobs off, every other setting its default) on a free port.  First its capacity:
+durable jobs off, ``server.debug_memory`` on, every other setting its default) on a free port.  First its capacity:
 closed loop, 40 connections, 2xx answers per second (as ``benchmarks/overload.py``).
 Then the soak runner drives it open loop at 70 % of that for ``--duration`` seconds
 (``--quick``: 30 s) with the priority mix ``0:10,2:80,4:10`` and a 10 s deadline, while
 this script reads the server's RSS from ``/proc/<pid>`` every second and the runner
-samples ``/v1/stats`` (live tasks, requests in flight, live Python heap blocks, longest
-loop step) every second.
+samples ``/v1/stats`` (live tasks, requests in flight, longest loop step) every second.
 
 Warm-up is the first 20 % of the soak.  RSS growth = (RSS at the end - RSS at the end of
 the warm-up) / RSS at the end of the warm-up.  Tasks: under load the count moves with
@@ -19,19 +18,21 @@ under load are reported too.
 
 RSS is not the live heap: pymalloc frees an arena only once all of it is free and glibc
 keeps freed chunks, so RSS steps up to the most requests ever in flight at once (a stall
-of the shared machine piles them up) and stays there without any leak.  So the live
-figures are reported beside it: ``heap_growth_pct`` compares the medians of the
-allocator's live blocks (``memory.allocated_blocks`` of ``/v1/stats``) in the first and
-last fifth after warm-up (target < 5: a leak grows it, a high-water mark does not), and
+of the shared machine piles them up) and stays there without any leak
+(``benchmarks/rss_highwater.py`` shows it).  So the live heap is checked beside it, idle
+to idle like the tasks (under load it moves with the requests in flight): the
+allocator's live blocks (``memory.allocated_blocks`` of ``/v1/stats?gc=1``: after a
+full garbage collection) before and after the soak, ``heap_growth_pct`` (target < 5: a leak grows it, a high-water mark does not).
 ``in_flight_max_warmup`` / ``in_flight_max`` are the most requests in flight seen in a
-sample during / after the warm-up (a new maximum after the warm-up explains a step of
-RSS).  ``--tracemalloc N`` runs the server with ``PYTHONTRACEMALLOC=N`` (slower: the
-capacity is measured with it) and adds ``traced_warm_mb`` / ``traced_end_mb`` /
-``traced_growth_pct``.
+sample during / after the warm-up: a new maximum after the warm-up explains a step of
+RSS.  ``--tracemalloc N`` runs the server with ``PYTHONTRACEMALLOC=N`` (slower: the
+capacity is measured with it) and adds ``traced_idle_before_mb`` /
+``traced_idle_after_mb``.
 
 Keys (``--json``): capacity_per_s, rate_per_s, duration_s, sent, ok, errors_5xx,
 other_errors, rss_warm_mb, rss_end_mb, rss_max_mb, rss_growth_pct (target < 5),
-heap_blocks_warm, heap_blocks_end, heap_growth_pct (target < 5), in_flight_max_warmup,
+rss_idle_after_mb, heap_blocks_idle_before, heap_blocks_idle_after, heap_growth_pct
+(target < 5), in_flight_max_warmup,
 in_flight_max, tasks_idle_before, tasks_idle_after, tasks_growth (target <= 0),
 tasks_start, tasks_end, tasks_max, max_step_ms, p99_ms, leak_free (heap and tasks met),
 passed (every target met, RSS included).
@@ -70,13 +71,16 @@ SETS = [
     "model.membrane_depth=4",
     "cache.enabled=false",
     "jobs.enabled=false",
+    "server.debug_memory=true",  # /v1/stats?gc=1 for the idle heap figures
 ]
 
 
-async def idle_tasks(url: str) -> int:
-    """The server's live task count with no load (one connection: this request's)."""
+async def idle_stats(url: str) -> tuple[int, dict[str, Any]]:
+    """The server's live task count with no load (one connection: this request's) and
+    its ``memory`` section of ``/v1/stats`` after a full garbage collection."""
     async with open_http_client(url) as client:
-        return int((await client.get("/v1/stats")).json()["loop"]["tasks"])
+        stats = (await client.get("/v1/stats?gc=1")).json()
+        return int(stats["loop"]["tasks"]), stats["memory"]
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,10 +106,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
             # Idle: the capacity run's connections close (the server notices a close
             # asynchronously): wait until two looks agree, at most 5 s.
-            tasks_before = await idle_tasks(server.url)
+            tasks_before, memory_before = await idle_stats(server.url)
             for _ in range(10):
                 await trio.sleep(0.5)
-                now_tasks = await idle_tasks(server.url)
+                now_tasks, memory_before = await idle_stats(server.url)
                 if now_tasks == tasks_before:
                     break
                 tasks_before = now_tasks
@@ -127,7 +131,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             # server asynchronously; give it up to 5 s to settle.
             for _ in range(10):
                 await trio.sleep(0.5)
-                tasks_after = await idle_tasks(server.url)
+                tasks_after, memory_after = await idle_stats(server.url)
                 if tasks_after <= tasks_before:
                     break
         finally:
@@ -142,8 +146,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     growth = 100.0 * (rss_end - rss_warm) / rss_warm if rss_warm else float("nan")
     fifth_of = _fifths(run.samples, warm)
     tasks_start, tasks_end = fifth_of("loop.tasks")
-    heap_warm, heap_end = fifth_of("memory.allocated_blocks")
-    heap_growth = 100.0 * (heap_end - heap_warm) / heap_warm if heap_warm else float("nan")
+    heap_before = memory_before["allocated_blocks"]
+    heap_after = memory_after["allocated_blocks"]
+    heap_growth = 100.0 * (heap_after - heap_before) / heap_before if heap_before else float("nan")
     in_flight_warmup = _max_of(run.samples, "server.in_flight", 0.0, warm)
     in_flight_after = _max_of(run.samples, "server.in_flight", warm, float("inf"))
     steps = [s["stats"].get("loop.max_step_ms", 0.0) for s in run.samples if s.get("stats")]
@@ -163,8 +168,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "rss_end_mb": round(rss_end / MiB, 1),
         "rss_max_mb": round(max((v for _, v in rss), default=0) / MiB, 1),
         "rss_growth_pct": round(growth, 2),
-        "heap_blocks_warm": heap_warm,
-        "heap_blocks_end": heap_end,
+        "rss_idle_after_mb": round(memory_after["rss_bytes"] / MiB, 1),
+        "heap_blocks_idle_before": heap_before,
+        "heap_blocks_idle_after": heap_after,
         "heap_growth_pct": round(heap_growth, 2),
         "in_flight_max_warmup": in_flight_warmup,
         "in_flight_max": in_flight_after,
@@ -181,12 +187,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - began, 1),
     }
     if args.tracemalloc:
-        traced_warm, traced_end = fifth_of("memory.traced_bytes")
-        result["traced_warm_mb"] = round(traced_warm / MiB, 1)
-        result["traced_end_mb"] = round(traced_end / MiB, 1)
-        result["traced_growth_pct"] = (
-            round(100.0 * (traced_end - traced_warm) / traced_warm, 2) if traced_warm else None
-        )
+        result["traced_idle_before_mb"] = round(memory_before["traced_bytes"] / MiB, 1)
+        result["traced_idle_after_mb"] = round(memory_after["traced_bytes"] / MiB, 1)
     result["leak_free"] = heap_growth < 5.0 and tasks_after <= tasks_before
     result["passed"] = (
         errors_5xx == 0 and result["other_errors"] == 0 and growth < 5.0 and result["leak_free"]
@@ -225,13 +227,13 @@ def table(r: dict[str, Any]) -> str:
             f" {r['other_errors']} {r['by_status']}",
             f"RSS after warm-up {r['rss_warm_mb']} MB -> end {r['rss_end_mb']} MB"
             f" ({r['rss_growth_pct']} %, target < 5; max {r['rss_max_mb']} MB)",
-            f"live heap blocks {r['heap_blocks_warm']:.0f} -> {r['heap_blocks_end']:.0f}"
-            f" ({r['heap_growth_pct']} %, target < 5); in flight at most"
+            f"live heap blocks idle {r['heap_blocks_idle_before']} ->"
+            f" {r['heap_blocks_idle_after']} after the soak ({r['heap_growth_pct']} %, target"
+            f" < 5; RSS then {r['rss_idle_after_mb']} MB); in flight at most"
             f" {r['in_flight_max_warmup']:.0f} in warm-up, {r['in_flight_max']:.0f} after"
             + (
-                f"; traced {r['traced_warm_mb']} -> {r['traced_end_mb']} MB"
-                f" ({r['traced_growth_pct']} %)"
-                if "traced_warm_mb" in r
+                f"; traced idle {r['traced_idle_before_mb']} -> {r['traced_idle_after_mb']} MB"
+                if "traced_idle_before_mb" in r
                 else ""
             ),
             f"tasks idle {r['tasks_idle_before']} -> {r['tasks_idle_after']} after the soak"

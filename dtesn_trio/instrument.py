@@ -14,6 +14,7 @@ allocators keep after a burst of requests (see docs/RELIABILITY.md, "Endurance")
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -123,7 +124,9 @@ class MemoryStatistics:
       and stays there -- a high-water mark, not a leak.
     - ``allocated_blocks``: live blocks of Python's object allocator
       (``sys.getallocatedblocks()``, cheap; 0 under ``PYTHONMALLOC=malloc``).  It follows
-      the live Python objects only: growth under steady load is a leak.
+      the live Python objects and the cyclic garbage not yet collected: growth from
+      idle to idle after a full collection (``memory_statistics(collect=True)``) is a
+      leak.
     - ``traced_bytes`` / ``traced_peak_bytes``: ``tracemalloc``'s current and peak
       traced memory when it is tracing (``PYTHONTRACEMALLOC=1`` in the server's
       environment; it slows the process), else None.
@@ -143,8 +146,16 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def memory_statistics() -> MemoryStatistics:
-    """This process's ``MemoryStatistics`` now (no state kept, a few microseconds)."""
+def memory_statistics(*, collect: bool = False) -> MemoryStatistics:
+    """This process's ``MemoryStatistics`` now (no state kept, a few microseconds).
+
+    ``collect=True`` runs a full garbage collection first, so that ``allocated_blocks``
+    counts live objects only (cyclic garbage waits for a full collection, which Python
+    runs only once the long-lived objects grew by a quarter).  It blocks the calling
+    thread for the collection: tens of milliseconds in a server.
+    """
+    if collect:
+        gc.collect()
     traced = tracemalloc.get_traced_memory() if tracemalloc.is_tracing() else None
     return MemoryStatistics(
         rss_bytes=_rss_bytes(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import tracemalloc
 
@@ -68,3 +69,19 @@ def test_memory_statistics_report_tracemalloc_only_while_tracing() -> None:
     finally:
         if not was_tracing:
             tracemalloc.stop()
+
+
+def test_memory_statistics_collect_drops_cyclic_garbage() -> None:
+    was_enabled = gc.isenabled()
+    gc.disable()  # the garbage below must wait for the collection we ask for
+    try:
+        for _ in range(20_000):
+            cycle: list[object] = []
+            cycle.append(cycle)
+        del cycle
+        waiting = memory_statistics()
+        collected = memory_statistics(collect=True)
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert waiting.allocated_blocks - collected.allocated_blocks >= 20_000

@@ -402,8 +402,22 @@ class AppState:
                 job_stats["store_error"] = exc.message
             stats["jobs"] = job_stats
         stats["server"] = dataclasses.asdict(self.statistics())
-        stats["memory"] = dataclasses.asdict(memory_statistics())
+        stats["memory"] = dataclasses.asdict(memory_statistics(collect=self._collect(request)))
         return _json(stats)
+
+    def _collect(self, request: Request) -> bool:
+        value = request.query_params.get("gc")
+        if value is None or value == "0":
+            return False
+        if value != "1":
+            raise InvalidRequest(f"gc must be 0 or 1 (got {value!r})", field="gc")
+        if not self.config.debug_memory:
+            raise InvalidRequest(
+                "gc=1 (a full garbage collection before the memory figures) needs"
+                " server.debug_memory = true",
+                field="gc",
+            )
+        return True
 
     async def healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})

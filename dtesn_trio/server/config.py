@@ -39,6 +39,11 @@ class ServerConfig:
     - ``reuse_port``: bind with ``SO_REUSEPORT`` (Linux, BSD), so that several
       ``dtesn-trio serve`` processes on one host listen on the same port and the kernel
       spreads connections over them -- N instances without a local load balancer.
+    - ``debug_memory``: allow ``GET /v1/stats?gc=1``, which runs a full garbage
+      collection before reporting ``memory``, so that ``allocated_blocks`` counts live
+      objects only, not cyclic garbage still waiting for the collector (up to a quarter
+      of the heap).  The collection blocks the event loop (tens of ms): for endurance
+      measurements (``benchmarks/soak_endurance.py``), not for production.
     """
 
     host: str = "127.0.0.1"
@@ -57,6 +62,7 @@ class ServerConfig:
     backlog: int = 1024
     access_log: bool = False
     reuse_port: bool = False
+    debug_memory: bool = False
 
     def __post_init__(self) -> None:
         p = "server."
@@ -83,7 +89,13 @@ class ServerConfig:
         _checks.in_range(p + "max_batch_inputs", self.max_batch_inputs, 1, MAX_BATCH_INPUTS)
         _checks.integer(p + "max_deadline_ms", self.max_deadline_ms, minimum=1)
         _checks.in_range(p + "max_deadline_ms", self.max_deadline_ms, 1, MAX_DEADLINE_MS)
-        for name in ("metrics_require_auth", "docs", "access_log", "reuse_port"):
+        for name in (
+            "metrics_require_auth",
+            "docs",
+            "access_log",
+            "reuse_port",
+            "debug_memory",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{p}{name} must be true or false (got {getattr(self, name)!r})")
         if self.graceful_timeout is not None:

@@ -137,6 +137,22 @@ async def test_job_is_accepted_then_runs(runtime: Faults) -> None:
             assert error_of(bad)["field"] == "deadline_ms"
 
 
+async def test_stats_gc_needs_debug_memory(runtime: Faults) -> None:
+    with trio.fail_after(30):
+        async with served(runtime) as s:
+            refused = await s.client.get("/v1/stats", params={"gc": "1"})
+            assert refused.status_code == 422
+            assert error_of(refused)["field"] == "gc"
+            assert "server.debug_memory" in error_of(refused)["message"]
+        async with served(runtime, ServerConfig(port=0, debug_memory=True)) as s:
+            collected = await s.client.get("/v1/stats", params={"gc": "1"})
+            assert collected.status_code == 200
+            assert collected.json()["memory"]["allocated_blocks"] > 0
+            bad = await s.client.get("/v1/stats", params={"gc": "yes"})
+            assert bad.status_code == 422
+            assert error_of(bad)["field"] == "gc"
+
+
 async def test_stats_health_ready(runtime: Faults) -> None:
     with trio.fail_after(30):
         async with served(runtime) as s:
