@@ -111,7 +111,23 @@ SPECS: dict[str, list[Row]] = {
     "soak_endurance": [
         Row("errors_5xx", target="== 0"),
         Row("rss_growth_pct", target="<= 5"),
+        Row("heap_growth_pct", target="<= 5"),
         Row("tasks_growth", target="<= 0"),
+    ],
+    "rss_highwater": [
+        Row("second_step_mb", "first_step_mb", "second_to_first_ratio", "<= 0.5"),
+        Row("heap_growth_pct", target="<= 5"),
+    ],
+    "gc_pauses": [
+        Row("tuned_gc_us_per_request", "baseline_gc_us_per_request", "gc_time_ratio", "<= 1"),
+        Row("tuned_per_s", "baseline_per_s", "throughput_ratio"),
+    ],
+    "priority": [
+        Row("rare_p0_p50_ms_on", "rare_p0_p50_ms_off", "rare_p0_p50_ratio"),
+        Row("rare_p0_p99_ms_on", "rare_p0_p99_ms_off", "rare_p0_p99_ratio"),
+        Row("heavy_p0_p99_ms_on", "heavy_p0_p99_ms_off", "heavy_p0_p99_ratio"),
+        Row("rare_bulk_ratio"),
+        Row("heavy_bulk_ratio"),
     ],
     # issue 9
     "scale_out": [

@@ -2,12 +2,12 @@
 after warm-up, no growth of the task count.
 
 A ``dtesn-trio serve`` subprocess (DTESN of 256 units, depth 4; result cache and
-durable jobs off, every other setting its default) on a free port.  First its capacity:
+durable jobs off, ``server.debug_memory`` on, every other setting its default) on a free port.  First its capacity:
 closed loop, 40 connections, 2xx answers per second (as ``benchmarks/overload.py``).
 Then the soak runner drives it open loop at 70 % of that for ``--duration`` seconds
 (``--quick``: 30 s) with the priority mix ``0:10,2:80,4:10`` and a 10 s deadline, while
 this script reads the server's RSS from ``/proc/<pid>`` every second and the runner
-samples ``/v1/stats`` (live task count, longest loop step) every second.
+samples ``/v1/stats`` (live tasks, requests in flight, longest loop step) every second.
 
 Warm-up is the first 20 % of the soak.  RSS growth = (RSS at the end - RSS at the end of
 the warm-up) / RSS at the end of the warm-up.  Tasks: under load the count moves with
@@ -16,10 +16,26 @@ the count before the soak and after it, once the soak's connections have closed
 (``tasks_growth`` = after - before, target <= 0); the medians of the first and last fifth
 under load are reported too.
 
+RSS is not the live heap: pymalloc frees an arena only once all of it is free and glibc
+keeps freed chunks, so RSS steps up to the most requests ever in flight at once (a stall
+of the shared machine piles them up) and stays there without any leak
+(``benchmarks/rss_highwater.py`` shows it).  So the live heap is checked beside it, idle
+to idle like the tasks (under load it moves with the requests in flight): the
+allocator's live blocks (``memory.allocated_blocks`` of ``/v1/stats?gc=1``: after a
+full garbage collection) before and after the soak, ``heap_growth_pct`` (target < 5: a leak grows it, a high-water mark does not).
+``in_flight_max_warmup`` / ``in_flight_max`` are the most requests in flight seen in a
+sample during / after the warm-up: a new maximum after the warm-up explains a step of
+RSS.  ``--tracemalloc N`` runs the server with ``PYTHONTRACEMALLOC=N`` (slower: the
+capacity is measured with it) and adds ``traced_idle_before_mb`` /
+``traced_idle_after_mb``.
+
 Keys (``--json``): capacity_per_s, rate_per_s, duration_s, sent, ok, errors_5xx,
-other_errors, rss_warm_mb, rss_end_mb, rss_growth_pct (target < 5), tasks_idle_before,
-tasks_idle_after, tasks_growth (target <= 0), tasks_start, tasks_end, tasks_max,
-max_step_ms, p99_ms, passed.
+other_errors, rss_warm_mb, rss_end_mb, rss_max_mb, rss_growth_pct (target < 5),
+rss_idle_after_mb, heap_blocks_idle_before, heap_blocks_idle_after, heap_growth_pct
+(target < 5), in_flight_max_warmup,
+in_flight_max, tasks_idle_before, tasks_idle_after, tasks_growth (target <= 0),
+tasks_start, tasks_end, tasks_max, max_step_ms, p99_ms, leak_free (heap and tasks met),
+passed (every target met, RSS included).
 
     python benchmarks/soak_endurance.py --quick    # 30 s soak, ~50 s in all
     python benchmarks/soak_endurance.py --json     # 10 minutes
@@ -55,13 +71,16 @@ SETS = [
     "model.membrane_depth=4",
     "cache.enabled=false",
     "jobs.enabled=false",
+    "server.debug_memory=true",  # /v1/stats?gc=1 for the idle heap figures
 ]
 
 
-async def idle_tasks(url: str) -> int:
-    """The server's live task count with no load (one connection: this request's)."""
+async def idle_stats(url: str) -> tuple[int, dict[str, Any]]:
+    """The server's live task count with no load (one connection: this request's) and
+    its ``memory`` section of ``/v1/stats`` after a full garbage collection."""
     async with open_http_client(url) as client:
-        return int((await client.get("/v1/stats")).json()["loop"]["tasks"])
+        stats = (await client.get("/v1/stats?gc=1")).json()
+        return int(stats["loop"]["tasks"]), stats["memory"]
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,7 +89,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     began = time.perf_counter()
     rss: list[tuple[float, int]] = []
     async with trio.open_nursery() as nursery:
-        server = await start_dtesn(nursery, SETS, name="endurance")
+        server_env = {"PYTHONTRACEMALLOC": str(args.tracemalloc)} if args.tracemalloc else None
+        server = await start_dtesn(nursery, SETS, name="endurance", env=server_env)
         try:
             cap = await capacity(server, args, 40, args.capacity_seconds)
             rate = 0.7 * cap["per_s"]
@@ -86,10 +106,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
             # Idle: the capacity run's connections close (the server notices a close
             # asynchronously): wait until two looks agree, at most 5 s.
-            tasks_before = await idle_tasks(server.url)
+            tasks_before, memory_before = await idle_stats(server.url)
             for _ in range(10):
                 await trio.sleep(0.5)
-                now_tasks = await idle_tasks(server.url)
+                now_tasks, memory_before = await idle_stats(server.url)
                 if now_tasks == tasks_before:
                     break
                 tasks_before = now_tasks
@@ -111,7 +131,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             # server asynchronously; give it up to 5 s to settle.
             for _ in range(10):
                 await trio.sleep(0.5)
-                tasks_after = await idle_tasks(server.url)
+                tasks_after, memory_after = await idle_stats(server.url)
                 if tasks_after <= tasks_before:
                     break
         finally:
@@ -124,14 +144,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     rss_warm = after[0] if after else 0
     rss_end = after[-1] if after else 0
     growth = 100.0 * (rss_end - rss_warm) / rss_warm if rss_warm else float("nan")
-    task_samples = [
-        (s["t"], s["stats"]["loop.tasks"])
-        for s in run.samples
-        if "loop.tasks" in s.get("stats", {}) and s["t"] >= warm
-    ]
-    fifth = max(1, len(task_samples) // 5)
-    tasks_start = statistics.median(v for _, v in task_samples[:fifth]) if task_samples else 0
-    tasks_end = statistics.median(v for _, v in task_samples[-fifth:]) if task_samples else 0
+    fifth_of = _fifths(run.samples, warm)
+    tasks_start, tasks_end = fifth_of("loop.tasks")
+    heap_before = memory_before["allocated_blocks"]
+    heap_after = memory_after["allocated_blocks"]
+    heap_growth = 100.0 * (heap_after - heap_before) / heap_before if heap_before else float("nan")
+    in_flight_warmup = _max_of(run.samples, "server.in_flight", 0.0, warm)
+    in_flight_after = _max_of(run.samples, "server.in_flight", warm, float("inf"))
     steps = [s["stats"].get("loop.max_step_ms", 0.0) for s in run.samples if s.get("stats")]
     by_status = {k: v["count"] for k, v in report["by_status"].items()}
     errors_5xx = sum(n for k, n in by_status.items() if k.startswith("5"))
@@ -147,26 +166,56 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "by_status": by_status,
         "rss_warm_mb": round(rss_warm / MiB, 1),
         "rss_end_mb": round(rss_end / MiB, 1),
+        "rss_max_mb": round(max((v for _, v in rss), default=0) / MiB, 1),
         "rss_growth_pct": round(growth, 2),
+        "rss_idle_after_mb": round(memory_after["rss_bytes"] / MiB, 1),
+        "heap_blocks_idle_before": heap_before,
+        "heap_blocks_idle_after": heap_after,
+        "heap_growth_pct": round(heap_growth, 2),
+        "in_flight_max_warmup": in_flight_warmup,
+        "in_flight_max": in_flight_after,
         "tasks_idle_before": tasks_before,
         "tasks_idle_after": tasks_after,
         "tasks_growth": tasks_after - tasks_before,
         "tasks_start": tasks_start,
         "tasks_end": tasks_end,
-        "tasks_max": max((v for _, v in task_samples), default=0),
+        "tasks_max": _max_of(run.samples, "loop.tasks", warm, float("inf")),
         "max_step_ms": round(max(steps, default=0.0), 1),
         "p99_ms": (report["latency_ms"]["all"] or {}).get("p99"),
         "server_sets": SETS,
         "machine": env,
         "seconds": round(time.perf_counter() - began, 1),
     }
+    if args.tracemalloc:
+        result["traced_idle_before_mb"] = round(memory_before["traced_bytes"] / MiB, 1)
+        result["traced_idle_after_mb"] = round(memory_after["traced_bytes"] / MiB, 1)
+    result["leak_free"] = heap_growth < 5.0 and tasks_after <= tasks_before
     result["passed"] = (
-        errors_5xx == 0
-        and result["other_errors"] == 0
-        and growth < 5.0
-        and tasks_after <= tasks_before
+        errors_5xx == 0 and result["other_errors"] == 0 and growth < 5.0 and result["leak_free"]
     )
     return result
+
+
+def _series(samples: list[dict[str, Any]], key: str, start: float, end: float) -> list[float]:
+    return [s["stats"][key] for s in samples if key in s.get("stats", {}) and start <= s["t"] < end]
+
+
+def _max_of(samples: list[dict[str, Any]], key: str, start: float, end: float) -> float:
+    return max(_series(samples, key, start, end), default=0)
+
+
+def _fifths(samples: list[dict[str, Any]], warm: float) -> Any:
+    """``fifth_of(key)``: the medians of ``key`` in the first and last fifth of the
+    samples after the warm-up (a median: the in-flight requests move every count)."""
+
+    def fifth_of(key: str) -> tuple[float, float]:
+        values = _series(samples, key, warm, float("inf"))
+        if not values:
+            return 0, 0
+        n = max(1, len(values) // 5)
+        return statistics.median(values[:n]), statistics.median(values[-n:])
+
+    return fifth_of
 
 
 def table(r: dict[str, Any]) -> str:
@@ -177,11 +226,20 @@ def table(r: dict[str, Any]) -> str:
             f"sent {r['sent']}, ok {r['ok']}, 5xx {r['errors_5xx']}, other errors"
             f" {r['other_errors']} {r['by_status']}",
             f"RSS after warm-up {r['rss_warm_mb']} MB -> end {r['rss_end_mb']} MB"
-            f" ({r['rss_growth_pct']} %, target < 5)",
+            f" ({r['rss_growth_pct']} %, target < 5; max {r['rss_max_mb']} MB)",
+            f"live heap blocks idle {r['heap_blocks_idle_before']} ->"
+            f" {r['heap_blocks_idle_after']} after the soak ({r['heap_growth_pct']} %, target"
+            f" < 5; RSS then {r['rss_idle_after_mb']} MB); in flight at most"
+            f" {r['in_flight_max_warmup']:.0f} in warm-up, {r['in_flight_max']:.0f} after"
+            + (
+                f"; traced idle {r['traced_idle_before_mb']} -> {r['traced_idle_after_mb']} MB"
+                if "traced_idle_before_mb" in r
+                else ""
+            ),
             f"tasks idle {r['tasks_idle_before']} -> {r['tasks_idle_after']} after the soak"
             f" (under load: {r['tasks_start']} -> {r['tasks_end']}, max {r['tasks_max']});"
             f" longest loop step {r['max_step_ms']} ms; p99 {r['p99_ms']} ms",
-            f"passed: {r['passed']}; total {r['seconds']} s",
+            f"leak free: {r['leak_free']}; passed: {r['passed']}; total {r['seconds']} s",
         ]
     )
 
@@ -192,6 +250,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a 30 s soak")
     parser.add_argument("--duration", type=float, default=None, help="soak seconds")
     parser.add_argument("--input-bytes", type=int, default=2000)
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the server with PYTHONTRACEMALLOC=N (N frames; slower) and report its"
+        " traced memory",
+    )
     args = parser.parse_args()
     args.duration = args.duration or (30.0 if args.quick else 600.0)
     args.capacity_seconds = 8.0 if args.quick else 20.0

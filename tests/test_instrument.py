@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import tracemalloc
 
 import trio
 
 from dtesn_trio import LoopMonitor
+from dtesn_trio.instrument import memory_statistics
 
 
 async def test_monitor_records_the_blocking_step_and_its_task() -> None:
@@ -29,3 +32,56 @@ async def test_monitor_records_the_blocking_step_and_its_task() -> None:
     assert stats.slow_steps == 1
     assert monitor.reset_window() == stats.max_step
     assert monitor.reset_window() == 0.0
+
+
+def test_memory_statistics_follow_live_objects_not_rss() -> None:
+    before = memory_statistics()
+    assert before.rss_bytes is not None
+    assert before.rss_bytes > 0
+    assert before.allocated_blocks > 0
+    held = [object() for _ in range(50_000)]
+    during = memory_statistics()
+    assert during.allocated_blocks - before.allocated_blocks >= 50_000
+    del held
+    after = memory_statistics()
+    assert after.allocated_blocks - before.allocated_blocks < 5_000
+
+
+def test_memory_statistics_report_tracemalloc_only_while_tracing() -> None:
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        assert memory_statistics().traced_bytes is None
+        tracemalloc.start()
+    try:
+        base = memory_statistics()
+        assert base.traced_bytes is not None
+        assert base.traced_peak_bytes is not None
+        block = bytearray(4 * 1024 * 1024)
+        grown = memory_statistics()
+        assert grown.traced_bytes is not None
+        assert grown.traced_bytes - base.traced_bytes >= len(block)
+        del block
+        shrunk = memory_statistics()
+        assert shrunk.traced_bytes is not None
+        assert shrunk.traced_peak_bytes is not None
+        assert shrunk.traced_bytes < grown.traced_bytes
+        assert shrunk.traced_peak_bytes >= grown.traced_bytes
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+
+
+def test_memory_statistics_collect_drops_cyclic_garbage() -> None:
+    was_enabled = gc.isenabled()
+    gc.disable()  # the garbage below must wait for the collection we ask for
+    try:
+        for _ in range(20_000):
+            cycle: list[object] = []
+            cycle.append(cycle)
+        del cycle
+        waiting = memory_statistics()
+        collected = memory_statistics(collect=True)
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert waiting.allocated_blocks - collected.allocated_blocks >= 20_000

@@ -353,13 +353,18 @@ class PriorityBatchQueue(Generic[T, R]):
             elif state == _RUNNING:
                 self._cancelled_running += 1
             raise
-        error = req.error
+        error, value = req.error, req.value
+        # ``req`` may outlive this call (an expired one keeps its channel slot until a
+        # worker pulls it; answered ones stay in the deadline heap until due): keep
+        # neither the result nor the exception alive through it -- once raised, its
+        # traceback holds the frames of the caller's whole stack.
+        req.error = req.value = None
         if req.state == _GONE:  # expired by the reaper
             self._expired += 1
             raise error  # type: ignore[misc]
         if error is None:
             self._completed += 1
-            return req.value  # type: ignore[return-value]
+            return value  # type: ignore[return-value]
         if isinstance(error, ShuttingDown):
             self._shut_down += 1
         else:

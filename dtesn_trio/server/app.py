@@ -33,6 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dtesn_trio.errors import DTESNError, InvalidRequest, PayloadTooLarge, ShuttingDown
+from dtesn_trio.instrument import memory_statistics
 from dtesn_trio.server.auth import ApiKeyAuth
 from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.errors import (
@@ -435,7 +436,22 @@ class AppState:
         stats["server"] = dataclasses.asdict(self.statistics())
         if self.gc_monitor is not None:
             stats["gc"] = self.gc_monitor.get_stats()
+        stats["memory"] = dataclasses.asdict(memory_statistics(collect=self._collect(request)))
         return _json(stats)
+
+    def _collect(self, request: Request) -> bool:
+        value = request.query_params.get("gc")
+        if value is None or value == "0":
+            return False
+        if value != "1":
+            raise InvalidRequest(f"gc must be 0 or 1 (got {value!r})", field="gc")
+        if not self.config.debug_memory:
+            raise InvalidRequest(
+                "gc=1 (a full garbage collection before the memory figures) needs"
+                " server.debug_memory = true",
+                field="gc",
+            )
+        return True
 
     async def healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})

@@ -48,6 +48,11 @@ class ServerConfig:
       ``"default"`` to keep the interpreter's (CPython: 700, 10, 10).
       Both apply to the whole process while ``serve`` runs and are restored after;
       docs/RELIABILITY.md ("Concurrency") has the measurements behind the defaults.
+    - ``debug_memory``: allow ``GET /v1/stats?gc=1``, which runs a full garbage
+      collection before reporting ``memory``, so that ``allocated_blocks`` counts live
+      objects only, not cyclic garbage still waiting for the collector (up to a quarter
+      of the heap).  The collection blocks the event loop (tens of ms): for endurance
+      measurements (``benchmarks/soak_endurance.py``), not for production.
     """
 
     host: str = "127.0.0.1"
@@ -68,6 +73,7 @@ class ServerConfig:
     reuse_port: bool = False
     gc_freeze: bool = True
     gc_threshold: tuple[int, int, int] | Literal["default"] = (2_000, 10, 250)
+    debug_memory: bool = False
 
     def __post_init__(self) -> None:
         p = "server."
@@ -94,7 +100,14 @@ class ServerConfig:
         _checks.in_range(p + "max_batch_inputs", self.max_batch_inputs, 1, MAX_BATCH_INPUTS)
         _checks.integer(p + "max_deadline_ms", self.max_deadline_ms, minimum=1)
         _checks.in_range(p + "max_deadline_ms", self.max_deadline_ms, 1, MAX_DEADLINE_MS)
-        for name in ("metrics_require_auth", "docs", "access_log", "reuse_port", "gc_freeze"):
+        for name in (
+            "metrics_require_auth",
+            "docs",
+            "access_log",
+            "reuse_port",
+            "gc_freeze",
+            "debug_memory",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{p}{name} must be true or false (got {getattr(self, name)!r})")
         if self.graceful_timeout is not None:

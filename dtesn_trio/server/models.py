@@ -152,6 +152,7 @@ class StatsResponse(msgspec.Struct, kw_only=True):
     pool: dict[str, Any]
     jobs: dict[str, Any] | None = None
     server: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None
 
 
 class HealthResponse(msgspec.Struct, kw_only=True):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -148,6 +150,38 @@ async def test_deadline_expires_at_the_exact_time_and_is_never_processed(
     assert engine.processed == [1]
     assert stats.expired == 1
     assert stats.completed == 1
+
+
+async def test_an_expired_request_keeps_no_frames_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An expired request stays in its level's channel until a worker pulls it; the
+    DeadlineExceeded it was answered with must not stay with it: raised, its traceback
+    holds the frames of the caller's whole stack (a server request: its body, its
+    Starlette request, ...).  A burst of expiries pinned ~100 requests' stacks."""
+    engine = Engine()
+    async with open_batch_queue(engine, cfg(max_batch_size=1, workers=1)) as queue:
+        engine.hold()
+        t0 = trio.current_time()
+
+        class Body:
+            pass
+
+        async def caller(body_ref: list[weakref.ref[Body]]) -> None:
+            body = Body()  # a local of the caller's frame
+            body_ref.append(weakref.ref(body))
+            with pytest.raises(DeadlineExceeded):
+                await queue.submit(2, deadline=t0 + 0.5)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.submit, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            refs: list[weakref.ref[Body]] = []
+            await caller(refs)
+            gc.collect()
+            assert queue.statistics().expired == 1  # and still in the channel: the
+            assert refs[0]() is None  # worker is busy, yet the caller's frame is gone
+            engine.release()
 
 
 async def test_level_timeout_rejects_at_its_time(autojump_clock: trio.testing.MockClock) -> None:

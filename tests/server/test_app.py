@@ -137,6 +137,22 @@ async def test_job_is_accepted_then_runs(runtime: Faults) -> None:
             assert error_of(bad)["field"] == "deadline_ms"
 
 
+async def test_stats_gc_needs_debug_memory(runtime: Faults) -> None:
+    with trio.fail_after(30):
+        async with served(runtime) as s:
+            refused = await s.client.get("/v1/stats", params={"gc": "1"})
+            assert refused.status_code == 422
+            assert error_of(refused)["field"] == "gc"
+            assert "server.debug_memory" in error_of(refused)["message"]
+        async with served(runtime, ServerConfig(port=0, debug_memory=True)) as s:
+            collected = await s.client.get("/v1/stats", params={"gc": "1"})
+            assert collected.status_code == 200
+            assert collected.json()["memory"]["allocated_blocks"] > 0
+            bad = await s.client.get("/v1/stats", params={"gc": "yes"})
+            assert bad.status_code == 422
+            assert error_of(bad)["field"] == "gc"
+
+
 async def test_stats_health_ready(runtime: Faults) -> None:
     with trio.fail_after(30):
         async with served(runtime) as s:
@@ -149,6 +165,15 @@ async def test_stats_health_ready(runtime: Faults) -> None:
                 "failed": 0,
             }
             assert stats["server"] == {"in_flight": 1, "requests": 0, "draining": False}
+            memory = stats["memory"]
+            assert set(memory) == {
+                "rss_bytes",
+                "allocated_blocks",
+                "traced_bytes",
+                "traced_peak_bytes",
+            }
+            assert memory["rss_bytes"] > 0
+            assert memory["allocated_blocks"] > 0
             again = (await s.client.get("/v1/stats")).json()
             assert again["server"]["requests"] == 1
             health = await s.client.get("/healthz")
