@@ -515,7 +515,8 @@ async def open_runtime(
             )
             # the engine's workers (processes, with processor.executor="process") outlive
             # the queue that feeds them: the stack closes the queue first
-            await stack.enter_async_context(rt.processor.open())
+            express = config.queue.express_level_count > 0  # else no express calls
+            await stack.enter_async_context(rt.processor.open(warm_express=express))
             if config.redis.url is not None:
                 connector = RedisConnector.from_url(config.redis.url)
                 rt.pools["redis"] = await stack.enter_async_context(

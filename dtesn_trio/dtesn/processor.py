@@ -276,10 +276,11 @@ class DTESNProcessor:
         return self._config_at(depth).cache_key()
 
     @asynccontextmanager
-    async def open(self) -> AsyncIterator[DTESNProcessor]:
+    async def open(self, *, warm_express: bool = True) -> AsyncIterator[DTESNProcessor]:
         """Run the executor for the block: with ``executor="process"``, start the worker
-        processes (each loads the model before the block begins) and end them after;
-        with threads, nothing to start."""
+        processes (each loads the model before the block begins; the express ones too
+        unless ``warm_express=False``: then on first use) and end them after; with
+        threads, nothing to start."""
         if self.config.executor != "process":
             await trio.lowlevel.checkpoint()
             yield self
@@ -288,7 +289,8 @@ class DTESNProcessor:
             raise RuntimeError("DTESNProcessor.open(): already open")
         async with open_engine_processes(blas=self._blas) as processes:
             model = await self._model_for(None)
-            await processes.warm_up(model, self._workers + self.config.express_threads)
+            express = self.config.express_threads if warm_express else 0
+            await processes.warm_up(model, self._workers + express)
             self._processes = processes
             try:
                 yield self

@@ -11,11 +11,12 @@ each result to its own waiter, while the next idle worker forms the next batch.
 Every submit ends in exactly one way: a result, the item's error, ``Overloaded``,
 ``DeadlineExceeded``, ``ShuttingDown``, ``InvalidRequest`` or its own cancellation.
 
-The express lane (``express_levels``): one more worker that forms batches only from the
-top levels, on its own, without waiting for the forming lock or for a running batch.  A
-priority-0 request that arrives while every worker runs a batch of lower ones is batched
-and handed to ``process_batch`` at once (the runtime's engine then pauses the lower batch
-for it, see :mod:`dtesn_trio.dtesn.preemption`) instead of waiting for one to finish.
+The express lane (``express_levels``, off by default): one more worker, outside the
+forming lock.  A priority-0 request that arrives while every shared worker runs a batch
+of lower ones is batched at once -- urgent requests first, then the next levels' up to
+``express_batch_size`` -- and handed to ``process_batch`` (the runtime's engine then
+pauses the lower batch for it, see :mod:`dtesn_trio.dtesn.preemption`) instead of
+waiting for one of those batches to finish.
 """
 
 from __future__ import annotations
@@ -604,8 +605,9 @@ class PriorityBatchQueue(Generic[T, R]):
 
     async def _worker(self, express: bool = False) -> None:
         """A batch worker: the shared lane's (one forms at a time, holding the forming
-        lock, from every level in service order), or the express lane's (alone, from the
-        express levels only; its batches do not count as skips of the other levels)."""
+        lock, in service order), or the express lane's (alone, only while its levels
+        have requests waiting and every shared worker runs lower work; its batches do not
+        count as skips of the other levels)."""
         try:
             lock = self._form_lock
             max_batch = self._max_batch
@@ -726,11 +728,10 @@ class PriorityBatchQueue(Generic[T, R]):
         self, batch: list[_Request[T, R]], size: int, now: float, express: bool = False
     ) -> tuple[int, bool]:
         """Pull live requests into ``batch`` in service order until it is full (the
-        express lane: in strict priority order, its own levels first; it runs only when
-        they have requests waiting, and fills up with the next levels' requests: the
-        engine computes a batch of ten in about three times a batch of one, so an express
-        batch of one would spend a third of the engine on one request -- measured at 10x
-        load: goodput of the other levels fell 10x -- while a full one leaves at once).
+        express lane: up to ``express_batch_size``, in strict priority order, its own
+        levels first, then the next levels' requests: the engine computes a batch of ten
+        in about three times a batch of one, and express batches of one request cut the
+        other levels' answers ~10x at 10x load).
 
         With an express lane that is not running a batch, the shared lane leaves the
         express levels to it while lower levels have requests waiting: under load a

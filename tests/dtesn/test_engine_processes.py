@@ -77,6 +77,18 @@ async def test_results_equal_the_thread_executors_and_workers_end_with_the_block
     assert (st.executor, st.completed_requests, st.worker_deaths) == ("process", 4, 0)
 
 
+async def test_express_workers_can_start_on_first_use() -> None:
+    model = DTESNModel(SMALL)
+    before = child_pids()
+    proc = processor(model)
+    with trio.fail_after(60):
+        async with proc.open(warm_express=False):
+            assert len(child_pids() - before) == 1  # the worker thread's process only
+            await proc.process("x", priority=0, express=True)  # a free worker: no express
+            assert proc.statistics().express_calls == 0
+    assert not (child_pids() - before)
+
+
 async def test_priority_0_preempts_a_batch_in_another_process() -> None:
     model = DTESNModel(SMALL)
     proc = processor(model)
