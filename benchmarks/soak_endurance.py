@@ -128,8 +128,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     run = await run_soak(target, load, sample_interval=1.0)
                 watching.cancel_scope.cancel()
             # Idle again: every connection of the soak closed.  Closing is noticed by the
-            # server asynchronously; give it up to 5 s to settle.
-            for _ in range(10):
+            # server asynchronously, and hypercorn keeps a connection's task until its
+            # keep-alive timer (server.keep_alive_timeout, 5 s) fires: up to 15 s to settle.
+            for _ in range(30):
                 await trio.sleep(0.5)
                 tasks_after, memory_after = await idle_stats(server.url)
                 if tasks_after <= tasks_before:

@@ -3,17 +3,17 @@
 A batch that is running cannot be interrupted from outside (NumPy cannot be), but the
 engine steps through time in Python and calls a checkpoint between two steps.  A
 :class:`PriorityGate` turns that checkpoint into a pause point: while a computation of a
-*higher* priority (a lower number) is running, every lower one waits at its next step,
+*higher* priority (a lower number) is running, a lower one waits at its next step,
 holding its state, and resumes where it stopped when the higher ones are done.  No work is
 thrown away, and the paused thread holds neither the GIL nor a core, so the urgent
-computation runs at the speed it would have alone.  (Issue 8: a priority-0 request that
+computation runs at the speed it would have alone.  A computation pauses at most once:
+after it resumes it runs to its end beside whatever starts later, so a stream of urgent
+work delays lower work by one urgent batch, not indefinitely.  (Issue 8: a priority-0 request that
 arrived while a batch of lower ones ran waited for the whole batch, ~0.6-1 s; its p99
 under 10x overload was 5-8x its p99 at half load.)
 
 Computations of equal priority do not pause each other, and the highest priority running
-is never paused, so the gate cannot deadlock.  Sustained load at a high priority starves
-the lower ones inside the engine exactly as strict priority does in a queue; admission's
-per-priority partitions bound each level's share.
+is never paused, so the gate cannot deadlock.
 
 Used from worker threads (``running`` and ``checkpoint``); all methods are thread-safe.
 """
@@ -58,7 +58,8 @@ class PriorityGate:
         """Mark a computation at ``priority`` as running; yields its checkpoint.
 
         Call the checkpoint between steps: it returns at once (one attribute read)
-        unless a higher-priority computation is running, and then waits until none is.
+        unless a higher-priority computation is running, and then -- the first time
+        only -- waits until none is.
         """
         with self._cond:
             self._running[priority] = self._running.get(priority, 0) + 1

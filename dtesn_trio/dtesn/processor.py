@@ -12,8 +12,9 @@ Two limits apply to every call:
   requests at 64 connections on this project's 2-core machine; this is why.
 
 Priority (issue 8). A call may carry a ``priority`` (0 = most urgent): while it computes,
-every computation of a lower priority pauses at its next time step (a
-:class:`~dtesn_trio.dtesn.preemption.PriorityGate`) and resumes afterwards, nothing lost.
+a computation of a lower priority pauses at its next time step (a
+:class:`~dtesn_trio.dtesn.preemption.PriorityGate`; once per computation, so lower work
+always progresses) and resumes afterwards, nothing lost.
 An ``express`` call that finds every worker thread busy computes on one of
 ``express_threads`` reserved threads instead of waiting for a worker: with a priority
 above the running work's, it preempts it instead of queueing behind it.
@@ -231,7 +232,7 @@ class DTESNProcessor:
         self._express_calls = 0
         self._gate = PriorityGate()
         self._processes: EngineProcesses | None = None
-        self._closed_processes: list[EngineProcesses] = []  # their counts still count
+        self._closed_counts = (0, 0.0, 0)  # pauses, paused s, deaths of closed processes
         self._providers = {
             "concurrency_stats": concurrency_stats,
             "connection_pool_stats": connection_pool_stats,
@@ -296,7 +297,12 @@ class DTESNProcessor:
                 yield self
             finally:
                 self._processes = None
-                self._closed_processes.append(processes)
+                pauses, paused, deaths = self._closed_counts
+                self._closed_counts = (
+                    pauses + processes.pauses,
+                    paused + processes.paused_seconds,
+                    deaths + processes.worker_deaths,
+                )
 
     async def start_async_resources(self) -> None:
         """Build the default model in a worker thread (the seed's start-up hook)."""
@@ -484,10 +490,13 @@ class DTESNProcessor:
         gate = self._gate.statistics()
         procs = self._processes
         computing = gate.running if procs is None else procs.computing
-        every = [*self._closed_processes, *([procs] if procs is not None else [])]
-        pauses = gate.pauses + sum(p.pauses for p in every)
-        paused = gate.paused_seconds + sum(p.paused_seconds for p in every)
-        deaths = sum(p.worker_deaths for p in every)
+        pauses, paused, deaths = self._closed_counts
+        pauses += gate.pauses
+        paused += gate.paused_seconds
+        if procs is not None:
+            pauses += procs.pauses
+            paused += procs.paused_seconds
+            deaths += procs.worker_deaths
         return ProcessorStatistics(
             total_requests=self._total,
             completed_requests=self._completed,
