@@ -11,7 +11,9 @@ engine.  In its own process the model has its own GIL and core.
 the whole run, ended when the block exits) and a private temporary directory holding:
 
 - the models, each written once with :meth:`DTESNModel.save` and loaded once per worker
-  (by path; weights as saved, readout included);
+  (by path; weights as saved, readout included).  A worker computes with a plain
+  :class:`DTESNModel` loaded from that file: a subclass's overridden methods run only
+  with the thread executor;
 - the priority gate, a memory-mapped file holding the highest priority computing right
   now.  Only the event loop writes it (calls start and end there); a worker computing
   at a lower priority reads it between time steps and waits while it is higher -- the
