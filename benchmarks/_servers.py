@@ -9,6 +9,7 @@ Their stderr goes to a temporary file, shown when a server fails to start.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -25,6 +26,7 @@ from typing import IO, Any
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
+_HTTP_SCRIPT = ROOT / "benchmarks" / "http.py"
 _URL = re.compile(rb"(http://[0-9a-zA-Z.\[\]:-]+:\d+)")
 
 
@@ -224,3 +226,31 @@ async def start_peer(
 def describe_env() -> dict[str, Any]:
     """The machine, for the record: cores and the 1-minute load average at the start."""
     return {"cores": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+async def run_http_load(url: str, path: str, duration: float, concurrency: int) -> dict[str, Any]:
+    """``benchmarks/http.py``'s closed-loop load generator (``--client``), in a process of
+    its own, against ``url + path``; its JSON result."""
+    cmd = [
+        sys.executable,
+        str(_HTTP_SCRIPT),
+        "--client",
+        url,
+        "--client-path",
+        path,
+        "--duration",
+        str(duration),
+        "--concurrency",
+        str(concurrency),
+    ]
+    proc = await trio.run_process(
+        cmd,
+        capture_stdout=True,
+        capture_stderr=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -36,8 +35,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 ROOT = _HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(_HERE))
 
 import trio  # noqa: E402
+from _servers import run_http_load  # noqa: E402
 
 from dtesn_trio.cache import CacheConfig  # noqa: E402
 from dtesn_trio.dtesn import DTESNConfig  # noqa: E402
@@ -54,33 +55,6 @@ SETTINGS = {
 }
 
 
-async def load(url: str, duration: float, concurrency: int) -> dict[str, Any]:
-    """``benchmarks/http.py``'s closed-loop load generator, in a process of its own."""
-    cmd = [
-        sys.executable,
-        str(_HERE / "http.py"),
-        "--client",
-        url,
-        "--client-path",
-        "/v1/process",
-        "--duration",
-        str(duration),
-        "--concurrency",
-        str(concurrency),
-    ]
-    proc = await trio.run_process(
-        cmd,
-        capture_stdout=True,
-        capture_stderr=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {proc.stderr.decode()[-2000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
-
-
 async def one_round(name: str, duration: float, concurrency: int) -> dict[str, Any]:
     config = RuntimeConfig(
         model=DTESNConfig(reservoir_size=64, membrane_depth=2),
@@ -91,11 +65,11 @@ async def one_round(name: str, duration: float, concurrency: int) -> dict[str, A
     )
     async with open_runtime(config) as rt:
         info = await rt.nursery.start(serve, rt, SETTINGS[name])
-        await load(info.url, 1.0, concurrency)  # warm-up
+        await run_http_load(info.url, "/v1/process", 1.0, concurrency)  # warm-up
         monitor = info.app.state.dtesn.gc_monitor
         before = monitor.statistics()
         cpu = time.process_time()
-        result = await load(info.url, duration, concurrency)
+        result = await run_http_load(info.url, "/v1/process", duration, concurrency)
         cpu = time.process_time() - cpu
         after = monitor.statistics()
         rt.nursery.cancel_scope.cancel()

@@ -33,17 +33,18 @@ sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE]
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.append(_HERE)  # behind the standard library: for _servers only
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import h11  # noqa: E402
 import trio  # noqa: E402
+from _servers import run_http_load  # noqa: E402
 
 PROCESS_BODY = json.dumps({"input": "benchmark input!", "priority": 2, "use_cache": False}).encode()
 
@@ -166,32 +167,6 @@ async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _run_load(url: str, path: str, duration: float, concurrency: int) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--client",
-        url,
-        "--client-path",
-        path,
-        "--duration",
-        str(duration),
-        "--concurrency",
-        str(concurrency),
-    ]
-    proc = await trio.run_process(
-        cmd,
-        capture_stdout=True,
-        capture_stderr=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {proc.stderr.decode()[-2000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
-
-
 async def bench(
     duration: float,
     warmup: float,
@@ -232,7 +207,7 @@ async def bench(
         hello_urls = await nursery.start(hypercorn_serve, hello_app, hc)
         targets = {"hello": (hello_urls[0], "/v1/process"), "process": (info.url, "/v1/process")}
         for url, path in targets.values():
-            await _run_load(url, path, warmup, concurrency)
+            await run_http_load(url, path, warmup, concurrency)
         # Paired rounds in alternating order (the machine is shared: its speed drifts);
         # the ratio is the median of the per-round ratios.
         order = list(targets)
@@ -240,7 +215,7 @@ async def bench(
             for name in order if r % 2 == 0 else order[::-1]:
                 url, path = targets[name]
                 cpu = time.process_time()  # this process: the servers, not the client
-                result = await _run_load(url, path, duration, concurrency)
+                result = await run_http_load(url, path, duration, concurrency)
                 cpu = time.process_time() - cpu
                 result["cpu_us_per_request"] = cpu / max(result["requests"], 1) * 1e6
                 results[name].append(result)
