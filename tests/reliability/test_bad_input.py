@@ -280,22 +280,19 @@ async def _read_until_closed(stream: trio.SocketStream) -> bytes:
         data += chunk
 
 
-async def _slow_body(port: int, interval: float) -> tuple[bytes, float]:
-    """Headers at once, then the body one byte per ``interval``; returns everything the
+async def _drip(port: int, head: bytes, piece: bytes, interval: float) -> tuple[bytes, float]:
+    """Send ``head`` at once, then ``piece`` every ``interval``; returns everything the
     server sent before closing, and when it closed."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     start = trio.current_time()
     async with stream, trio.open_nursery() as nursery:
 
         async def drip() -> None:
-            await stream.send_all(
-                b"POST /v1/process HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                b"content-length: 1000\r\n\r\n{"
-            )
+            await stream.send_all(head)
             try:
                 while True:
                     await trio.sleep(interval)
-                    await stream.send_all(b" ")
+                    await stream.send_all(piece)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
@@ -303,26 +300,20 @@ async def _slow_body(port: int, interval: float) -> tuple[bytes, float]:
         data = await _read_until_closed(stream)
         nursery.cancel_scope.cancel()
     return data, trio.current_time() - start
+
+
+async def _slow_body(port: int, interval: float) -> tuple[bytes, float]:
+    """Headers at once, then the body one byte per ``interval``."""
+    head = (
+        b"POST /v1/process HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 1000\r\n\r\n{"
+    )
+    return await _drip(port, head, b" ", interval)
 
 
 async def _slow_headers(port: int, interval: float) -> tuple[bytes, float]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    start = trio.current_time()
-    async with stream, trio.open_nursery() as nursery:
-
-        async def drip() -> None:
-            await stream.send_all(b"POST /v1/process HTTP/1.1\r\nhost: x\r\n")
-            try:
-                while True:
-                    await trio.sleep(interval)
-                    await stream.send_all(b"x-a: b\r\n")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-        nursery.start_soon(drip)
-        data = await _read_until_closed(stream)
-        nursery.cancel_scope.cancel()
-    return data, trio.current_time() - start
+    """The request line, then one header line per ``interval``, never the blank line."""
+    return await _drip(port, b"POST /v1/process HTTP/1.1\r\nhost: x\r\n", b"x-a: b\r\n", interval)
 
 
 @pytest.mark.slow
