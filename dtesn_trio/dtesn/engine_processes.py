@@ -27,6 +27,7 @@ next call.
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
@@ -123,12 +124,10 @@ class EngineProcesses:
         """Start ``workers`` processes and load ``model`` in each, before any request."""
         path = await self._model_path(model)
         limiter = trio.CapacityLimiter(workers)
+        run = functools.partial(self._context.run_sync, _load_in_worker, path, limiter=limiter)
         async with trio.open_nursery() as nursery:
             for _ in range(workers):
-                nursery.start_soon(self._call, _load_in_worker, path, limiter)
-
-    async def _call(self, fn: object, path: str, limiter: trio.CapacityLimiter) -> None:
-        await self._context.run_sync(fn, path, limiter=limiter)
+                nursery.start_soon(run)
 
     async def run(
         self,

@@ -3,6 +3,7 @@ worker fails only its call, and nothing outlives the block."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from pathlib import Path
@@ -167,6 +168,25 @@ async def test_a_cancelled_call_is_not_abandoned_mid_batch() -> None:
     np.testing.assert_array_equal(after.features, model.process_one("next").features)
     st = proc.statistics()
     assert (st.completed_requests, st.worker_deaths, st.computing) == (3, 0, ())
+
+
+async def test_cancelling_the_block_mid_call_ends_every_worker() -> None:
+    model = DTESNModel(SMALL)
+    before = child_pids()
+    proc = processor(model)
+    with trio.fail_after(60), trio.CancelScope() as outer:
+        async with proc.open(), trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(proc.process_batch, [b"e" * 60_000, b"f" * 60_000], priority=2)
+            )
+            await wait_until(lambda: bool(proc.statistics().computing))
+            outer.cancel()  # the whole block, with a batch in a worker
+    # (the batch itself is not abandoned: its worker finishes it, then the block ends)
+    assert outer.cancel_called
+    assert not (child_pids() - before)  # every worker ended with the block
+    st = proc.statistics()
+    assert st.computing == ()
+    assert st.concurrent_requests == 0
 
 
 async def test_computing_outside_open_is_a_clear_error() -> None:
