@@ -210,7 +210,6 @@ class PriorityBatchQueue(Generic[T, R]):
         self._forming: list[_Request[T, R]] = []
         # the express lane's former (see the module docstring): its own wakeup and batch
         self._express_below = config.express_level_count
-        self._express_levels = list(range(config.express_level_count))
         self._express_wakeup: trio.Event | None = None
         self._express_forming: list[_Request[T, R]] = []
         self._express_batches = 0
@@ -712,7 +711,7 @@ class PriorityBatchQueue(Generic[T, R]):
         return (
             self._shared_running >= self.config.workers
             and not self._shared_urgent
-            and any(self._waiting[level] for level in self._express_levels)
+            and any(self._waiting[: self._express_below])
         )
 
     def _service_order(self) -> list[int]:
