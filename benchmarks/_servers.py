@@ -203,6 +203,9 @@ async def start_peer(
     ``blas_threads=1`` sets ``OPENBLAS_NUM_THREADS=1`` (and the other BLAS variables), as
     a careful user would; ``None`` leaves BLAS at its default (one thread per core).
     """
+    from _deps import require
+
+    require("fastapi", "uvicorn")
     extra: dict[str, str] = {}
     env = _env()
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -31,8 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # the path (or trio's ``import queue`` finds that script) and put the repository first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "benchmarks"))
 
 import trio  # noqa: E402
+from _deps import require  # noqa: E402
 
 CONCURRENCY = 100
 BODY = {"input": "hello world, hello trio", "priority": 2}
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    require("httpx")
     if args.serve:
         serve_forever()
         return

@@ -24,8 +24,10 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
+sys.path.append(str(_HERE))
 
 import numpy as np  # noqa: E402
+from _deps import require  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from dtesn_trio.dtesn import DTESNConfig, DTESNModel, RidgeReadout  # noqa: E402
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one short series (< 45 s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    require("reservoirpy")
 
     steps = 2000 if args.quick else 4000
     series = [0] if args.quick else [0, 1, 2]

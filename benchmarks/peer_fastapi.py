@@ -27,6 +27,7 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
+sys.path.append(str(_HERE))
 
 
 def build_app(reservoir_size: int, membrane_depth: int) -> Any:
@@ -71,6 +72,9 @@ def main() -> None:
         note = {"note": "the FastAPI peer server; measured by benchmarks/overload.py"}
         print(json.dumps(note) if args.json else note["note"])
         return
+    from _deps import require
+
+    require("fastapi", "uvicorn")
 
     import uvicorn
 
