@@ -1,9 +1,10 @@
 """Overload without collapse (issue 8): goodput, priority-0 latency and refusal speed at
 10x capacity, against the same server with admission off and against a FastAPI peer.
 
-Three servers (and the light row's fourth) run as subprocesses on free ports, all with the same model (a DTESN of
-``--reservoir-size`` units, depth ``--membrane-depth``) and the same inputs (unique
-texts of ``--input-bytes`` bytes, so every request runs the engine):
+Three servers (and the light row's fourth, 6. below) run as subprocesses on free ports,
+all with the same model (a DTESN of ``--reservoir-size`` units, depth
+``--membrane-depth``) and the same inputs (unique texts of ``--input-bytes`` bytes, so
+every request runs the engine):
 
 - **ours**: ``dtesn-trio serve`` with its defaults (admission on, batches of up to 10),
   the result cache and durable jobs off, one batch worker and one engine worker, in a
