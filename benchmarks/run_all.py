@@ -1,13 +1,20 @@
-"""Run every benchmark (``--json --quick``) and write BENCHMARKS.md: one table of every claim.
+"""Run every benchmark and write BENCHMARKS.md: one table of every claim, quick and full.
 
-    python benchmarks/run_all.py                 # run all, write BENCHMARKS.md
+    python benchmarks/run_all.py                 # run all --quick, write BENCHMARKS.md
+    python benchmarks/run_all.py --full          # run all at full length (minutes each)
     python benchmarks/run_all.py --only client   # re-run some, keep the others' last results
-    python benchmarks/run_all.py --render-only   # rewrite BENCHMARKS.md from results.json
+    python benchmarks/run_all.py --full --only overload concurrency
+    python benchmarks/run_all.py --render-only   # rewrite BENCHMARKS.md from the results
 
 Each ``benchmarks/*.py`` (but this one and ``_*.py``) runs as a subprocess with
-``--json --quick``; the last line of its stdout must be one JSON object. A benchmark that
-fails, times out or prints no JSON is recorded as failed (with the reason) and the rest go
-on. Results are kept in ``benchmarks/results.json`` so one benchmark can be re-run alone.
+``--json --quick`` (or ``--json`` alone with ``--full``); the last line of its stdout must
+be one JSON object. A benchmark that fails, times out or prints no JSON is recorded as
+failed (with the reason) and the rest go on. Results are kept in
+``benchmarks/results.json`` (quick) and ``benchmarks/results-full.json`` (full), each
+entry dated, so one benchmark can be re-run alone; BENCHMARKS.md shows both tables, each
+row's command saying which it is.  The benchmarks need the ``bench`` extra
+(``pip install -e '.[bench]'``) and ``storm.py`` Debian's ``wrk``: without them a
+benchmark fails with that sentence, recorded as its reason.
 
 Which keys of a benchmark's JSON are its figure, baseline, ratio and target is said once,
 below, in SPECS (from the issues that asked for each benchmark). A benchmark not in SPECS
@@ -33,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 RESULTS = BENCH_DIR / "results.json"
+RESULTS_FULL = BENCH_DIR / "results-full.json"
 OUTPUT = ROOT / "BENCHMARKS.md"
 
 
@@ -74,10 +82,16 @@ SPECS: dict[str, list[Row]] = {
     ],
     # issue 5
     "dtesn_quality": [Row("nrmse", "reservoirpy_nrmse", "ratio", "<= 1.1")],
-    "dtesn_batching": [Row("batch32_per_s", "single_per_s", "speedup", ">= 3")],
+    "dtesn_batching": [
+        Row("batch32_per_s", "single_per_s", "speedup", ">= 3"),
+        # issue 16: mixed lengths (lognormal, median 64 bytes) beside the all-64-byte row
+        Row("mixed_batch32_per_s", "mixed_single_per_s", "mixed_speedup"),
+        Row("batch_gflops", "peak_gflops"),
+    ],
     "runtime": [
         Row("runtime_per_s", "direct_per_s", "ratio", ">= 0.8"),
-        Row("process_runtime_per_s", "direct_per_s", "process_ratio", ">= 0.8"),
+        # issue 16: equal parallelism (2 worker processes vs direct calls in 2 processes)
+        Row("process_runtime_per_s", "direct_processes_per_s", "process_ratio", ">= 0.8"),
         Row("max_step_ms", target="<= 20"),
     ],
     # issue 6
@@ -98,14 +112,21 @@ SPECS: dict[str, list[Row]] = {
         Row("naive_goodput_ratio", target="< goodput_ratio"),
         Row("capacity_per_s", "peer_capacity_per_s", "capacity_ratio", ">= 2"),
         Row("peer_goodput_ratio", target="< goodput_ratio"),
+        # issue 13: the light row (serve's defaults, 64-byte inputs); a goodput ratio is <= 1
+        Row("light_goodput_per_s", "light_capacity_per_s", "light_goodput_ratio"),
+        Row("light_refusal_p99_ms", target="<= 50"),
+        Row("goodput_ratio", target="<= 1"),
     ],
     "refusal": [
         Row("refusal_cpu_us", "floor_cpu_us", "refusal_cost_ratio"),
         Row("refusal_p99_ms", target="<= 50"),
     ],
+    # issue 16: the largest N held (answered within the deadline or refused quickly,
+    # none lost) against the FastAPI peer at the same N, same run; issue 8 claimed 10,000
     "concurrency": [
-        Row("connections", "seed_connections", "ratio", ">= 10"),
-        Row("errors", target="== 0"),
+        Row("max_concurrent_held", "baseline_max_concurrent_held", "ratio"),
+        Row("max_concurrent_held", target=">= 10000"),
+        Row("peak_in_flight"),
         Row("rss_per_connection_kb"),
         Row("max_step_ms"),
     ],
@@ -156,9 +177,10 @@ def benchmark_names() -> list[str]:
     )
 
 
-def run_one(name: str, timeout: float) -> dict[str, Any]:
-    """Run ``benchmarks/<name>.py --json --quick``; its JSON, or the reason it failed."""
-    command = ["python", f"benchmarks/{name}.py", "--json", "--quick"]
+def run_one(name: str, timeout: float, *, full: bool = False) -> dict[str, Any]:
+    """Run ``benchmarks/<name>.py --json --quick`` (``full``: without ``--quick``); its
+    JSON, or the reason it failed."""
+    command = ["python", f"benchmarks/{name}.py", "--json", *([] if full else ["--quick"])]
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     entry: dict[str, Any] = {
@@ -254,38 +276,74 @@ def table_rows(name: str, entry: Mapping[str, Any]) -> list[list[str]]:
     ]
 
 
-def render(results: Mapping[str, Any]) -> str:
-    """BENCHMARKS.md from the stored results."""
-    header = ["command", "figure", "baseline", "ratio", "target", "date"]
+HEADER = ["command", "figure", "baseline", "ratio", "target", "date"]
+
+
+def _table(results: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---" for _ in HEADER) + "|",
+    ]
+    for name in sorted(results):
+        for row in table_rows(name, results[name]):
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    return lines
+
+
+def render(
+    results: Mapping[str, Any], full: Mapping[str, Any] | None = None, notes: str = ""
+) -> str:
+    """BENCHMARKS.md from the stored results: the quick runs' table, then the full runs'
+    (``full``), then ``notes`` (hand-written analysis kept in ``benchmarks/NOTES.md``)."""
     lines = [
         "# Benchmarks",
         "",
         "Every performance claim of dtesn-trio, measured: each figure next to a baseline",
         "measured in the same run, the ratio, and the target the issue set. Generated by",
-        "`python benchmarks/run_all.py` (each benchmark run with `--json --quick`; run one",
-        "without `--quick` for the full-length figures). Do not edit by hand. Each runs",
-        "as `python -P ...` from the repository root (`-P`: the script's directory is not",
-        "put on `sys.path`, where `benchmarks/queue.py` would shadow the stdlib's `queue`).",
+        "`python benchmarks/run_all.py` (every benchmark with `--json --quick`) and",
+        "`python benchmarks/run_all.py --full` (with `--json` alone: full length, minutes",
+        "each); each row's command says which it is, and each row is dated. Do not edit",
+        "by hand (the notes at the end come from `benchmarks/NOTES.md`). First",
+        "`pip install -e '.[bench]'` (the peer's FastAPI and uvicorn, reservoirpy, httpx;",
+        "`benchmarks/storm.py` also needs Debian's `wrk`): a benchmark missing one fails",
+        "with that sentence. Each runs as `python -P ...` from the repository root (`-P`:",
+        "the script's directory is not put on `sys.path`, where `benchmarks/queue.py`",
+        "would shadow the stdlib's `queue`).",
         "",
         f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, Python "
         f"{platform.python_version()}, {platform.system()} {platform.release()}. "
-        "The machine is shared; figures are noisy, ratios less so.",
+        "The machine is shared (other sessions' tests and benchmarks ran beside these):"
+        " absolute figures are noisy, ratios measured in one run less so.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
+        "## Quick runs (`--json --quick`)",
+        "",
+        *_table(results),
     ]
-    for name in sorted(results):
-        for row in table_rows(name, results[name]):
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     failed = [n for n in sorted(results) if "error" in results[n]]
     if failed:
         lines += ["", "Failed in the last run: " + ", ".join(f"`{n}`" for n in failed) + "."]
+    lines += ["", "## Full-length runs (`--json`)", ""]
+    if full:
+        lines += _table(full)
+        missing = sorted(set(results) - set(full))
+        if missing:
+            lines += [
+                "",
+                "Not run at full length yet: " + ", ".join(f"`{n}`" for n in missing) + ".",
+            ]
+    else:
+        lines.append("None yet: `python benchmarks/run_all.py --full`.")
+    if notes.strip():
+        lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
 
 
-def load_results() -> dict[str, Any]:
-    if RESULTS.exists():
-        data: dict[str, Any] = json.loads(RESULTS.read_text())
+NOTES = BENCH_DIR / "NOTES.md"
+
+
+def load_results(path: Path = RESULTS) -> dict[str, Any]:
+    if path.exists():
+        data: dict[str, Any] = json.loads(path.read_text())
         return data
     return {}
 
@@ -294,13 +352,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every benchmark and write BENCHMARKS.md.")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per benchmark")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per benchmark")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    parser.add_argument("--quick", action="store_true", help="accepted for symmetry; always quick")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the default: every run --quick")
+    mode.add_argument("--full", action="store_true", help="full-length runs (no --quick)")
     args = parser.parse_args(argv)
+    timeout = args.timeout or (1800.0 if args.full else 300.0)
 
     available = benchmark_names()
-    results = {k: v for k, v in load_results().items() if k in available}
+    path = RESULTS_FULL if args.full else RESULTS
+    results = {k: v for k, v in load_results(path).items() if k in available}
     if not args.render_only:
         names = args.only or available
         unknown = sorted(set(names) - set(available))
@@ -308,11 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"no such benchmark: {', '.join(unknown)} (have: {', '.join(available)})")
         for name in names:
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            results[name] = run_one(name, args.timeout)
+            results[name] = run_one(name, timeout, full=args.full)
             status = results[name].get("error") or f"ok in {results[name].get('seconds')} s"
             print(f"  {name}: {status}", file=sys.stderr, flush=True)
-        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    OUTPUT.write_text(render(results))
+        path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    quick = {k: v for k, v in load_results(RESULTS).items() if k in available}
+    full = {k: v for k, v in load_results(RESULTS_FULL).items() if k in available}
+    notes = NOTES.read_text() if NOTES.exists() else ""
+    OUTPUT.write_text(render(quick, full, notes))
     if args.json:
         print(json.dumps(results))
     else:

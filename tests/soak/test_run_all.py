@@ -57,3 +57,28 @@ def test_every_benchmark_named_in_the_issues_has_a_spec() -> None:
     assert {"admission", "pool", "queue", "dtesn_quality", "dtesn_batching", "runtime",
             "http", "client", "overload", "scale_out"} <= set(run_all.SPECS)  # fmt: skip
     assert "client" in run_all.benchmark_names()
+
+
+def test_render_shows_quick_and_full_tables_each_row_saying_which() -> None:
+    run_all = _run_all()
+    quick = {
+        "client": {"command": "python benchmarks/client.py --json --quick", "date": "q",
+                   "result": {"soak_client_per_s": 1400.0, "httpx_per_s": 500.0, "ratio": 2.8}},
+        "queue": {"command": "python benchmarks/queue.py --json --quick", "date": "q",
+                  "result": {"queue_b1_per_s": 1.0}},
+    }  # fmt: skip
+    full = {
+        "client": {"command": "python benchmarks/client.py --json", "date": "2026-12-03 15:00 UTC",
+                   "result": {"soak_client_per_s": 1300.0, "httpx_per_s": 700.0, "ratio": 1.86}},
+    }  # fmt: skip
+    text = run_all.render(quick, full, "## Notes\n\nwhy.")
+    quick_at = text.index("## Quick runs")
+    full_at = text.index("## Full-length runs")
+    assert quick_at < full_at < text.index("## Notes")
+    assert "`ratio` >= 2 ✓" in text[quick_at:full_at]
+    full_part = text[full_at:]
+    assert "`python benchmarks/client.py --json`" in full_part
+    assert "`ratio` >= 2 ✗" in full_part
+    assert "2026-12-03 15:00 UTC" in full_part
+    assert "Not run at full length yet: `queue`." in full_part
+    assert "None yet" in run_all.render(quick)
