@@ -280,7 +280,12 @@ class Profile:
 
 
 async def capacity(
-    server: Server, prof: Profile, concurrency: int, seconds: float, warm: float
+    server: Server,
+    prof: Profile,
+    concurrency: int,
+    seconds: float,
+    warm: float,
+    drain: float | None,
 ) -> dict[str, Any]:
     """Closed loop at ``concurrency``: 2xx completed per second in [warm, warm + seconds)."""
     load = LoadConfig(
@@ -295,7 +300,9 @@ async def capacity(
         timeout=max(prof.timeout, 60.0),
         seed=1,
     )
-    run, summary = await drive(server, load)
+    # quick: the answers still owed after the window are not waited for (up to
+    # concurrency / capacity seconds): ours drops the queued ones when their clients go
+    run, summary = await drive(server, load, drain=drain)
     ok = run.result.ok_histogram()
     return {
         "per_s": round(ok_rate(run, warm, seconds + warm), 2),
@@ -445,7 +452,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     starting.start_soon(start, name)
             ours, naive, peer = servers["ours"], servers["naive"], servers["peer"]
             mark("started")
-            cap = await capacity(ours, heavy, heavy.concurrency, args.capacity_seconds, warm)
+            cap = await capacity(
+                ours, heavy, heavy.concurrency, args.capacity_seconds, warm, args.capacity_drain
+            )
             mark("capacity")
             calibration = [{"input_bytes": heavy.input_bytes, "per_s": cap["per_s"]}]
             for _ in range(args.calibrations):
@@ -456,11 +465,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     break
                 scale = offered / (0.8 * args.max_offered)
                 heavy.input_bytes = int(math.ceil(heavy.input_bytes * scale / 1000) * 1000)
-                cap = await capacity(ours, heavy, heavy.concurrency, args.capacity_seconds, warm)
+                cap = await capacity(
+                    ours, heavy, heavy.concurrency, args.capacity_seconds, warm, args.capacity_drain
+                )
                 mark("capacity")
                 calibration.append({"input_bytes": heavy.input_bytes, "per_s": cap["per_s"]})
             peer_cap = await capacity(
-                peer, heavy, args.peer_concurrency, args.peer_capacity_seconds, warm
+                peer,
+                heavy,
+                args.peer_concurrency,
+                args.peer_capacity_seconds,
+                warm,
+                args.capacity_drain,
             )
             mark("peer capacity")
             c0, pc = cap["per_s"], peer_cap["per_s"]
@@ -484,7 +500,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             # The capacity again, after: a neighbour on this shared machine moves it from
             # minute to minute, and it only ever lowers a rate, so the higher of the two
             # is what this server can do.
-            cap_after = await capacity(ours, heavy, heavy.concurrency, args.capacity_seconds, warm)
+            cap_after = await capacity(
+                ours, heavy, heavy.concurrency, args.capacity_seconds, warm, args.capacity_drain
+            )
             mark("capacity after")
             c = max(c0, cap_after["per_s"])
             await stop("ours")
@@ -514,7 +532,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await stop("peer")
             lt = servers["light"]
             light_cap = await capacity(
-                lt, light, light.concurrency, args.light_capacity_seconds, warm
+                lt, light, light.concurrency, args.light_capacity_seconds, warm, args.capacity_drain
             )
             mark("light capacity")
             lc = light_cap["per_s"]
@@ -673,6 +691,7 @@ def main() -> None:
     # waited for up to the client timeout: the goodput window ends at the last send
     args.drain = 1.0 if q else None
     args.half_drain = 2.0 if q else None
+    args.capacity_drain = 0.5 if q else None
     if args.timeout is None:
         args.timeout = args.deadline_ms / 1000 + 1.0
     os.environ.pop("OPENBLAS_NUM_THREADS", None)
