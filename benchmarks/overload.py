@@ -21,9 +21,10 @@ The load comes from this process: the soak runner's open-loop generator and its 
 client (``dtesn_trio.soak``), latencies measured from each request's intended send time.
 
 1. capacity: closed loop (ours ``--concurrency`` 24, the peer 8), 2xx answers per
-   second completed inside a window after a 1 s warm-up (quick: 3 s, the peer 6 s;
-   full: 20 s after 2 s), measured again after the overload (3.): a neighbour on this
-   shared machine only ever lowers a rate, so the capacity is the higher of the two;
+   second completed inside a window after a 1 s warm-up (quick: 3 s, the peer 6 s, the
+   light row 2 s; full: 20 s after 2 s), measured again after the overload (3.): a
+   neighbour on this shared machine only ever lowers a rate, so the capacity is the
+   higher of the two;
 2. ours at 50 % of capacity, open loop, every request priority 0: the baseline p0 p99;
 3. ours at 10x capacity, open loop, priority mix ``0:5,1:10,2:25,3:30,4:30``, deadline
    5 s (sent as ``deadline_ms``; client timeout 6 s);
@@ -685,7 +686,7 @@ def main() -> None:
     args.half_seconds = 3.0 if q else 30.0
     args.overload_seconds = 6.0 if q else 60.0
     args.baseline_seconds = 3.0 if q else 30.0
-    args.light_capacity_seconds = 3.0 if q else 20.0
+    args.light_capacity_seconds = 2.0 if q else 20.0
     args.light_overload_seconds = 3.0 if q else 30.0
     # answers still owed this long after the last send are abandoned (quick) instead of
     # waited for up to the client timeout: the goodput window ends at the last send
