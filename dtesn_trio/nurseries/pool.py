@@ -79,8 +79,8 @@ class _Event(enum.Enum):
     CLOSED = enum.auto()  # close() returned
 
 
-# Module names for the members: an enum member's attribute lookup costs ~0.1 us, and
-# _update reads them on every acquire and release.
+# Module names for the members: looking a member up on its enum class is a Python-level
+# call, and _update reads them on every acquire and release.
 _NEW, _STARTING, _RUNNING, _STOPPED = _State
 _CONNECTING, _IDLE, _CHECKING, _IN_USE, _CLOSING = _Status
 _CONNECTED, _CONNECT_FAILED, _CHECKED, _CHECK_FAILED, _RELEASED, _SUSPECT, _BROKEN, _CLOSED = _Event
