@@ -606,16 +606,13 @@ class ConnectionPool(Generic[C]):
             if self._maintenance is not None:
                 self._maintenance.deadline = deadline
 
-    def _apply(
-        self, todo: _Todo[C], *, nursery: trio.Nursery | None = None, close_here: bool = False
-    ) -> list[_Record[C]]:
-        """Start what ``_update`` decided, in the pool's nursery (or ``nursery``); return
-        the records to close that the caller must close itself: all of them when
-        ``close_here`` or when the pool is not running (its nursery may be closed)."""
+    def _apply(self, todo: _Todo[C], *, close_here: bool = False) -> list[_Record[C]]:
+        """Wake the waiters ``_update`` served and start its connects, checks and closes
+        in the pool's nursery; return the records to close that the caller must close
+        itself: all of them when ``close_here`` or when the pool is not running (its
+        nursery may be closed to new tasks)."""
         leftover: list[_Record[C]] = []
-        if not todo:
-            return leftover
-        nursery = nursery or self._nursery
+        nursery = self._nursery
         for item in todo:
             if isinstance(item, _Waiter):
                 r = item.result
@@ -624,16 +621,17 @@ class ConnectionPool(Generic[C]):
                     item.task,
                     outcome.Error(r) if isinstance(r, BaseException) else outcome.Value(r),
                 )
-            elif item.status is _CLOSING and (close_here or self._nursery is None):
+            elif item.status is _CLOSING and (close_here or nursery is None):
                 leftover.append(item)
             else:
+                # Only a running pool (whose nursery is open) connects or checks.
                 assert nursery is not None
-                task = {
-                    _CONNECTING: self._create,
-                    _CHECKING: self._keepalive,
-                    _CLOSING: self._close_one,
-                }[item.status]  # type: ignore[index]
-                nursery.start_soon(task, item)
+                if item.status is _CONNECTING:
+                    nursery.start_soon(self._create, item)
+                elif item.status is _CHECKING:
+                    nursery.start_soon(self._check, item)
+                else:
+                    nursery.start_soon(self._close_one, item)
         return leftover
 
     def _stop(self) -> list[_Record[C]]:
@@ -674,7 +672,7 @@ class ConnectionPool(Generic[C]):
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 if (
                     record.suspect or now - record.last_used > self._config.validation_bypass
-                ) and not await self._validate(record):
+                ) and not await self._check(record):
                     now = trio.current_time()
                     continue
                 record.acquired_at = now
@@ -724,13 +722,16 @@ class ConnectionPool(Generic[C]):
     def _retry_after(self) -> float:
         return self._config.validation_bypass or 0.1
 
-    async def _validate(self, record: _Record[C]) -> bool:
-        """Check ``record`` (in use by us); False when it failed and was given up."""
+    async def _check(self, record: _Record[C]) -> bool:
+        """Check ``record``, in use by us (on checkout) or by keepalive, and report the
+        result; False when it failed and was given up."""
         try:
             with trio.fail_after(self._config.validation_timeout):
                 await self._connector.check(record.conn)
         except Exception as exc:
             logger.debug("%s: connection failed its check: %r", self._name, exc)
+            if record.status is _CHECKING:  # idle: the backend may be failing
+                self._last_error = f"{type(exc).__name__}: {exc}"
             await self._settle(record, _CHECK_FAILED)
             return False
         except BaseException:
@@ -824,19 +825,6 @@ class ConnectionPool(Generic[C]):
             raise BackendUnavailable(
                 f"{self._name} pool could not start: {error.message}"
             ) from error
-
-    async def _keepalive(self, record: _Record[C]) -> None:
-        try:
-            with trio.fail_after(self._config.validation_timeout):
-                await self._connector.check(record.conn)
-        except Exception as exc:
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            await self._settle(record, _CHECK_FAILED)
-            return
-        except BaseException:
-            await self._settle(record, _BROKEN)
-            raise
-        await self._settle(record, _CHECKED)
 
     async def _close_all(self, records: list[_Record[C]]) -> None:
         if records:
