@@ -163,8 +163,8 @@ class _Record(Generic[C]):
 class _Waiter(Generic[C]):
     __slots__ = ("parked", "result", "task")
 
-    def __init__(self, task: trio.lowlevel.Task) -> None:
-        self.task = task
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None  # set when it parks
         self.result: _Record[C] | BaseException | None = None  # what it is served
         self.parked = False  # asleep in wait_task_rescheduled: wake it with its result
 
@@ -617,6 +617,7 @@ class ConnectionPool(Generic[C]):
             if isinstance(item, _Waiter):
                 r = item.result
                 assert r is not None
+                assert item.task is not None
                 trio.lowlevel.reschedule(
                     item.task,
                     outcome.Error(r) if isinstance(r, BaseException) else outcome.Value(r),
@@ -656,7 +657,7 @@ class ConnectionPool(Generic[C]):
             await trio.lowlevel.checkpoint_if_cancelled()
             start = now = trio.current_time()
             while True:
-                waiter: _Waiter[C] = _Waiter(trio.lowlevel.current_task())
+                waiter: _Waiter[C] = _Waiter()
                 todo = self._update(now, arriving=waiter)
                 if todo:
                     self._apply(todo)
@@ -698,6 +699,7 @@ class ConnectionPool(Generic[C]):
             self._update(trio.current_time(), leaving=waiter)
             return trio.lowlevel.Abort.SUCCEEDED
 
+        waiter.task = trio.lowlevel.current_task()
         waiter.parked = True
         timeout = self._config.acquire_timeout
         with trio.move_on_at(math.inf if timeout is None else start + timeout):
