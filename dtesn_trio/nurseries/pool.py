@@ -428,15 +428,18 @@ class ConnectionPool(Generic[C]):
             elif event is _CONNECT_FAILED:
                 _move(recs, record, None, todo)
                 exc = record.error
-                if exc is not None and record.fill_round:
-                    if record.fill_round == self._fill_round and not self._fill_round_failed:
-                        self._fill_round_failed = True
-                        delay = min(
-                            cfg.reconnect_max_delay, cfg.retry_delay * 2**self._fill_failures
-                        )
-                        self._fill_failures += 1
-                        self._next_fill_at = now + self._jitter(delay)
-                elif exc is not None and len(waiters) > len(recs[_CONNECTING]):
+                # The first failure of the current refill round backs the next one off.
+                if (
+                    exc is not None
+                    and record.fill_round
+                    and record.fill_round == self._fill_round
+                    and not self._fill_round_failed
+                ):
+                    self._fill_round_failed = True
+                    delay = min(cfg.reconnect_max_delay, cfg.retry_delay * 2**self._fill_failures)
+                    self._fill_failures += 1
+                    self._next_fill_at = now + self._jitter(delay)
+                if exc is not None and len(waiters) > len(recs[_CONNECTING]):
                     _serve(waiters.popitem(last=False)[0], BackendUnavailable(exc.message), todo)
                 rescan = True
             elif event is _CONNECTED:
