@@ -36,7 +36,13 @@ class ServerConfig:
       the whole body; a slower one (a slow-loris) gets 408 ``body_timeout`` and its
       connection closed, instead of holding a connection and a task forever.
       (Slow *headers* are bounded by hypercorn's ``keep_alive_timeout``.)
-    - ``keep_alive_timeout``, ``backlog``: passed to hypercorn.
+    - ``http``: the HTTP server: ``"lean"`` (ours: one task per connection, llhttp
+      parsing; a request costs it a fraction of what it costs hypercorn, which decides
+      what a storm of clients leaves for the work) or ``"hypercorn"`` (its Trio worker).
+    - ``keep_alive_timeout``: seconds an idle connection (or one sending its headers)
+      is kept.  ``backlog``: the listen queue (the kernel caps it at
+      ``net.core.somaxconn``); a storm of new connections beyond it is refused by the
+      kernel.
     - ``access_log``: log one line per request (with its request id).
     - ``reuse_port``: bind with ``SO_REUSEPORT`` (Linux, BSD), so that several
       ``dtesn-trio serve`` processes on one host listen on the same port and the kernel
@@ -67,8 +73,9 @@ class ServerConfig:
     graceful_timeout: float | None = None
     response_margin: float = 2.0
     body_timeout: float = 30.0
+    http: Literal["lean", "hypercorn"] = "lean"
     keep_alive_timeout: float = 5.0
-    backlog: int = 1024
+    backlog: int = 4096
     access_log: bool = False
     reuse_port: bool = False
     gc_freeze: bool = True
@@ -114,6 +121,7 @@ class ServerConfig:
             _checks.positive(p + "graceful_timeout", self.graceful_timeout)
         _checks.non_negative(p + "response_margin", self.response_margin)
         _checks.positive(p + "body_timeout", self.body_timeout)
+        _checks.one_of(p + "http", self.http, ("lean", "hypercorn"))
         _checks.positive(p + "keep_alive_timeout", self.keep_alive_timeout)
         _checks.integer(p + "backlog", self.backlog, minimum=1)
         if self.gc_threshold != "default":
