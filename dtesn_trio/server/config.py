@@ -27,6 +27,10 @@ class ServerConfig:
     - ``max_input_length``: characters of a text input, or rows of a numeric one.
     - ``max_batch_inputs``: inputs of one ``/v1/process/batch`` request.
     - ``max_deadline_ms``: the largest ``deadline_ms`` a request may ask for.
+    - ``default_deadline_ms``: the deadline of a request that sends no ``deadline_ms``
+      (``None``: none; it then waits as long as the queue's timeout lets it).  An HTTP
+      client that says nothing still gives up at some point, typically within seconds;
+      past that, the work is done for nobody.
     - ``metrics_require_auth``: whether ``/metrics`` needs an API key too.
     - ``docs``: serve ``/openapi.json`` and ``/docs``.
     - ``graceful_timeout``: how long hypercorn waits for open requests after a graceful
@@ -68,6 +72,7 @@ class ServerConfig:
     max_input_length: int = 16_384
     max_batch_inputs: int = 100
     max_deadline_ms: int = 600_000
+    default_deadline_ms: int | None = 5_000
     metrics_require_auth: bool = False
     docs: bool = True
     graceful_timeout: float | None = None
@@ -107,6 +112,11 @@ class ServerConfig:
         _checks.in_range(p + "max_batch_inputs", self.max_batch_inputs, 1, MAX_BATCH_INPUTS)
         _checks.integer(p + "max_deadline_ms", self.max_deadline_ms, minimum=1)
         _checks.in_range(p + "max_deadline_ms", self.max_deadline_ms, 1, MAX_DEADLINE_MS)
+        if self.default_deadline_ms is not None:
+            _checks.integer(p + "default_deadline_ms", self.default_deadline_ms, minimum=1)
+            _checks.in_range(
+                p + "default_deadline_ms", self.default_deadline_ms, 1, self.max_deadline_ms
+            )
         for name in (
             "metrics_require_auth",
             "docs",
