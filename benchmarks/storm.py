@@ -207,14 +207,18 @@ def row_of(raw: dict[str, Any], connections: int, cpu: float | None) -> dict[str
     }
 
 
-async def settle(server: Server, client: httpx.AsyncClient, limit: float = 15.0) -> dict[str, Any]:
-    """Wait (up to ``limit`` s) until nothing is queued or running; the last stats."""
+async def settle(
+    server: Server, client: httpx.AsyncClient, fds: int | None = None, limit: float = 15.0
+) -> dict[str, Any]:
+    """Wait (up to ``limit`` s) until nothing is queued or running and, given ``fds``,
+    until the server holds no more open files than that; the last stats."""
     stats: dict[str, Any] = {}
     with trio.move_on_after(limit):
         while True:
             stats = (await client.get(f"{server.url}/v1/stats")).json()
             queue = stats.get("queue", {})
-            if not queue.get("total_queued") and not queue.get("running_batches"):
+            idle = not queue.get("total_queued_requests") and not queue.get("running_batches")
+            if idle and (fds is None or fds_of(server.process.pid) <= fds):
                 return stats
             await trio.sleep(0.25)
     return stats
@@ -299,7 +303,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 if not args.json:
                     print(_row_line("ours", row), flush=True)
                 await settle(server, client)
-            after = await settle(server, client)
+            # the client closed every connection: wait for the server to see it
+            after = await settle(server, client, fds=leak_before["fds"] + 1)
             cache = after.get("cache") or {}
             leak_after = {
                 "fds": fds_of(pid),
