@@ -153,6 +153,19 @@ SPECS: dict[str, list[Row]] = {
         Row("rare_bulk_ratio"),
         Row("heavy_bulk_ratio"),
     ],
+    # issue 13: light requests on serve's defaults, 1-4,096 closed-loop connections (wrk)
+    "storm": [
+        Row("c1_p50_ms", "c1_floor_ms", "c1_ratio", "<= 2"),
+        Row("c4_ok_per_s", "c4_peer_ok_per_s", "c4_vs_peer", ">= 2"),
+        Row("best_ok_per_s"),
+        Row("storm256_ratio", target=">= 0.8"),
+        Row("storm1024_ratio", target=">= 0.8"),
+        Row("storm4096_ratio", target=">= 0.7"),
+        Row("storm_p99_ms", target="<= 1500"),  # 1.5 x the default deadline of 1,000 ms
+        Row("storm_timeouts", target="< 0.01"),
+        Row("storm_other_status", target="== 0"),
+        Row("storm_connect_errors", target="== 0"),
+    ],
     # issue 9
     "scale_out": [
         Row("goodput_2", "goodput_1", "scaling"),
