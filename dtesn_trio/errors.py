@@ -13,6 +13,7 @@ __all__ = [
     "DTESNError",
     "DeadlineExceeded",
     "EngineError",
+    "IdempotencyConflict",
     "InvalidRequest",
     "Overloaded",
     "PayloadTooLarge",
@@ -77,6 +78,14 @@ class PayloadTooLarge(DTESNError):
 
     code = "payload_too_large"
     http_status = 413
+
+
+class IdempotencyConflict(DTESNError):
+    """An ``Idempotency-Key`` already names a job with another payload (409): the
+    first job is kept; a new job needs a new key."""
+
+    code = "idempotency_conflict"
+    http_status = 409
 
 
 class RateLimited(DTESNError):

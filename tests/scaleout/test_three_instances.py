@@ -59,7 +59,7 @@ def _reset_database(pg: PostgresServer) -> None:
         [
             _postgres_bin("psql"),
             *("-h", pg.host, "-p", str(pg.port), "-U", pg.user, "-d", pg.database),
-            *("-c", "DROP TABLE IF EXISTS dtesn_jobs, dtesn_schema"),
+            *("-c", "DROP TABLE IF EXISTS dtesn_jobs, dtesn_schema, dtesn_meta"),
         ],
         env={**os.environ, "PGPASSWORD": pg.password},
         check=True,
