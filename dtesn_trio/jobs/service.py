@@ -262,6 +262,20 @@ class JobService:
             return False
         return hmac.compare_digest(self._sign(job_id[:_NONCE_HEX]), job_id)
 
+    def retention(self) -> str:
+        """The retention policy in words, for messages about expired jobs."""
+        config = self.config
+        rules = []
+        if config.retain_finished is not None:
+            rules.append(f"for {config.retain_finished:g} s (jobs.retain_finished)")
+        if config.max_finished_rows is not None:
+            rules.append(
+                f"while among the newest {config.max_finished_rows} (jobs.max_finished_rows)"
+            )
+        if not rules:
+            return "finished jobs are kept (no retention limit is set now)"
+        return "finished jobs are kept " + " and ".join(rules)
+
     async def get(self, job_id: str) -> JobRecord | None:
         """The job ``job_id`` as stored now, or None."""
         return await self._store.get(job_id)

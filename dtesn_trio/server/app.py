@@ -38,6 +38,7 @@ from dtesn_trio.server.auth import ApiKeyAuth
 from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.errors import (
     BodyTimeout,
+    Gone,
     MalformedRequest,
     NotFound,
     NotReady,
@@ -397,16 +398,19 @@ class AppState:
                 "the Idempotency-Key header must be 1-255 printable ASCII characters",
                 field="Idempotency-Key",
             )
-        record = await jobs.submit(msgspec.to_builtins(req), idempotency_key=key)
+        # IdempotencyConflict (409) when the key names a job with another payload.
+        record, created = await jobs.enqueue(msgspec.to_builtins(req), idempotency_key=key)
         location = f"/v1/jobs/{record.id}"
         body = {"job_id": record.id, "status": record.status, "location": location}
-        return _json(body, 202, {"location": location})
+        return _json(body, 202 if created else 200, {"location": location})
 
     async def get_job(self, request: Request) -> Response:
         jobs = self._jobs()
         job_id = request.path_params["job_id"]
         record = await jobs.get(job_id) if _JOB_ID.match(job_id) else None
         if record is None:
+            if jobs.issued(job_id):
+                raise Gone(f"job {job_id!r} has expired: {jobs.retention()}", field="job_id")
             raise NotFound(f"no job with id {job_id!r}", field="job_id")
         body: dict[str, Any] = {
             "job_id": record.id,

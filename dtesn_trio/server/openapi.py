@@ -42,6 +42,9 @@ _ERRORS = {
     "401": "API key missing or wrong",
     "404": "No such job (or durable jobs are disabled)",
     "408": "The body did not arrive within server.body_timeout (connection closed)",
+    "409": "Idempotency-Key already used for a job with another payload (error.field names"
+    " the header); a repeat with the same payload answers 200 with the first job",
+    "410": "The job existed and was deleted by the retention policy (code expired)",
     "413": "Body over the configured limit",
     "422": "A field has the wrong type or value (error.field names it)",
     "429": "Rate limited; see Retry-After",
@@ -78,7 +81,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         JobRequest,
         "202",
         JobAccepted,
-        ("400", "401", "408", "413", "422", "503", "500"),
+        ("400", "401", "408", "409", "413", "422", "503", "500"),
     ),
     (
         "get",
@@ -87,7 +90,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         None,
         "200",
         JobResponse,
-        ("401", "404", "503", "500"),
+        ("401", "404", "410", "503", "500"),
     ),
     ("get", "/v1/stats", "Runtime statistics", None, "200", StatsResponse, ("401", "500")),
     ("get", "/healthz", "Alive", None, "200", HealthResponse, ()),

@@ -90,7 +90,8 @@ async def test_http_idempotency_key(tmp_path: Path) -> None:
                 "/v1/jobs", json={"input": "a"}, headers={"Idempotency-Key": "x" * 256}
             )
             plain = await srv.client.post("/v1/jobs", json={"input": "a"})
-    assert (one.status_code, two.status_code, plain.status_code) == (202, 202, 202)
+    assert (one.status_code, two.status_code, plain.status_code) == (202, 200, 202)
+    assert one.headers["location"] == two.headers["location"]
     assert one.json()["job_id"] == two.json()["job_id"] != plain.json()["job_id"]
     assert bad.status_code == 422
     assert bad.json()["error"]["field"] == "Idempotency-Key"
