@@ -132,7 +132,7 @@ class PostgresJobStore:
         while True:
             rows = await self._fetch(
                 "INSERT INTO dtesn_jobs (id, status, payload, attempts, created_at,"
-                f" available_at, payload_hash) VALUES ($1, $2, $3, $4, {_NOW}, $5, $6)"
+                f" available_at, payload_hash) VALUES ($1, $2, $3, $4, {_NOW}, GREATEST($5, {_NOW}), $6)"
                 f" ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}",
                 record.id,
                 record.status,
@@ -156,10 +156,16 @@ class PostgresJobStore:
         rows = await self._fetch(
             f"UPDATE dtesn_jobs SET status = 'running', lease_owner = $1,"
             f" lease_expires = {_NOW} + $2, attempts = attempts + 1, started_at = {_NOW}"
-            " WHERE id = (SELECT id FROM dtesn_jobs"
-            f"   WHERE (status = 'queued' AND available_at <= {_NOW})"
-            f"      OR (status = 'running' AND lease_expires < {_NOW})"
-            "   ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            # A job whose lease ran out first (it waited longest), else the queued job
+            # available first: each one step down an index, however many finished rows
+            # the table holds (COALESCE stops at the first that finds one).
+            " WHERE id = COALESCE("
+            "   (SELECT id FROM dtesn_jobs"
+            f"     WHERE status = 'running' AND lease_expires < {_NOW}"
+            "     LIMIT 1 FOR UPDATE SKIP LOCKED),"
+            "   (SELECT id FROM dtesn_jobs"
+            f"     WHERE status = 'queued' AND available_at <= {_NOW}"
+            "     ORDER BY available_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED))"
             f" RETURNING {COLUMNS}",
             owner,
             lease_seconds,
@@ -201,7 +207,9 @@ class PostgresJobStore:
     async def release(self, job_id: str, owner: str, now: float, delay: float) -> bool:
         rows = await self._fetch(
             "UPDATE dtesn_jobs SET status = 'queued', lease_owner = NULL,"
-            f" lease_expires = NULL, available_at = {_NOW} + $1,"
+            # Given back at once: ahead of the queue, where a requeued job goes.
+            " lease_expires = NULL,"
+            f" available_at = CASE WHEN $1 <= 0 THEN 0 ELSE {_NOW} + $1 END,"
             " attempts = GREATEST(attempts - 1, 0)"
             " WHERE id = $2 AND status = 'running' AND lease_owner = $3 RETURNING id",
             delay,

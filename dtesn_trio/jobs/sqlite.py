@@ -6,6 +6,12 @@ Claiming is a single ``UPDATE ... WHERE id = (SELECT ...) RETURNING``: SQLite ru
 under its write lock, so two claimers -- in this process or another -- never take the
 same job.  Times are the callers' ``now`` (one host, one clock).  Purging deletes one
 small batch per statement, so the write lock is never held for long.
+
+SQLite takes one writer at a time, and a writer that finds the file locked polls for
+it (the busy timeout) -- a poller can lose to busy claimers every time.  So the writes
+of one store take turns on a FIFO ``trio.Lock`` first; the busy timeout is left to
+writers in other processes.  A write still locked out after the busy timeout raises
+``BackendUnavailable`` (the caller retries later), like a database that went away.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import msgspec
+import trio
 
+from dtesn_trio.errors import BackendUnavailable
 from dtesn_trio.jobs.store import COLUMNS, JobRecord, record_from_row
 
 __all__ = ["SQLiteJobStore"]
@@ -70,11 +78,21 @@ class SQLiteJobStore:
 
     def __init__(self, pool: _Pool) -> None:
         self._pool = pool
+        self._writes = trio.Lock()
 
     async def _execute(self, sql: str, params: Any = ()) -> list[Any]:
         async with self._pool.connection() as conn:
-            rows: list[Any] = await conn.execute(sql, params)
+            try:
+                rows: list[Any] = await conn.execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                raise BackendUnavailable(f"sqlite job store: {exc}") from exc
             return rows
+
+    async def _write(self, sql: str, params: Any = ()) -> list[Any]:
+        async with self._writes:
+            return await self._execute(sql, params)
 
     async def setup(self) -> None:
         async with self._pool.connection() as conn:
@@ -101,7 +119,7 @@ class SQLiteJobStore:
 
     async def insert(self, record: JobRecord) -> tuple[JobRecord, bool]:
         while True:
-            rows = await self._execute(
+            rows = await self._write(
                 "INSERT INTO dtesn_jobs"
                 " (id, status, payload, attempts, created_at, available_at, payload_hash)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
@@ -112,7 +130,8 @@ class SQLiteJobStore:
                     _encode(record.payload),
                     record.attempts,
                     record.created_at,
-                    record.available_at,
+                    # Queue order is by availability: a new job is available when made.
+                    max(record.available_at, record.created_at),
                     record.payload_hash,
                 ),
             )
@@ -128,20 +147,27 @@ class SQLiteJobStore:
         return record_from_row(rows[0]) if rows else None
 
     async def claim(self, owner: str, now: float, lease_seconds: float) -> JobRecord | None:
-        rows = await self._execute(
+        rows = await self._write(
             "UPDATE dtesn_jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
             " attempts = attempts + 1, started_at = ?"
-            " WHERE id = (SELECT id FROM dtesn_jobs"
-            "   WHERE (status = 'queued' AND available_at <= ?)"
-            "      OR (status = 'running' AND lease_expires < ?)"
-            "   ORDER BY rowid LIMIT 1)"
+            # A job whose lease ran out first (it waited longest), else the queued job
+            # available first: each branch one step down an index, however many
+            # finished rows the table holds.
+            " WHERE id = (SELECT id FROM ("
+            "   SELECT * FROM (SELECT id FROM dtesn_jobs"
+            "     WHERE status = 'running' AND lease_expires < ? LIMIT 1)"
+            "   UNION ALL"
+            "   SELECT * FROM (SELECT id FROM dtesn_jobs"
+            "     WHERE status = 'queued' AND available_at <= ?"
+            "     ORDER BY available_at, rowid LIMIT 1)"
+            " ) LIMIT 1)"
             f" RETURNING {COLUMNS}",
             (owner, now + lease_seconds, now, now, now),
         )
         return record_from_row(rows[0]) if rows else None
 
     async def renew(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
-        rows = await self._execute(
+        rows = await self._write(
             "UPDATE dtesn_jobs SET lease_expires = ?"
             " WHERE id = ? AND status = 'running' AND lease_owner = ? RETURNING id",
             (now + lease_seconds, job_id, owner),
@@ -158,7 +184,7 @@ class SQLiteJobStore:
         error: dict[str, Any] | None = None,
     ) -> bool:
         status = "failed" if error is not None else "succeeded"
-        rows = await self._execute(
+        rows = await self._write(
             "UPDATE dtesn_jobs SET status = ?, result = ?, error = ?, finished_at = ?,"
             " lease_owner = NULL, lease_expires = NULL"
             " WHERE id = ? AND status = 'running' AND lease_owner = ? RETURNING id",
@@ -174,11 +200,12 @@ class SQLiteJobStore:
         return bool(rows)
 
     async def release(self, job_id: str, owner: str, now: float, delay: float) -> bool:
-        rows = await self._execute(
+        rows = await self._write(
             "UPDATE dtesn_jobs SET status = 'queued', lease_owner = NULL,"
             " lease_expires = NULL, available_at = ?, attempts = MAX(attempts - 1, 0)"
             " WHERE id = ? AND status = 'running' AND lease_owner = ? RETURNING id",
-            (now + delay, job_id, owner),
+            # Given back at once: ahead of the queue, where a requeued job goes.
+            (0.0 if delay <= 0 else now + delay, job_id, owner),
         )
         return bool(rows)
 
@@ -189,7 +216,7 @@ class SQLiteJobStore:
         total = 0
         for (owner,) in rows:
             if owner is None or is_dead(owner):
-                requeued = await self._execute(
+                requeued = await self._write(
                     "UPDATE dtesn_jobs SET status = 'queued', lease_owner = NULL,"
                     " lease_expires = NULL, available_at = 0"
                     " WHERE status = 'running' AND lease_owner IS ? RETURNING id",
@@ -229,7 +256,7 @@ class SQLiteJobStore:
         return max(horizons) if horizons else None
 
     async def purge(self, horizon: float, limit: int) -> int:
-        rows = await self._execute(
+        rows = await self._write(
             "DELETE FROM dtesn_jobs WHERE rowid IN (SELECT rowid FROM dtesn_jobs"
             "   WHERE finished_at IS NOT NULL AND finished_at <= ?"
             "   ORDER BY finished_at LIMIT ?) RETURNING 1",
