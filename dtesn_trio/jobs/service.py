@@ -467,7 +467,8 @@ class JobService:
     async def wait_swept(self) -> SweepReport:
         """Wait for the sweeper task's next sweep to end (one in progress counts);
         what it did.  A sweep that failed (the store was down) reports nothing
-        deleted."""
+        deleted.  With neither retention limit set there is no sweeper: this waits
+        for ever."""
         await self._swept.wait()
         assert self._last_sweep is not None
         return self._last_sweep
