@@ -182,10 +182,18 @@ def openapi_document(
                     "in": "header",
                     "required": False,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                    "description": "Submitting again with the same key (e.g. a UUID) returns"
-                    " the job stored the first time instead of adding one",
+                    "description": "Submitting again with the same key (e.g. a UUID) and"
+                    " the same body returns the job stored the first time (200) instead of"
+                    " adding one; another body under the key is a 409",
                 }
             ]
+            op["responses"]["200"] = {
+                "description": "The job stored the first time with this Idempotency-Key",
+                "content": {"application/json": {"schema": ref[response]}},
+                "headers": {
+                    "Location": {"schema": {"type": "string"}, "description": "The job's URL"}
+                },
+            }
         if ok == "202":
             op["responses"][ok]["headers"] = {
                 "Location": {"schema": {"type": "string"}, "description": "The job's URL"}
