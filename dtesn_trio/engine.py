@@ -27,10 +27,12 @@ Optional members, each with its default when absent:
   everything that decides the output: input, weights, version); ``None`` for an item
   never cached.  Absent: no result cache.
 - ``cost(item) -> float``: the item's share of the engine's work (default 1).
-- ``input_schema`` / ``output_schema``: a type msgspec can decode (the request's
-  ``input`` is then validated against it before ``decode``) or a JSON Schema ``dict``
-  (documentation only); both appear in the OpenAPI document.  ``options_schema``: a
-  JSON Schema per option name.
+- ``input_type``: a type msgspec decodes (``list[float]``, a ``msgspec.Struct``...):
+  the server validates a request's ``input`` against it before ``decode`` (default:
+  any JSON value).
+- ``input_schema`` / ``output_schema``: JSON Schema ``dict``s of the input and of
+  ``encode``'s value, for the OpenAPI document (default: derived from ``input_type``;
+  any value).  ``options_schema``: a JSON Schema per option name.
 - ``open()``: an async context manager for set-up and tear-down (loading weights,
   connections), entered by ``open_runtime`` inside its nursery, before any request.
 - ``statistics()``: a record (dataclass or mapping) shown under ``engine`` in the stats.
@@ -91,8 +93,9 @@ class ResolvedEngine:
     group_key: Callable[[Any], Hashable] | None
     cache_key_fn: Callable[[Any], str | bytes | None] | None
     cost: Callable[[Any], float] | None
-    input_schema: Any
-    output_schema: Any
+    input_type: Any
+    input_schema: dict[str, Any] | None
+    output_schema: dict[str, Any] | None
     options: frozenset[str]
     options_schema: Mapping[str, Any] = field(default_factory=dict)
     open: Callable[[], AbstractAsyncContextManager[Any]] | None = None
@@ -145,13 +148,25 @@ def resolve_engine(engine: Any) -> ResolvedEngine:
         group_key=optional("group_key"),
         cache_key_fn=optional("cache_key"),
         cost=optional("cost"),
-        input_schema=getattr(engine, "input_schema", None),
-        output_schema=getattr(engine, "output_schema", None),
+        input_type=getattr(engine, "input_type", Any),
+        input_schema=_schema(engine, "input_schema"),
+        output_schema=_schema(engine, "output_schema"),
         options=_options(engine.decode),
         options_schema=dict(getattr(engine, "options_schema", None) or {}),
         open=optional("open"),
         statistics=optional("statistics"),
     )
+
+
+def _schema(engine: Any, name: str) -> dict[str, Any] | None:
+    value = getattr(engine, name, None)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{_name(engine)}.{name} must be a JSON Schema dict (got {type(value).__name__})"
+        )
+    return dict(value)
 
 
 def check_outputs(name: str, items: int, outputs: Sequence[Any]) -> list[Any]:

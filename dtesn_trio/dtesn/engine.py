@@ -60,8 +60,8 @@ class DTESNEngineStatistics:
 class DTESNEngine:
     """The built-in engine; see the module docstring."""
 
-    input_schema: Any = DTESNInput
-    output_schema: Any = dict[str, Any]
+    input_type: Any = DTESNInput
+    output_schema: dict[str, Any] = {"type": "object"}  # noqa: RUF012 (read only)
 
     def __init__(self, model_or_config: DTESNModel | DTESNConfig | None = None) -> None:
         if isinstance(model_or_config, DTESNModel):
@@ -93,6 +93,14 @@ class DTESNEngine:
         """Build the model at the configured depth (in a worker thread) before the block."""
         await trio.to_thread.run_sync(self._model, self.config.membrane_depth)
         yield self
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        """Text, or ``T × input_dim`` numbers."""
+        schema: dict[str, Any] = msgspec.json.schema(DTESNInput)
+        numeric = schema["anyOf"][1]
+        numeric["items"]["minItems"] = numeric["items"]["maxItems"] = self.config.input_dim
+        return schema
 
     @property
     def options_schema(self) -> dict[str, Any]:
