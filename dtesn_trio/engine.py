@@ -47,7 +47,10 @@ resolved functions, never ``getattr``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -55,7 +58,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from dtesn_trio.errors import EngineError, InvalidRequest
 
-__all__ = ["Engine", "ResolvedEngine", "check_outputs", "resolve_engine"]
+__all__ = ["Engine", "ResolvedEngine", "check_outputs", "load_engine", "resolve_engine"]
 
 
 @runtime_checkable
@@ -184,3 +187,38 @@ def check_outputs(name: str, items: int, outputs: Sequence[Any]) -> list[Any]:
             " (it must return one output per item, in order)"
         )
     return out
+
+
+def load_engine(spec: str, options: Mapping[str, Any] | None = None) -> Any:
+    """Import ``package.module:factory`` and return ``factory(**options)``, checked to
+    be an engine.  The current directory is importable (as for ``uvicorn``), so
+    ``examples.sklearn_digits:factory`` works from the project's root.  Every failure
+    is a ``ValueError`` that says what to fix."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--engine must be package.module:factory (got {spec!r})")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--engine {spec}: cannot import {module_name!r} ({exc})") from None
+    factory: Any = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ValueError(f"--engine {spec}: {module_name!r} has no {attr!r}")
+    if not callable(factory):
+        raise ValueError(f"--engine {spec}: {attr!r} is not callable")
+    try:
+        engine = factory(**(options or {}))
+    except TypeError as exc:
+        raise ValueError(
+            f"--engine {spec}: {attr}(**engine options) failed: {exc}"
+            " (the options are the --set engine.KEY=VALUE flags)"
+        ) from None
+    try:
+        resolve_engine(engine)
+    except TypeError as exc:
+        raise ValueError(f"--engine {spec}: {exc}") from None
+    return engine
