@@ -81,9 +81,7 @@ async def test_results_equal_the_thread_executors_and_workers_end_with_the_block
 async def test_a_killed_worker_fails_its_call_only_and_is_replaced() -> None:
     model = DTESNModel(SMALL)
     before = child_pids()
-    proc = DTESNProcessor(
-        model, ProcessorConfig(worker_threads=1, executor="process")
-    )
+    proc = DTESNProcessor(model, ProcessorConfig(worker_threads=1, executor="process"))
     with trio.fail_after(60):
         async with proc.open():
             (worker,) = child_pids() - before
