@@ -130,6 +130,11 @@ SPECS: dict[str, list[Row]] = {
         Row("rare_bulk_ratio"),
         Row("heavy_bulk_ratio"),
     ],
+    # issue 14
+    "engines": [
+        Row("runtime_identity_per_s", "queue_identity_per_s", "runtime_vs_queue", ">= 0.8"),
+        Row("sklearn_batched_per_s", "sklearn_single_per_s", "sklearn_batch_speedup"),
+    ],
     # issue 9
     "scale_out": [
         Row("goodput_2", "goodput_1", "scaling"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import math
 import sys
 from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -185,7 +184,9 @@ class Runtime:
         if self.shared_limiter is not None:
             await self.shared_limiter.try_acquire()
         async with self.admission.throttle_request(priority=priority):
-            with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
+            if deadline is None:  # no cancel scope to make: the hot path
+                return await self._admitted(item, priority, deadline, use_cache, start)
+            with trio.move_on_at(deadline) as scope:
                 return await self._admitted(item, priority, deadline, use_cache, start)
             assert scope.cancelled_caught
             waited = trio.current_time() - start
