@@ -104,7 +104,6 @@ async def one_run(
                 nursery.start_soon(generate, p0_rate, 0)
                 if bulk:
                     nursery.start_soon(generate, args.bulk_rate, 3)
-        stats = rt.processor.statistics()
     return {
         "express_levels": express,
         "p0_rate": p0_rate,
@@ -115,8 +114,6 @@ async def one_run(
         "p0_failed": late[0],
         "bulk_ok": len(lat[3]),
         "bulk_failed": late[3],
-        "express_calls": stats.express_calls,
-        "preemptions": stats.preemptions,
     }
 
 
@@ -144,13 +141,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     lines = [
-        f"{'run':<12}{'p0/s':>6}{'p0 p50':>9}{'p0 p99':>9}{'p0 ok':>7}{'bulk ok':>9}"
-        f"{'express':>9}{'pauses':>8}",
+        f"{'run':<12}{'p0/s':>6}{'p0 p50':>9}{'p0 p99':>9}{'p0 ok':>7}{'bulk ok':>9}",
     ]
     for name, x in r["runs"].items():
         lines.append(
             f"{name:<12}{x['p0_rate']:>6.1f}{x['p0_p50_ms'] or 0:>9.0f}{x['p0_p99_ms'] or 0:>9.0f}"
-            f"{x['p0_ok']:>7}{x['bulk_ok']:>9}{x['express_calls']:>9}{x['preemptions']:>8}"
+            f"{x['p0_ok']:>7}{x['bulk_ok']:>9}"
         )
     for share in ("rare", "heavy"):
         lines.append(
