@@ -23,7 +23,7 @@ from dtesn_trio.limits import AdmissionConfig
 from dtesn_trio.nurseries import BatchQueueConfig
 from dtesn_trio.runtime import ProcessOutcome, open_runtime
 from dtesn_trio.server import ServerConfig
-from dtesn_trio.testing import check_engine
+from dtesn_trio.testing import check_engine, check_engine_sync
 from tests.server.harness import served
 
 SMALL = DTESNConfig(reservoir_size=64, membrane_depth=2)
@@ -198,3 +198,8 @@ async def test_the_openapi_document_describes_the_engine(tmp_path: Path) -> None
     assert wrong.status_code == 422
     assert depth.status_code == 422
     assert depth.json()["error"]["field"] == "membrane_depth"
+
+
+def test_the_kit_runs_outside_trio_too() -> None:
+    passed = check_engine_sync(Doubler(), [1, 2.5], bad_samples=["x"], processes=False)
+    assert passed[-1] == "cancellation"
