@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import trio
 
-from dtesn_trio.dtesn import DTESNConfig, DTESNModel, DTESNProcessor, ProcessorConfig
+from dtesn_trio.dtesn import (
+    DTESNConfig,
+    DTESNModel,
+    DTESNProcessor,
+    DTESNResult,
+    ProcessorConfig,
+)
 from dtesn_trio.errors import EngineError, InvalidRequest
 from tests.polling import wait_until
 
@@ -114,10 +120,18 @@ async def test_a_cancelled_call_is_not_abandoned_mid_batch() -> None:
     model = DTESNModel(SMALL)
     proc = processor(model)
     inputs = [b"c" * 50_000, b"d" * 50_000]
+    results: list[DTESNResult] = []
+
+    async def call() -> None:
+        results.extend(await proc.process_batch(inputs))
+
     with trio.fail_after(60):
         async with proc.open():
-            with trio.move_on_after(0.05) as scope:
-                results = await proc.process_batch(inputs)
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call)
+                    await wait_until(lambda: proc.statistics().busy_threads > 0)
+                    scope.cancel()  # while the batch is in its worker
             assert scope.cancel_called
             after = await proc.process("next")  # the same worker, free and sane
     for got, exp in zip(results, model.process_batch(inputs), strict=True):

@@ -53,7 +53,9 @@ async def hold(admission: Admission, seconds: float, priority: int = 0) -> None:
         await trio.sleep(seconds)
 
 
-async def test_the_seeds_constructor_and_load_keys() -> None:
+async def test_the_seeds_constructor_and_load_keys(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     manager = ConcurrencyManager(
         max_concurrent_requests=500,
         max_requests_per_second=1000,
@@ -69,7 +71,11 @@ async def test_the_seeds_constructor_and_load_keys() -> None:
         assert load["effective_capacity"] == load["base_capacity"] == 500
     load = manager.get_current_load()
     assert set(load) >= SEED_LOAD_KEYS
-    assert 99.0 <= load["burst_capacity_remaining"] < 100.0  # refilling in real time
+    assert load["burst_capacity_remaining"] == 99.0  # one token out of 100, no time passed
+    await trio.sleep(0.0005)  # half a token at 1000/s
+    assert manager.get_current_load()["burst_capacity_remaining"] == pytest.approx(99.5)
+    await trio.sleep(1.0)
+    assert manager.get_current_load()["burst_capacity_remaining"] == 100.0  # full, capped
     assert load["success_rate"] == 1.0
     assert load["adaptive_scaling_enabled"] is True
 
