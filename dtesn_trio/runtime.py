@@ -275,15 +275,16 @@ class Runtime:
         }
         return ProcessOutcome(result, False, priority, done.batch_size, timings)
 
-    async def _submit(
-        self, work: _Work, priority: int, *, deadline: float | None = None, wait: bool = False
-    ) -> _Done:
-        """The queue's answer, an engine failure as ``_engine_failure`` makes it."""
+    async def _submit(self, work: _Work, priority: int, *, deadline: float | None = None) -> _Done:
+        """The queue's answer, an engine failure as ``_engine_failure`` makes it.
+
+        ``wait=True``: a full level makes the caller wait for space (until its deadline),
+        as a ``trio.CapacityLimiter`` would, instead of refusing at once: a refused
+        client that retries at once costs more than one that waits.
+        """
         assert self.queue is not None
         try:
-            if wait:
-                return await self.queue.submit(work, priority=priority, wait=True)
-            return await self.queue.submit(work, priority=priority, deadline=deadline)
+            return await self.queue.submit(work, priority=priority, deadline=deadline, wait=True)
         except DTESNError:
             raise
         except Exception as exc:
@@ -327,7 +328,7 @@ class Runtime:
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
         group = None if self.engine.group_key is None else self.engine.group_key(item)
         work = _Work(item, group, trio.current_time())
-        done = await self._submit(work, priority, wait=True)
+        done = await self._submit(work, priority)
         return {"result": self.engine.encode(done.output), "batch_size": done.batch_size}
 
     # ---- validation ------------------------------------------------------------
