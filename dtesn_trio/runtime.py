@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from dtesn_trio._checks import check_priority
 from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache, cache_key
 from dtesn_trio.config import RuntimeConfig
 from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult, encode_input
@@ -39,7 +40,7 @@ from dtesn_trio.errors import (
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics, count_tasks
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
-from dtesn_trio.limits import Admission, AdmissionConfig
+from dtesn_trio.limits import Admission, AdmissionConfig, BreakerState
 from dtesn_trio.limits.shared_rate import SharedRateLimiter
 from dtesn_trio.nurseries import (
     ConnectionPool,
@@ -269,25 +270,15 @@ class Runtime:
         """The queue's batch function: one engine call per membrane depth in the batch.
 
         Never raises for an engine failure: each input gets its result or its own error
-        (see ``_run_group``), whatever ``queue.retry_individually`` says.  With an
-        express lane (``queue.express_levels``), the batch runs at its most urgent
-        member's priority: lower-priority batches pause for it, and with a member on an
-        express level it may use the processor's express thread.  Without one, batches
-        never pause each other.
+        (see ``_run_group``), whatever ``queue.retry_individually`` says.
         """
         groups: dict[int | None, list[int]] = {}
-        top = self.config.queue.priority_levels
         for i, work in enumerate(items):
             groups.setdefault(work.depth, []).append(i)
-            if work.priority < top:
-                top = work.priority
-        lanes = self.config.queue.express_level_count
-        express = top < lanes
-        priority = top if lanes else None
         out: list[_Done | BaseException] = [ShuttingDown("not run")] * len(items)
         started = trio.current_time()
         for depth, idxs in groups.items():
-            results = await self._run_group([items[i].data for i in idxs], depth, priority, express)
+            results = await self._run_group([items[i].data for i in idxs], depth)
             finished = trio.current_time()
             for i, result in zip(idxs, results, strict=True):
                 out[i] = (
@@ -298,17 +289,12 @@ class Runtime:
         return out
 
     async def _run_group(
-        self, inputs: list[InputData], depth: int | None, priority: int | None, express: bool
+        self, inputs: list[InputData], depth: int | None
     ) -> list[DTESNResult | BaseException]:
         """One engine call; if it raises, each input again alone, so that one poisoned
         input fails only itself.  The engine is deterministic: the inputs that failed
         the batch fail alone, the others succeed."""
-        run = functools.partial(
-            self.processor.process_batch,
-            membrane_depth=depth,
-            priority=priority,
-            express=express,
-        )
+        run = functools.partial(self.processor.process_batch, membrane_depth=depth)
         try:
             return list(await run(inputs))
         except Exception as exc:
@@ -337,17 +323,13 @@ class Runtime:
 
     # ---- validation ------------------------------------------------------------
 
+    def _breaker_status(self) -> tuple[bool, int]:
+        # the queue's get_queue_stats() reports the admission breaker (the engine's)
+        breaker = self.admission.breaker.statistics()
+        return breaker.state is not BreakerState.CLOSED, breaker.failed_calls
+
     def _validate(self, data: object, priority: object, depth: object) -> InputData:
-        levels = self.config.queue.priority_levels
-        if (
-            not isinstance(priority, int)
-            or isinstance(priority, bool)
-            or not (0 <= priority < levels)
-        ):
-            raise InvalidRequest(
-                f"priority must be an integer from 0 to {levels - 1} (got {priority!r})",
-                field="priority",
-            )
+        check_priority(priority, self.config.queue.priority_levels)
         if depth is not None and (
             not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 8
         ):
@@ -515,8 +497,7 @@ async def open_runtime(
             )
             # the engine's workers (processes, with processor.executor="process") outlive
             # the queue that feeds them: the stack closes the queue first
-            express = config.queue.express_level_count > 0  # else no express calls
-            await stack.enter_async_context(rt.processor.open(warm_express=express))
+            await stack.enter_async_context(rt.processor.open(warm_express=False))
             if config.redis.url is not None:
                 connector = RedisConnector.from_url(config.redis.url)
                 rt.pools["redis"] = await stack.enter_async_context(
@@ -532,7 +513,7 @@ async def open_runtime(
                 else:
                     rt.cache = MemoryCache(config.cache)
             rt.queue = await stack.enter_async_context(
-                open_batch_queue(rt._run_batch, config.queue)
+                open_batch_queue(rt._run_batch, config.queue, breaker_status=rt._breaker_status)
             )
             if config.jobs.enabled:
                 store = await _open_job_store(config, rt.pools, stack)

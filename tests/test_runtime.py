@@ -17,7 +17,6 @@ from dtesn_trio import (
     DTESNConfig,
     DTESNModel,
     InvalidRequest,
-    ProcessorConfig,
     RateLimited,
     RuntimeConfig,
     ShuttingDown,
@@ -28,7 +27,6 @@ from dtesn_trio.config import PostgresSettings, RedisSettings
 from dtesn_trio.jobs import JobsConfig
 from dtesn_trio.limits.shared_rate import SharedRateLimiterConfig
 from dtesn_trio.nurseries import BatchQueueConfig
-from tests.polling import wait_until
 from tests.servers import PostgresServer, RedisServer
 
 SMALL = DTESNConfig(reservoir_size=64, membrane_depth=2)
@@ -247,35 +245,3 @@ def test_config_cross_checks_name_the_missing_section() -> None:
         RuntimeConfig(jobs=JobsConfig(backend="postgres"))
     with pytest.raises(ValueError, match=r"cache\.backend = 'redis' needs redis\.url"):
         RuntimeConfig(cache=CacheConfig(backend="redis"))
-
-
-@pytest.mark.parametrize("executor", ["thread", "process"])
-async def test_priority_0_overtakes_a_running_lower_batch(executor: str) -> None:
-    # one batch worker, one engine thread (or process): without the express lane and the
-    # preemption gate, the priority-0 request would wait for the whole bulk batch
-    config = small_config(
-        cache=CacheConfig(enabled=False),
-        queue=BatchQueueConfig(workers=1, max_batch_size=4, max_wait=0.01, express_levels=1),
-        processor=ProcessorConfig(worker_threads=1, express_threads=1, executor=executor),
-    )
-    order: list[str] = []
-    with trio.fail_after(120):
-        async with open_runtime(config) as rt:
-
-            async def bulk(i: int) -> None:
-                await rt.process(chr(65 + i) * 60_000, priority=4)
-                order.append("bulk")
-
-            async with trio.open_nursery() as nursery:
-                for i in range(4):
-                    nursery.start_soon(bulk, i)
-                await wait_until(lambda: rt.processor.statistics().computing == ((4, 1),))
-                outcome = await rt.process("urgent " * 500, priority=0)
-                order.append("urgent")
-            stats = rt.processor.statistics()
-    assert order == ["urgent", "bulk", "bulk", "bulk", "bulk"]
-    assert outcome.batch_size == 1
-    assert stats.express_calls == 1
-    assert stats.preemptions >= 1
-    expected = DTESNModel(SMALL).process_one("urgent " * 500).to_dict()
-    np.testing.assert_allclose(outcome.result["features"], expected["features"], atol=1e-12)

@@ -394,7 +394,7 @@ async def test_cancelled_while_running_leaves_the_batch_alone(
 ) -> None:
     engine = Engine()
     results: dict[int, int] = {}
-    async with open_batch_queue(engine, cfg(max_batch_size=3)) as queue:
+    async with open_batch_queue(engine, cfg(max_batch_size=3, max_wait=0.1)) as queue:
         engine.hold()
 
         async def one(i: int) -> None:
@@ -428,7 +428,7 @@ async def test_engine_failure_reaches_every_member_and_the_callback(
             errors.append(exc)
 
     async with open_batch_queue(
-        engine, cfg(max_batch_size=3), on_batch_done=lambda *a: heard.append(a)
+        engine, cfg(max_batch_size=3, max_wait=0.1), on_batch_done=lambda *a: heard.append(a)
     ) as queue:
         async with trio.open_nursery() as nursery:
             for i in range(3):
@@ -448,7 +448,9 @@ async def test_retry_individually_isolates_a_poisoned_input(
     engine = Engine()
     engine.poison = {2}
     outcomes: dict[int, object] = {}
-    async with open_batch_queue(engine, cfg(max_batch_size=3, retry_individually=True)) as queue:
+    async with open_batch_queue(
+        engine, cfg(max_batch_size=3, max_wait=0.1, retry_individually=True)
+    ) as queue:
 
         async def one(i: int) -> None:
             try:
@@ -469,7 +471,7 @@ async def test_retry_individually_isolates_a_poisoned_input(
 
 async def test_per_item_errors_go_to_their_own_item(autojump_clock: trio.testing.MockClock) -> None:
     engine = Engine()
-    async with open_batch_queue(engine, cfg(max_batch_size=2)) as queue:
+    async with open_batch_queue(engine, cfg(max_batch_size=2, max_wait=0.1)) as queue:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(queue.submit, 1)
             with pytest.raises(ValueError, match="bad"):
@@ -687,144 +689,3 @@ async def test_waiting_for_space_respects_the_deadline(
     assert engine.processed == [0, 1]
     assert stats.expired == 1
     assert stats.queued == (0,)
-
-
-# ---------------------------------------------------------------- the express lane
-
-
-@pytest.mark.parametrize("express_levels", [1, 0])
-async def test_express_lane_runs_priority_0_while_every_worker_is_busy(
-    autojump_clock: trio.testing.MockClock, express_levels: int
-) -> None:
-    engine = Engine()
-    engine.duration = 1.0
-    config = cfg(max_batch_size=4, max_wait=0.1, workers=1, express_levels=express_levels)
-    async with open_batch_queue(engine, config) as queue:
-        t0 = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            for i in range(4):  # a full batch of priority 3: the only worker runs it
-                nursery.start_soon(functools.partial(queue.submit, i, priority=3))
-            await trio.sleep(0.2)
-            nursery.start_soon(functools.partial(queue.submit, 10, priority=0))
-            await trio.sleep(0.05)
-            nursery.start_soon(functools.partial(queue.submit, 11, priority=3))
-            nursery.start_soon(functools.partial(queue.submit, 12, priority=4))
-    calls = [(t, sorted(items)) for t, items in engine.calls]
-    if express_levels:
-        # priority 0 is batched by the express lane and runs beside the busy worker; the
-        # lane fills its batch (half of max_batch_size) with the next levels in order
-        assert calls == [(t0, [0, 1, 2, 3]), (t0 + 0.2 + 0.05, [10, 11]), (t0 + 1.0, [12])]
-    else:
-        assert calls == [(t0, [0, 1, 2, 3]), (t0 + 1.0, [10, 11, 12])]
-    assert queue.statistics().completed == 7
-
-
-async def test_express_batch_fills_in_priority_order_and_counts_no_skips(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    engine = Engine()
-    engine.hold()
-    config = cfg(
-        max_batch_size=6,
-        express_batch_size=3,
-        max_wait=0.0,
-        workers=1,
-        express_levels=2,
-        max_skips=1,
-    )
-    async with open_batch_queue(engine, config) as queue, trio.open_nursery() as nursery:
-        for item in range(6):  # the only worker holds a full batch of level 4
-            nursery.start_soon(functools.partial(queue.submit, item, priority=4))
-        await trio.testing.wait_all_tasks_blocked()
-        for item, priority in ((10, 3), (11, 2), (12, 4)):  # no express level yet
-            nursery.start_soon(functools.partial(queue.submit, item, priority=priority))
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(engine.calls) == 1
-        nursery.start_soon(functools.partial(queue.submit, 13, priority=1))
-        await trio.testing.wait_all_tasks_blocked()
-        # level 1 woke the express lane: 13 first, then 11 (level 2), then 10
-        assert engine.calls[-1][1] == [13, 11, 10]
-        assert queue.statistics().running_batches == 2
-        engine.release()
-    assert engine.calls[-1][1] == [12]
-    assert queue.statistics().completed == 10
-
-
-async def test_close_answers_the_express_lanes_forming_batch(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    engine = Engine()
-    engine.hold()
-    outcomes: dict[int, str] = {}
-
-    async def submit(queue: Any, item: int, priority: int) -> None:
-        try:
-            await queue.submit(item, priority=priority)
-        except ShuttingDown as exc:
-            outcomes[item] = str(exc)
-
-    config = cfg(
-        max_batch_size=2,
-        express_batch_size=2,
-        max_wait=10.0,
-        workers=1,
-        close_grace=0.0,
-        express_levels=1,
-    )
-    async with trio.open_nursery() as nursery, open_batch_queue(engine, config) as queue:
-        for item in (0, 1):  # a full batch: the only worker runs it (held)
-            nursery.start_soon(submit, queue, item, 3)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(submit, queue, 2, 0)
-        await trio.testing.wait_all_tasks_blocked()  # forming, waiting 10 s for more
-        assert queue.statistics().running_items == 2
-    assert outcomes == {
-        0: "the queue shut down mid-batch",
-        1: "the queue shut down mid-batch",
-        2: "the queue is shutting down",
-    }
-    assert [sorted(items) for _, items in engine.calls] == [[0, 1]]  # 2 never ran
-
-
-async def test_cancelled_in_the_express_lanes_forming_batch_is_dropped(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    engine = Engine()
-    engine.hold()
-    config = cfg(max_batch_size=4, max_wait=1.0, workers=1, express_levels=1)
-    async with open_batch_queue(engine, config) as queue, trio.open_nursery() as nursery:
-        for item in (0, 1, 2, 3):  # a full batch: the only worker runs it (held)
-            nursery.start_soon(functools.partial(queue.submit, item, priority=3))
-        await trio.testing.wait_all_tasks_blocked()
-        with trio.move_on_after(0.5):
-            await queue.submit(10, priority=0)
-        t = trio.current_time()
-        nursery.start_soon(functools.partial(queue.submit, 11, priority=0))
-        await trio.sleep(1.0)
-        await trio.testing.wait_all_tasks_blocked()
-        assert engine.calls[-1] == (t + 1.0, [11])  # its own max_wait, without 10
-        engine.release()
-    assert sorted(x for _, b in engine.calls for x in b) == [0, 1, 2, 3, 11]
-    st = queue.statistics()
-    assert (st.completed, st.cancelled) == (5, 1)
-
-
-async def test_express_lane_leaves_priority_0_to_a_worker_running_priority_0(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # At half load every request is priority 0: the express lane must not run a second
-    # batch beside the worker's (two small batches sharing the engine would be slower
-    # than one after the other).  It serves only while the workers run lower levels.
-    engine = Engine()
-    engine.duration = 1.0
-    config = cfg(max_batch_size=2, max_wait=0.1, workers=1, express_levels=1)
-    async with open_batch_queue(engine, config) as queue:
-        t0 = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            for item in (0, 1):
-                nursery.start_soon(functools.partial(queue.submit, item, priority=0))
-            await trio.sleep(0.5)
-            nursery.start_soon(functools.partial(queue.submit, 2, priority=0))
-    calls = [(t, sorted(items)) for t, items in engine.calls]
-    assert calls == [(t0, [0, 1]), (t0 + 1.0, [2])]
-    assert queue.statistics().completed == 3
