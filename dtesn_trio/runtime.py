@@ -326,7 +326,8 @@ class Runtime:
     def _breaker_status(self) -> tuple[bool, int]:
         # the queue's get_queue_stats() reports the admission breaker (the engine's)
         breaker = self.admission.breaker.statistics()
-        return breaker.state is not BreakerState.CLOSED, breaker.failed_calls
+        refusing = breaker.state in (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+        return refusing, breaker.failed_calls
 
     def _validate(self, data: object, priority: object, depth: object) -> InputData:
         check_priority(priority, self.config.queue.priority_levels)

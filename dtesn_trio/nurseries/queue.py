@@ -232,6 +232,8 @@ class PriorityBatchQueue(Generic[T, R]):
         self._on_batch_done = on_batch_done
         self._breaker_status = breaker_status
         self._levels: list[_Level[T, R]] = [_Level(cap) for cap in config.capacities]
+        self._timeouts = config.timeouts
+        self._adaptive_on = config.adaptive_timeout
         self._reject = tuple(a == "reject" for a in config.actions)
         self._idle: list[_Worker[T, R]] = [_Worker() for _ in range(config.workers)]
         self._busy: set[_Worker[T, R]] = set()
@@ -252,6 +254,7 @@ class PriorityBatchQueue(Generic[T, R]):
         )
         self._batch_ewma: float | None = None  # seconds per batch
         self._rate_ewma: float | None = None  # items per second, per worker
+        self._estimate_bound = 0.0  # no estimate exceeds this: below it, submit skips one
         self._now: Callable[[], float] = trio.current_time
         self._counts = dict.fromkeys(_OUTCOMES, 0)
         self._submitted = 0
@@ -287,8 +290,8 @@ class PriorityBatchQueue(Generic[T, R]):
         except InvalidRequest as exc:
             await self._refuse("invalid", exc)
         now = self._now()
-        timeout = self.config.timeouts[priority]
-        if timeout is None and self.config.adaptive_timeout:
+        timeout = self._timeouts[priority]
+        if timeout is None and self._adaptive_on:
             timeout = self._adaptive.value(now)
         expires = soft = _INF
         if timeout is not None:
@@ -306,7 +309,7 @@ class PriorityBatchQueue(Generic[T, R]):
         level = self._levels[priority]
         if self._closed:
             await self._refuse("shut_down", ShuttingDown("the queue is closed"))
-        if not wait and level.queued >= level.capacity:
+        if not wait and len(level.waiting) + len(level.delayed) >= level.capacity:
             await self._refuse(
                 "rejected_full",
                 Overloaded(
@@ -314,7 +317,7 @@ class PriorityBatchQueue(Generic[T, R]):
                     retry_after=max(self._batch_ewma or self.config.max_wait, 0.001),
                 ),
             )
-        if expires != _INF:
+        if expires - now < self._estimate_bound:
             estimate = self.estimated_wait(priority)
             if now + estimate > expires:
                 await self._refuse(
@@ -423,7 +426,7 @@ class PriorityBatchQueue(Generic[T, R]):
                 self._move(left, _DONE)
         if arrived is not None:
             level = levels[arrived.level]
-            full = level.blocked or level.queued >= level.capacity
+            full = level.blocked or len(level.waiting) + len(level.delayed) >= level.capacity
             self._move(arrived, _BLOCKED if full else _QUEUED)
             at = min(arrived.expires, arrived.soft)
             if at != _INF:
@@ -576,7 +579,9 @@ class PriorityBatchQueue(Generic[T, R]):
         size_fn = self._size_fn
         hold = config.max_wait > 0
         if hold and size_fn is None:
-            queued = sum(level.queued for level in levels)
+            queued = 0
+            for level in levels:
+                queued += len(level.waiting) + len(level.delayed)
             if not queued:
                 return None
             if queued < max_batch and queued not in config.preferred_batch_sizes:
@@ -730,7 +735,9 @@ class PriorityBatchQueue(Generic[T, R]):
         self._batch_ewma = duration if ewma is None else 0.8 * ewma + 0.2 * duration
         if duration > 0:
             rate, ewma = size / duration, self._rate_ewma
-            self._rate_ewma = rate if ewma is None else 0.8 * ewma + 0.2 * rate
+            rate = self._rate_ewma = rate if ewma is None else 0.8 * ewma + 0.2 * rate
+            bound = self.config.total_capacity / (rate * self.config.workers)
+            self._estimate_bound = bound + 0.5 * self._batch_ewma
         if error is None:
             self._consecutive_failures = 0
         else:
