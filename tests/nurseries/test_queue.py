@@ -712,8 +712,9 @@ async def test_a_batch_forms_only_while_every_worker_is_busy(
     async with open_batch_queue(engine, cfg(workers=2, max_batch_size=10)) as queue:
         t0 = trio.current_time()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(queue.submit, 100)  # one worker each, at once
-            nursery.start_soon(queue.submit, 200)
+            for item in (100, 200):  # one worker each, at once
+                nursery.start_soon(queue.submit, item)
+                await trio.testing.wait_all_tasks_blocked()
             for i in range(1, 6):  # t0 + 0.1 .. 0.5, both workers busy
                 await trio.sleep_until(t0 + i / 10)
                 nursery.start_soon(queue.submit, i)
