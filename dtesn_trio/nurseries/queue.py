@@ -23,10 +23,11 @@ Every submit ends in exactly one way: a result, the item's error, ``Overloaded``
 
 How it is built (the shape of trio's ``_channel.py`` and httpcore's
 ``connection_pool.py``): the state is one ``_Level`` record per priority (its requests
-waiting for space, queued and delayed, in insertion-ordered dicts: O(1) append, O(1)
-removal of a cancelled request, either end for FIFO or LIFO; plain deques, not memory
-channels, which were only ever used as bounded deques here), the idle and busy
-``_Worker`` records, and one heap of expiry times.  Counts are the containers' lengths.
+waiting for space, queued and delayed, each an ``OrderedDict`` used as a deque with O(1)
+removal of a cancelled request and either end for FIFO or LIFO; not memory channels,
+which were only ever used as bounded deques here), the idle and busy
+``_Worker`` records, and an expiry index (per level, a deque in arrival order; a heap
+for the requests out of that order).  Counts are the containers' lengths.
 A request's ``state`` names the container that holds it; ``_move`` is the one place that
 changes it, and only ``_schedule`` moves requests.  ``_schedule(now, ...)`` is
 synchronous: it applies one event (an arrival, a submitter that left, a finished batch,
@@ -43,7 +44,7 @@ import copy
 import heapq
 import itertools
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -117,7 +118,7 @@ _Box = OrderedDict[_Request[T, R], None]
 class _Level(Generic[T, R]):
     """One priority level: its requests by state, its capacity and its skip count."""
 
-    __slots__ = ("blocked", "boxes", "capacity", "delayed", "skips", "waiting")
+    __slots__ = ("blocked", "boxes", "capacity", "delayed", "expiring", "skips", "waiting")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -127,6 +128,10 @@ class _Level(Generic[T, R]):
         # the container of each state (indexed by state; None: not held by the level)
         self.boxes = (None, self.blocked, self.waiting, self.delayed, None, None)
         self.skips = 0  # consecutive batches that passed this level over
+        # an index, not a state: requests in arrival order whose next expiry or "delay"
+        # time never decreases along it (the level's timeout); ``_expire_due`` reads its
+        # head, entries of requests that left are dropped when they reach it
+        self.expiring: deque[_Request[T, R]] = deque()
 
     @property
     def queued(self) -> int:
@@ -233,16 +238,21 @@ class PriorityBatchQueue(Generic[T, R]):
         self._breaker_status = breaker_status
         self._levels: list[_Level[T, R]] = [_Level(cap) for cap in config.capacities]
         self._timeouts = config.timeouts
+        self._priority_order = tuple(range(config.priority_levels))
+        self._starving: int | None = None  # max_skips: the level the next batch serves first
+        self._capacity = config.total_capacity
         self._adaptive_on = config.adaptive_timeout
         self._reject = tuple(a == "reject" for a in config.actions)
         self._idle: list[_Worker[T, R]] = [_Worker() for _ in range(config.workers)]
         self._busy: set[_Worker[T, R]] = set()
         self._workers_done = trio.Event()
-        # (time, seq, request): a request's expiry, or first its "delay" timeout.
+        # (time, seq, request): the expiry (or "delay" time) of a request that is out of
+        # its level's order (an earlier deadline of its own; the expiry after a delay).
         # Entries of requests that left are dropped when they come up.
         self._expiries: list[tuple[float, int, _Request[T, R]]] = []
         self._seq = itertools.count()
         self._heap_limit = 1024
+        self._due = _INF  # no waiting request expires or is delayed before this time
         self._hold = _INF  # max_wait: when the batch an idle worker holds is due
         self._timer_at = _INF
         self._timer_wakeup: trio.Event | None = None
@@ -342,7 +352,7 @@ class PriorityBatchQueue(Generic[T, R]):
             self._counts["cancelled"] += 1
             raise
         error, value = req.error, req.value
-        # ``req`` may outlive this call (in the expiry heap until its time comes): keep
+        # ``req`` may outlive this call (in the expiry index until its time comes): keep
         # neither the result nor the exception alive through it -- once raised, its
         # traceback holds the frames of the caller's whole stack.
         req.error = req.value = None
@@ -430,12 +440,17 @@ class PriorityBatchQueue(Generic[T, R]):
             self._move(arrived, _BLOCKED if full else _QUEUED)
             at = min(arrived.expires, arrived.soft)
             if at != _INF:
-                heap = self._expiries
-                heapq.heappush(heap, (at, next(self._seq), arrived))
-                if len(heap) > self._heap_limit:
-                    self._expiries = heap = [e for e in heap if _NEW < e[2].state < _RUNNING]
-                    heapq.heapify(heap)
-                    self._heap_limit = max(1024, 2 * len(heap))
+                index = level.expiring
+                if index and min(index[-1].expires, index[-1].soft) > at:
+                    self._push(at, arrived)
+                else:
+                    while index and not _NEW < index[0].state < _RUNNING:
+                        index.popleft()  # keep it short: served heads go as we add
+                    index.append(arrived)
+                    if len(index) > 2 * level.capacity + 1024:  # (LIFO leaves holes)
+                        level.expiring = deque(r for r in index if _NEW < r.state < _RUNNING)
+                if at < self._due:
+                    self._due = at
         if closing and not self._closed:
             self._closed = True
             error = ShuttingDown("the queue is shutting down")
@@ -443,8 +458,7 @@ class PriorityBatchQueue(Generic[T, R]):
                 for box in (level.blocked, level.waiting, level.delayed):
                     for req in list(box):
                         self._move(req, _DONE, None, error)
-        heap = self._expiries
-        if heap and heap[0][0] <= now:
+        if now >= self._due:
             freed |= self._expire_due(now)
         self._hold = _INF
         idle = self._idle
@@ -479,9 +493,7 @@ class PriorityBatchQueue(Generic[T, R]):
                 if task is not None:
                     worker.task = None
                     _reschedule(task)
-        at = self._hold
-        if heap and heap[0][0] < at:
-            at = heap[0][0]
+        at = min(self._hold, self._due)
         if at < self._timer_at:
             self._timer_at = at
             wakeup = self._timer_wakeup
@@ -513,13 +525,30 @@ class PriorityBatchQueue(Generic[T, R]):
                 req.task = None
                 _reschedule(task)
 
+    def _push(self, at: float, req: _Request[T, R]) -> None:
+        heap = self._expiries
+        heapq.heappush(heap, (at, next(self._seq), req))
+        if len(heap) > self._heap_limit:
+            self._expiries = heap = [e for e in heap if _NEW < e[2].state < _RUNNING]
+            heapq.heapify(heap)
+            self._heap_limit = max(1024, 2 * len(heap))
+
     def _expire_due(self, now: float) -> bool:
         """Answer the waiting requests whose expiry has come and delay those whose
         "delay" timeout has; return whether any level lost a queued request."""
+        due: list[_Request[T, R]] = []
+        for level in self._levels:
+            index = level.expiring
+            while index:
+                req = index[0]
+                if _NEW < req.state < _RUNNING and min(req.expires, req.soft) > now:
+                    break
+                due.append(index.popleft())
         heap = self._expiries
-        freed = False
         while heap and heap[0][0] <= now:
-            req = heapq.heappop(heap)[2]
+            due.append(heapq.heappop(heap)[2])
+        freed = False
+        for req in due:
             state = req.state
             if not _NEW < state < _RUNNING:
                 continue  # it left, ran or was answered since
@@ -535,8 +564,26 @@ class PriorityBatchQueue(Generic[T, R]):
             if state == _QUEUED:
                 self._move(req, _DELAYED)
             if req.expires != _INF:
-                heapq.heappush(heap, (req.expires, next(self._seq), req))
+                self._push(req.expires, req)
+        self._due = self._next_due()
         return freed
+
+    def _next_due(self) -> float:
+        """The earliest expiry or "delay" time of a waiting request (dropping the index
+        entries of requests that left)."""
+        at = _INF
+        for level in self._levels:
+            index = level.expiring
+            while index and not _NEW < index[0].state < _RUNNING:
+                index.popleft()
+            if index:
+                at = min(at, index[0].expires, index[0].soft)
+        heap = self._expiries
+        while heap and not _NEW < heap[0][2].state < _RUNNING:
+            heapq.heappop(heap)
+        if heap:
+            at = min(at, heap[0][0])
+        return at
 
     def _lifo(self, level: _Level[T, R], now: float) -> bool:
         """Whether ``level`` (non-empty) has a standing queue: serve it newest first."""
@@ -546,14 +593,12 @@ class PriorityBatchQueue(Generic[T, R]):
         oldest = next(iter(level.waiting))
         return now - oldest.queued_at > delay + (self._batch_ewma or 0.0)
 
-    def _service_order(self) -> list[int]:
-        levels = self._levels
-        max_skips = self.config.max_skips
-        if max_skips is not None:
-            for i, level in enumerate(levels):
-                if level.skips >= max_skips and level.queued:
-                    return [i, *(j for j in range(len(levels)) if j != i)]
-        return list(range(len(levels)))
+    def _service_order(self) -> Sequence[int]:
+        order = self._priority_order
+        first = self._starving
+        if first is None:
+            return order
+        return [first, *(j for j in order if j != first)]
 
     def _due_at(self, now: float) -> float:
         """``max_wait``: when a batch of everything queued must leave."""
@@ -562,13 +607,8 @@ class PriorityBatchQueue(Generic[T, R]):
             for box in (level.waiting, level.delayed):
                 if box:
                     oldest = min(oldest, next(iter(box)).queued_at)
-        due = oldest + self.config.max_wait
-        heap = self._expiries
-        while heap and not _NEW < heap[0][2].state < _RUNNING:
-            heapq.heappop(heap)
-        if heap:  # a member's deadline comes first: leave a batch before it
-            due = min(due, heap[0][0] - (self._batch_ewma or 0.0))
-        return due
+        # a member's deadline comes first: leave a batch before it
+        return min(oldest + self.config.max_wait, self._next_due() - (self._batch_ewma or 0.0))
 
     def _cut(self, now: float) -> list[_Request[T, R]] | None:
         """The next batch, moved to RUNNING; ``None`` when nothing is queued or (with
@@ -582,6 +622,8 @@ class PriorityBatchQueue(Generic[T, R]):
             queued = 0
             for level in levels:
                 queued += len(level.waiting) + len(level.delayed)
+                if queued >= max_batch:
+                    break
             if not queued:
                 return None
             if queued < max_batch and queued not in config.preferred_batch_sizes:
@@ -595,10 +637,10 @@ class PriorityBatchQueue(Generic[T, R]):
         size = 0
         for i in self._service_order():
             level = levels[i]
-            if not level.queued:
+            waiting = level.waiting
+            if not waiting and not level.delayed:
                 continue
             served.append(i)
-            waiting = level.waiting
             first = reversed(waiting) if waiting and self._lifo(level, now) else waiting
             for box in (first, level.delayed):
                 if size_fn is None:
@@ -626,9 +668,16 @@ class PriorityBatchQueue(Generic[T, R]):
             if now < due:
                 self._hold = due
                 return None
-        if config.max_skips is not None:
+        max_skips = config.max_skips
+        if max_skips is not None:
+            self._starving = None
             for i, level in enumerate(levels):
-                level.skips = level.skips + 1 if level.queued and i not in served else 0
+                if i not in served and (level.waiting or level.delayed):
+                    level.skips += 1
+                    if level.skips >= max_skips and self._starving is None:
+                        self._starving = i  # the next batch serves it first
+                elif level.skips:
+                    level.skips = 0
         for req in batch:
             self._move(req, _RUNNING)
         return batch
@@ -722,12 +771,9 @@ class PriorityBatchQueue(Generic[T, R]):
             return [_clone_error(exc) for _ in batch]
         finished = now()
         self._batch_done(len(batch), finished - started, None)
-        failed = [
-            finished - req.queued_at
-            for req, result in zip(batch, results, strict=True)
-            if isinstance(result, BaseException)
-        ]
-        self._adaptive.record_batch([finished - req.queued_at for req in batch], failed or None)
+        times = [finished - req.queued_at for req in batch]
+        failed = [t for t, r in zip(times, results, strict=True) if isinstance(r, BaseException)]
+        self._adaptive.record_batch(times, failed or None)
         return results
 
     def _batch_done(self, size: int, duration: float, error: BaseException | None) -> None:
@@ -736,7 +782,7 @@ class PriorityBatchQueue(Generic[T, R]):
         if duration > 0:
             rate, ewma = size / duration, self._rate_ewma
             rate = self._rate_ewma = rate if ewma is None else 0.8 * ewma + 0.2 * rate
-            bound = self.config.total_capacity / (rate * self.config.workers)
+            bound = self._capacity / (rate * self.config.workers)
             self._estimate_bound = bound + 0.5 * self._batch_ewma
         if error is None:
             self._consecutive_failures = 0
