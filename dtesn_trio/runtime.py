@@ -254,7 +254,10 @@ class Runtime:
                 raise Overloaded(
                     f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
                 )
-        done = await self.queue.submit(work, priority=priority, deadline=start_by)
+        # wait=True: a full level makes the caller wait for space (until its deadline),
+        # as a trio.CapacityLimiter would, instead of refusing at once: a refused
+        # client that retries at once costs more than one that waits.
+        done = await self.queue.submit(work, priority=priority, deadline=start_by, wait=True)
         result = done.result.to_dict()
         if key is not None and self.cache is not None:
             await self.cache.set(key, result)

@@ -294,7 +294,9 @@ class AppState:
 
     def _deadline(self, deadline_ms: int | None) -> float | None:
         if deadline_ms is None:
-            return None
+            deadline_ms = self.config.default_deadline_ms
+            if deadline_ms is None:
+                return None
         if deadline_ms > self.config.max_deadline_ms:
             raise InvalidRequest(
                 f"deadline_ms must be <= {self.config.max_deadline_ms} (got {deadline_ms})",
@@ -558,6 +560,7 @@ class _Guard:
                         chunk = message.get("body", b"")
                         received += len(chunk)
                         if received > limit:
+                            body_done = not message.get("more_body", False)
                             raise too_large(limit)
                         if chunk:
                             chunks.append(chunk)
@@ -625,6 +628,10 @@ class _Guard:
 
     async def _send_error(self, exc: DTESNError, send: Send, drain: Receive | None) -> None:
         status, headers, body = error_response_parts(exc)
+        if isinstance(exc, PayloadTooLarge):
+            # Whether or not the rest of the body was read, a client that sends too much
+            # gets its connection closed after the answer (as nginx does).
+            headers = [*headers, (b"connection", b"close")]
         headers = [*headers, (b"content-length", str(len(body)).encode())]
         if drain is None:
             await self._send_parts((status, headers[:-1], body), send)
@@ -633,7 +640,6 @@ class _Guard:
         # (bounded) before finishing the response.  Closing with unread bytes in the
         # socket would make the kernel reset the connection, and a client still
         # sending would never see the 413.
-        headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": True})
         budget = _DRAIN_FACTOR * self.state.config.max_body_size

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import trio
 
-from dtesn_trio.dtesn import DTESNConfig, DTESNModel, DTESNProcessor, ProcessorConfig
+from dtesn_trio.dtesn import (
+    DTESNConfig,
+    DTESNModel,
+    DTESNProcessor,
+    DTESNResult,
+    ProcessorConfig,
+)
 from dtesn_trio.errors import EngineError, InvalidRequest
 from tests.polling import wait_until
 
@@ -105,9 +111,12 @@ async def test_priority_0_preempts_a_batch_in_another_process() -> None:
 
     with trio.fail_after(60):
         async with proc.open(), trio.open_nursery() as nursery:
+            workers = child_pids()
+            idle = {pid: cpu_ticks(pid) for pid in workers}
             nursery.start_soon(bulk)
             await wait_until(lambda: proc.statistics().computing == ((4, 1),))
-            await trio.sleep(0.05)  # the bulk batch is past its first steps
+            # the bulk batch is past its first steps once its worker has burnt CPU on it
+            await wait_until(lambda: any(cpu_ticks(p) > idle[p] + 5 for p in workers))
             results = await proc.process_batch(urgent, priority=0, express=True)
             order.append("urgent")
     for got, exp in zip(results, model.process_batch(urgent), strict=True):
@@ -157,10 +166,18 @@ async def test_a_cancelled_call_is_not_abandoned_mid_batch() -> None:
     model = DTESNModel(SMALL)
     proc = processor(model)
     inputs = [b"c" * 50_000, b"d" * 50_000]
+    results: list[DTESNResult] = []
+
+    async def call() -> None:
+        results.extend(await proc.process_batch(inputs, priority=1))
+
     with trio.fail_after(60):
         async with proc.open():
-            with trio.move_on_after(0.05) as scope:
-                results = await proc.process_batch(inputs, priority=1)
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call)
+                    await wait_until(lambda: bool(proc.statistics().computing))
+                    scope.cancel()  # while the batch is in its worker
             assert scope.cancel_called
             after = await proc.process("next")  # the same worker, free and sane
     for got, exp in zip(results, model.process_batch(inputs), strict=True):
