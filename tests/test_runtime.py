@@ -34,6 +34,7 @@ from dtesn_trio.dtesn import model as model_module
 from dtesn_trio.jobs import JobsConfig
 from dtesn_trio.limits.shared_rate import SharedRateLimiterConfig
 from dtesn_trio.nurseries import BatchQueueConfig
+from tests.polling import wait_until
 from tests.servers import PostgresServer, RedisServer
 
 SMALL = DTESNConfig(reservoir_size=64, membrane_depth=2)
