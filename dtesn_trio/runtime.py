@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from dtesn_trio._checks import check_priority
 from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache
 from dtesn_trio.config import RuntimeConfig
 from dtesn_trio.dtesn import DTESNEngine, DTESNModel
@@ -40,7 +41,7 @@ from dtesn_trio.executor import Executor
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics, count_tasks
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
-from dtesn_trio.limits import Admission, AdmissionConfig
+from dtesn_trio.limits import Admission, AdmissionConfig, BreakerState
 from dtesn_trio.limits.shared_rate import SharedRateLimiter
 from dtesn_trio.nurseries import (
     ConnectionPool,
@@ -333,6 +334,12 @@ class Runtime:
 
     # ---- validation ------------------------------------------------------------
 
+    def _breaker_status(self) -> tuple[bool, int]:
+        # the queue's get_queue_stats() reports the admission breaker (the engine's)
+        breaker = self.admission.breaker.statistics()
+        refusing = breaker.state in (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+        return refusing, breaker.failed_calls
+
     def _decode(
         self,
         data: object,
@@ -342,16 +349,7 @@ class Runtime:
     ) -> Any:
         """The engine's item for ``data``, or ``InvalidRequest``; a ``decode`` that
         raises anything else is the engine's bug: ``EngineError``, logged."""
-        levels = self.config.queue.priority_levels
-        if (
-            not isinstance(priority, int)
-            or isinstance(priority, bool)
-            or not (0 <= priority < levels)
-        ):
-            raise InvalidRequest(
-                f"priority must be an integer from 0 to {levels - 1} (got {priority!r})",
-                field="priority",
-            )
+        check_priority(priority, self.config.queue.priority_levels)
         if depth is not None:
             options = {**(options or {}), "membrane_depth": depth}
         try:
@@ -556,7 +554,7 @@ async def open_runtime(
                     rt.cache = MemoryCache(config.cache)
             queue_config = dataclasses.replace(config.queue, retry_individually=True)
             rt.queue = await stack.enter_async_context(
-                open_batch_queue(rt._run_batch, queue_config)
+                open_batch_queue(rt._run_batch, queue_config, breaker_status=rt._breaker_status)
             )
             if config.jobs.enabled:
                 store = await _open_job_store(config, rt.pools, stack)

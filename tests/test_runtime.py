@@ -313,3 +313,15 @@ def test_config_cross_checks_name_the_missing_section() -> None:
         RuntimeConfig(jobs=JobsConfig(backend="postgres"))
     with pytest.raises(ValueError, match=r"cache\.backend = 'redis' needs redis\.url"):
         RuntimeConfig(cache=CacheConfig(backend="redis"))
+
+
+async def test_queue_stats_report_the_admission_breaker() -> None:
+    with trio.fail_after(30):
+        async with open_runtime(small_config()) as rt:
+            assert rt.queue is not None
+            assert rt.queue.get_queue_stats()["circuit_breaker_open"] is False
+            rt.admission.breaker.transition_to_forced_open()
+            assert rt.queue.get_queue_stats()["circuit_breaker_open"] is True
+            assert rt.get_stats()["processing"]["queue_stats"]["circuit_breaker_open"] is True
+            rt.admission.breaker.reset()
+            assert rt.queue.get_queue_stats()["circuit_breaker_open"] is False

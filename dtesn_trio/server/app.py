@@ -32,6 +32,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dtesn_trio._checks import check_priority
 from dtesn_trio.engine import ResolvedEngine
 from dtesn_trio.errors import DTESNError, InvalidRequest, PayloadTooLarge, ShuttingDown
 from dtesn_trio.instrument import memory_statistics
@@ -49,7 +50,7 @@ from dtesn_trio.server.errors import (
 )
 from dtesn_trio.server.gctuning import GCMonitor
 from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
-from dtesn_trio.server.models import request_models
+from dtesn_trio.server.models import PRIORITY_LEVELS, request_models
 from dtesn_trio.server.openapi import docs_html, openapi_document
 from dtesn_trio.server.requestid import new_request_id, request_id_var
 
@@ -335,6 +336,7 @@ class AppState:
 
     async def _process(self, body: bytes) -> bytes:
         req = self._decode(body, self._process_decoder)
+        check_priority(req.priority, PRIORITY_LEVELS)
         self._check_input(req.input, "input")
         deadline = self._deadline(req.deadline_ms)
         start = time.perf_counter()
@@ -355,6 +357,7 @@ class AppState:
 
     async def process_batch(self, request: Request) -> Response:
         req = self._decode(await request.body(), self._batch_decoder)
+        check_priority(req.priority, PRIORITY_LEVELS)
         if len(req.inputs) > self.config.max_batch_inputs:
             raise InvalidRequest(
                 f"inputs has more than {self.config.max_batch_inputs} items"
@@ -391,6 +394,7 @@ class AppState:
     async def submit_job(self, request: Request) -> Response:
         jobs = self._jobs()
         req = self._decode(await request.body(), self._job_decoder)
+        check_priority(req.priority, PRIORITY_LEVELS)
         self._check_input(req.input, "input")
         if self.runtime.shutting_down or self.draining:
             raise ShuttingDown("the server is shutting down; submit the job again later")

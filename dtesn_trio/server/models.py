@@ -41,7 +41,16 @@ NumericInput = Annotated[
     msgspec.Meta(min_length=1, description="A T x D array of numbers driving the root."),
 ]
 Input = TextInput | NumericInput
-Priority = Annotated[int, msgspec.Meta(ge=0, le=4, description="0 is the most urgent.")]
+PRIORITY_LEVELS = 5
+# The range is checked by the app with ``_checks.check_priority`` (one message for every
+# layer); ``extra_json_schema`` keeps it in the OpenAPI document.
+Priority = Annotated[
+    int,
+    msgspec.Meta(
+        description="0 is the most urgent.",
+        extra_json_schema={"minimum": 0, "maximum": PRIORITY_LEVELS - 1},
+    ),
+]
 DeadlineMs = Annotated[
     int,
     msgspec.Meta(
