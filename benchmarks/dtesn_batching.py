@@ -4,13 +4,12 @@ Default model (depth 4, 1024 units), 64-byte text inputs, one BLAS thread (as th
 processor runs it), same run. "One at a time" is the engine's fastest single-input path
 (``process_one``: a sparse product per level on a state vector), not a padded batch of
 one. Rounds alternate between the modes and the best round of each counts, so a busy
-neighbour on a shared machine hurts both alike. The dense block layout of the batch
-path is measured too: it is the alternative the sparse layout was chosen over.
+neighbour on a shared machine hurts both alike.
 
     python benchmarks/dtesn_batching.py [--quick] [--json]
 
-Keys: ``batch32_per_s``, ``single_per_s``, ``speedup`` (target >= 3), and
-``dense_batch32_per_s``, ``build_seconds``; ``cpu_*`` are the same rates per CPU-second
+Keys: ``batch32_per_s``, ``single_per_s``, ``speedup`` (target >= 3),
+``build_seconds``; ``cpu_*`` are the same rates per CPU-second
 of the computing thread (``time.thread_time``), a cross-check that a busy neighbour
 does not distort.
 """
@@ -58,19 +57,15 @@ def main() -> None:
         started = time.perf_counter()
         model = DTESNModel(DTESNConfig())
         build = time.perf_counter() - started
-        dense = DTESNModel(DTESNConfig(), batch_layout="dense")
         # same numbers either way (the batch path is checked against the single path)
         for a, b in zip(model.process_batch(batches[0]), batches[0], strict=True):
             assert np.abs(a.features - model.process_one(b).features).max() <= 1e-12
         model.process_batch(batches[0])  # warm caches and allocator
-        dense.process_batch(batches[0])
         single: list[tuple[float, float]] = []
         batch: list[tuple[float, float]] = []
-        dense_batch: list[tuple[float, float]] = []
         for _ in range(rounds):
             single.append(rate(lambda: [model.process_one(x) for x in inputs], n_inputs))
             batch.append(rate(lambda: [model.process_batch(b) for b in batches], n_inputs))
-            dense_batch.append(rate(lambda: [dense.process_batch(b) for b in batches], n_inputs))
 
     def best(rows: list[tuple[float, float]], i: int) -> float:
         return max(r[i] for r in rows)
@@ -80,7 +75,6 @@ def main() -> None:
         "single_per_s": round(best(single, 0), 1),
         "speedup": round(best(batch, 0) / best(single, 0), 3),
         "target_speedup_min": 3.0,
-        "dense_batch32_per_s": round(best(dense_batch, 0), 1),
         # per CPU-second of the computing thread: immune to a busy neighbour
         "cpu_batch32_per_s": round(best(batch, 1), 1),
         "cpu_single_per_s": round(best(single, 1), 1),
@@ -100,7 +94,6 @@ def main() -> None:
     print(f"{'path':<36}{'inputs/s':>12}")
     print(f"{'process_one (sparse, fastest single)':<36}{out['single_per_s']:>12.1f}")
     print(f"{'process_batch × 32 (sparse)':<36}{out['batch32_per_s']:>12.1f}")
-    print(f"{'process_batch × 32 (dense blocks)':<36}{out['dense_batch32_per_s']:>12.1f}")
     print(f"speedup {out['speedup']:.2f}× (target >= 3)")
     print(
         f"per CPU-second of the computing thread: single {out['cpu_single_per_s']:.1f}, "

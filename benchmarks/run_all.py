@@ -124,11 +124,17 @@ SPECS: dict[str, list[Row]] = {
         Row("tuned_per_s", "baseline_per_s", "throughput_ratio"),
     ],
     "priority": [
-        Row("rare_p0_p50_ms_on", "rare_p0_p50_ms_off", "rare_p0_p50_ratio"),
-        Row("rare_p0_p99_ms_on", "rare_p0_p99_ms_off", "rare_p0_p99_ratio"),
-        Row("heavy_p0_p99_ms_on", "heavy_p0_p99_ms_off", "heavy_p0_p99_ratio"),
-        Row("rare_bulk_ratio"),
-        Row("heavy_bulk_ratio"),
+        Row("rare_p0_p50_ms", "idle_p0_p50_ms", "rare_p0_p50_vs_idle"),
+        Row("heavy_p0_p50_ms", "idle_p0_p50_ms", "heavy_p0_p50_vs_idle"),
+        Row("rare_p0_p99_ms"),
+        Row("heavy_p0_p99_ms"),
+        Row("rare_bulk_ok"),
+        Row("heavy_bulk_ok"),
+    ],
+    # issue 14
+    "engines": [
+        Row("runtime_identity_per_s", "queue_identity_per_s", "runtime_vs_queue", ">= 0.8"),
+        Row("sklearn_batched_per_s", "sklearn_single_per_s", "sklearn_batch_speedup"),
     ],
     # issue 18
     "jobs_retention": [

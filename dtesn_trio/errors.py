@@ -134,7 +134,9 @@ class EngineError(DTESNError):
     """The engine failed on an input that passed validation: the server's fault (500).
 
     Only that input fails (its batch neighbours are run again without it); the cause is
-    logged with its traceback and never sent to the client.
+    logged with its traceback and never sent to the client.  Also raised, naming the
+    engine and the counts, for a ``process_batch`` that returns the wrong number of
+    outputs, and for an engine worker process that died mid-call.
     """
 
     code = "engine_error"

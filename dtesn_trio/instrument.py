@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -39,10 +40,16 @@ class LoopStatistics:
 
 
 class LoopMonitor(trio.abc.Instrument):
-    """Records the longest task step; ``slow_step_threshold`` counts steps above it."""
+    """Records the longest task step; ``slow_step_threshold`` counts steps above it.
 
-    def __init__(self, slow_step_threshold: float = 0.05) -> None:
+    ``clock`` (seconds; default ``time.perf_counter``) is read before and after each step.
+    """
+
+    def __init__(
+        self, slow_step_threshold: float = 0.05, *, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.slow_step_threshold = slow_step_threshold
+        self._clock = clock
         self._started: float | None = None
         self._max_step = 0.0
         self._max_step_task = ""
@@ -51,12 +58,12 @@ class LoopMonitor(trio.abc.Instrument):
         self._slow = 0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._started = time.perf_counter()
+        self._started = self._clock()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if self._started is None:  # installed in the middle of this step
             return
-        step = time.perf_counter() - self._started
+        step = self._clock() - self._started
         self._started = None
         self._steps += 1
         if step > self._window_max:

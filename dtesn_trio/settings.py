@@ -1,9 +1,11 @@
 """Load a tree of frozen config dataclasses from TOML, ``DTESN_*`` variables and flags.
 
 Precedence, lowest first: the dataclass defaults < a TOML file < environment variables
-< ``--set section.key=value`` flags.  Every value is coerced to the type of its
-dataclass field (``int``, ``float``, ``bool``, ``str``, ``X | None``, ``Literal``,
-``tuple[...]``, nested dataclasses), and every failure -- an unknown key, a value of the
+< ``--set section.key=value`` flags.  Every value is converted to the type of its
+dataclass field by ``msgspec.convert`` (strictly for typed TOML values; text from the
+environment and flags is read leniently: ``"80"`` is an integer, ``"a,b"`` a tuple,
+``"none"`` None where the field allows it, ``yes``/``on``/``no``/``off`` booleans), and
+every failure -- an unknown key, a value of the
 wrong type, a value the dataclass's own ``__post_init__`` rejects -- raises
 ``SettingsError`` naming the key and where it came from, so start-up stops with a
 message a person can act on.
@@ -26,6 +28,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+import msgspec
 
 __all__ = ["SettingsError", "load_settings", "parse_set_option", "settings_keys"]
 
@@ -208,20 +212,65 @@ def _build(cls: type[T], tree: Mapping[str, Any], prefix: str) -> T:
 
 
 def _coerce(tp: Any, value: Any, key: str, source: str, from_text: bool) -> Any:
+    """``value`` as the field type ``tp``, by ``msgspec.convert``; text from the environment
+    or a flag is first put in the shape it stands for (see ``_from_text``)."""
+    if from_text and isinstance(value, str):
+        value = _from_text(tp, value)
     try:
-        return _coerce_inner(tp, value, from_text)
-    except _Mismatch as exc:
-        raise SettingsError(key, f"expected {exc.expected}, got {value!r}", source=source) from None
+        return msgspec.convert(value, tp, strict=not from_text)
+    except msgspec.ValidationError:
+        raise SettingsError(
+            key, f"expected {_type_name(tp)}, got {value!r}", source=source
+        ) from None
+    except TypeError:
+        # Callables and other objects are set in code, not in a config file.
+        if not from_text and isinstance(tp, type) and isinstance(value, tp):
+            return value
+        expected = f"{_type_name(tp)}, which cannot be set from configuration"
+        raise SettingsError(key, f"expected {expected}, got {value!r}", source=source) from None
 
 
-class _Mismatch(Exception):
-    def __init__(self, expected: str) -> None:
-        self.expected = expected
+def _members(tp: Any) -> tuple[Any, ...]:
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _from_text(tp: Any, text: str) -> Any:
+    """What ``text`` stands for as ``tp``: None for a none word (when ``tp`` allows None),
+    a list of items for comma-separated text (when ``tp`` is or allows a sequence), a
+    bool for yes/on/no/off; otherwise the text, stripped unless ``tp`` allows a string."""
+    members = _members(tp)
+    word = text.strip()
+    if type(None) in members and word.lower() in _NONE_WORDS:
+        return None
+    sequences = [m for m in members if typing.get_origin(m) in (tuple, list, frozenset, set)]
+    scalars = [m for m in members if m is not type(None) and m not in sequences]
+    if sequences and ("," in word or not scalars):
+        items = [v.strip() for v in word.split(",")] if word else []
+        args = typing.get_args(sequences[0])
+        if not (typing.get_origin(sequences[0]) is tuple and args[-1:] != (Ellipsis,)):
+            args = (args[0] if args else Any,) * len(items)
+        if len(args) != len(items):
+            return items  # a tuple of another length: msgspec says what it expected
+        return [_from_text(a, v) for a, v in zip(args, items, strict=True)]
+    if bool in members and word.lower() in _TRUE_WORDS | _FALSE_WORDS:
+        return word.lower() in _TRUE_WORDS
+    return text if str in members else word
+
+
+_TYPE_NAMES: dict[Any, str] = {
+    type(None): "none",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
 
 
 def _type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "none"
+    if tp in _TYPE_NAMES:
+        return _TYPE_NAMES[tp]
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
@@ -230,80 +279,3 @@ def _type_name(tp: Any) -> str:
     if origin is not None:
         return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", str(tp))
-
-
-def _coerce_inner(tp: Any, value: Any, from_text: bool) -> Any:
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (types.UnionType, typing.Union):
-        if type(None) in args and (
-            value is None
-            or (from_text and isinstance(value, str) and value.strip().lower() in _NONE_WORDS)
-        ):
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce_inner(arg, value, from_text)
-            except _Mismatch:
-                continue
-        raise _Mismatch(_type_name(tp))
-    if origin is typing.Literal:
-        for choice in args:
-            if value == choice or (from_text and isinstance(value, str) and value == str(choice)):
-                return choice
-        raise _Mismatch(_type_name(tp))
-    if origin in (tuple, list, frozenset, set):
-        items: list[Any]
-        if from_text and isinstance(value, str):
-            items = [] if not value.strip() else [v.strip() for v in value.split(",")]
-        elif isinstance(value, list | tuple):
-            items = list(value)
-        else:
-            raise _Mismatch(_type_name(tp))
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(items) != len(args):
-                raise _Mismatch(_type_name(tp))
-            return tuple(_coerce_inner(a, v, from_text) for a, v in zip(args, items, strict=True))
-        item_tp = args[0] if args else Any
-        coerced = [_coerce_inner(item_tp, v, from_text) for v in items]
-        return origin(coerced)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if from_text and isinstance(value, str):
-            word = value.strip().lower()
-            if word in _TRUE_WORDS:
-                return True
-            if word in _FALSE_WORDS:
-                return False
-        raise _Mismatch("true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_text and isinstance(value, str):
-            try:
-                return int(value.strip().replace("_", ""))
-            except ValueError:
-                pass
-        raise _Mismatch("an integer")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if from_text and isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise _Mismatch("a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch("a string")
-    if isinstance(tp, type) and isinstance(value, tp) and not from_text:
-        return value
-    # Callables, enums and the like are set in code, not in a config file.
-    raise _Mismatch(f"{_type_name(tp)}, which cannot be set from configuration")

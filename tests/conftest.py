@@ -1,12 +1,22 @@
-"""Shared fixtures: real servers, started once per session and stopped by PID."""
+"""Shared fixtures: real servers, started once per session and stopped by PID; the
+Hypothesis profiles."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.servers import PostgresServer, RedisServer
+
+# "ci" (the default): the same examples on every run, so a failure replays as it
+# failed.  "explore": fresh random examples each run, failures kept in .hypothesis/ and
+# printed with a reproduce blob (HYPOTHESIS_PROFILE=explore scripts/test -k random).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize(
     ("script", "expected"),
-    [("embedded.py", "completed: 50"), ("narma10.py", "NRMSE = ")],
+    [("embedded.py", "completed: 50")],
 )
 def test_example_runs(script: str, expected: str) -> None:
     out = subprocess.run(
@@ -28,3 +29,19 @@ def test_example_runs(script: str, expected: str) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert expected in out.stdout, out.stdout
+
+
+def test_narma10_example_learns_the_task() -> None:
+    out = subprocess.run(
+        [sys.executable, "examples/narma10.py"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    found = re.search(r"NRMSE = (\d+\.\d+)", out.stdout)
+    assert found is not None, out.stdout
+    # Seeded data and model: 0.570 here; predicting the mean scores 1.0.
+    assert float(found.group(1)) < 0.6, out.stdout

@@ -13,13 +13,14 @@ from dtesn_trio.instrument import memory_statistics
 
 
 async def test_monitor_records_the_blocking_step_and_its_task() -> None:
-    monitor = LoopMonitor(slow_step_threshold=0.02)
+    now = [0.0]  # the monitor's clock: only the blocker's step takes any time
+    monitor = LoopMonitor(slow_step_threshold=0.02, clock=lambda: now[0])
     trio.lowlevel.add_instrument(monitor)  # installed mid-step: that step is not counted
     try:
         await trio.lowlevel.checkpoint()
 
         async def blocker() -> None:
-            time.sleep(0.05)  # noqa: ASYNC251 - the point of the test: block the loop
+            now[0] += 0.05  # blocks the loop for 50 ms of the monitor's clock
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(blocker, name="blocker")
@@ -27,11 +28,27 @@ async def test_monitor_records_the_blocking_step_and_its_task() -> None:
     finally:
         trio.lowlevel.remove_instrument(monitor)
     stats = monitor.statistics()
-    assert 0.05 <= stats.max_step < 1.0
+    assert stats.max_step == 0.05
     assert stats.max_step_task == "blocker"
     assert stats.slow_steps == 1
-    assert monitor.reset_window() == stats.max_step
+    assert stats.steps >= 3  # this task twice, the blocker once
+    assert monitor.reset_window() == 0.05
     assert monitor.reset_window() == 0.0
+
+
+async def test_monitor_measures_real_time_by_default() -> None:
+    monitor = LoopMonitor(slow_step_threshold=0.02)
+    trio.lowlevel.add_instrument(monitor)
+    try:
+        await trio.lowlevel.checkpoint()
+        time.sleep(0.05)  # noqa: ASYNC251 - the point of the test: block the loop
+        await trio.lowlevel.checkpoint()
+    finally:
+        trio.lowlevel.remove_instrument(monitor)
+    # A lower bound only: a busy machine makes any step longer, never shorter.
+    stats = monitor.statistics()
+    assert stats.max_step >= 0.05
+    assert stats.slow_steps >= 1
 
 
 def test_memory_statistics_follow_live_objects_not_rss() -> None:

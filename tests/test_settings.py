@@ -209,3 +209,42 @@ def test_unions_from_toml(tmp_path: Path) -> None:
     assert loaded.action == ("delay", "reject")
     with pytest.raises(SettingsError, match=r"action .*expected"):
         load_settings(Unions, environ={}, overrides=[("action", "later")])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"environ": {"DTESN_SERVER__PORT": "eighty"}},
+            "invalid setting server.port (from DTESN_SERVER__PORT):"
+            " expected an integer, got 'eighty'",
+        ),
+        (
+            {"overrides": [("shutdown_grace", "soon")]},
+            "invalid setting shutdown_grace (from --set): expected a number, got 'soon'",
+        ),
+        (
+            {"overrides": [("ratio", "0.5, half")]},
+            "invalid setting ratio (from --set): expected tuple[float, float], got ['0.5', 'half']",
+        ),
+        (
+            {"overrides": [("server.graceful_timeout", "later")]},
+            "invalid setting server.graceful_timeout (from --set):"
+            " expected a number or none, got 'later'",
+        ),
+        (
+            {"toml_data": {"shutdown_grace": "3"}},
+            "invalid setting shutdown_grace (from config): expected a number, got '3'",
+        ),
+        (
+            {"toml_data": {"server": {"docs": 1}}},
+            "invalid setting server.docs (from config): expected true or false, got 1",
+        ),
+    ],
+)
+def test_a_bad_value_names_the_key_the_source_and_the_value(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -87,7 +88,11 @@ class DTESNConfig:
 
     def cache_key(self) -> str:
         """A stable hash of every field (same across processes and runs)."""
-        blob = json.dumps(
-            {"v": 1, **self.to_dict()}, sort_keys=True, separators=(",", ":")
-        ).encode()
-        return hashlib.sha256(blob).hexdigest()[:32]
+        return _config_key(self)
+
+
+@functools.lru_cache(maxsize=64)
+def _config_key(config: DTESNConfig) -> str:
+    # Asked for on every request that may hit the result cache: computed once a config.
+    blob = json.dumps({"v": 1, **config.to_dict()}, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]

@@ -9,26 +9,17 @@ so the levels are updated in order, root first. Initial states are zero. The fea
 vector of an input is the concatenation of all membranes' final states, in membrane
 order (level order): ``features[m.offset : m.offset + m.units]`` is membrane ``m``.
 
-Execution layouts, chosen by measurement (benchmarks/dtesn_batching.py, default
-model, 64-byte texts, one BLAS thread, 2-core machine):
-
-- one input (``process_one``, ``run_states``): per level one CSR product over the
-  contiguous ``[parent level, own level]`` slice of the padded state vector, through
-  SciPy's compiled kernel (the public ``@`` costs ~5 µs of Python per call): ~30 µs a
-  step, where a stacked dense product per level took ~60 µs;
-- a batch (``process_batch``, ``batch_layout="sparse"``, the default): states as
-  ``(units, batch)``, per level one CSR × dense-matrix product, ~1,100-1,450 inputs/s in
-  batches of 32. At 10 % sparsity this beats ``batch_layout="dense"`` (states as
-  ``(membranes, batch, units)``, one stacked GEMM per level for ``W`` and one for
-  ``W_parent``: ~450-630 inputs/s), which does ten times the multiply-adds.
+Execution: one input (``process_one``, ``run_states``) runs per level one CSR product
+over the contiguous ``[parent level, own level]`` slice of the padded state vector,
+through SciPy's compiled kernel; a batch (``process_batch``) keeps states as
+``(units, batch)`` and runs per level one CSR × dense-matrix product.
 
 Padding and masking: a batch's inputs are sorted by length; at step ``t`` only the
 prefix of inputs still running is updated, so a finished input's state is left exactly
 untouched; once half of the computed columns are finished they are dropped.
 
-The single and sparse batch paths run the same kernel in the same order (identical
-numbers); the dense layout sums in another order (agreement to ~1e-15). Membranes are
-padded to one width internally; padded units have no weights and stay exactly zero.
+The single and batch paths run the same kernel in the same order (identical numbers).
+Membranes are padded to one width internally; padded units have no weights and stay exactly zero.
 Input encoding: see :mod:`dtesn_trio.dtesn.encoding`.
 """
 
@@ -66,7 +57,7 @@ _FORMAT = "dtesn-trio-model/1"
 # wants it (the event loop) gets it after the interpreter's switch interval, which the
 # runtime sets to 0.5 ms (``processor.switch_interval``).  The loops call a checkpoint
 # between steps (every step of a batch, every 8th of a single input), a no-op unless a
-# caller passes one (the processor's preemption gate).  It used to offer the GIL with
+# caller passes one.  It used to offer the GIL with
 # ``time.sleep(0)`` each step: measured on the shared 2-core machine, that made a batch
 # 2.5-3x slower (the thread gave its core away 12,000 times a batch) and did not raise
 # the event loop's socket round trips over the 0.5 ms switch interval alone (issue 8).
@@ -258,9 +249,6 @@ class _Level:
     level: int
     start: int  # first membrane index
     stop: int
-    parent_idx: npt.NDArray[np.intp]  # global parent index of each membrane of the level
-    WT: FloatArray  # (m, s, s): W^T blocks, zero-padded
-    WpT: FloatArray | None  # (m, s, s): W_parent^T blocks, zero-padded
     sparse: Any  # CSR over the padded flat slice [parent level, own level]
     col_start: int  # flat padded index where the sparse product's input slice starts
     unit_slice: slice  # the level's range in `features`
@@ -269,9 +257,7 @@ class _Level:
 class DTESNModel:
     """A deep tree echo state network, built once from a :class:`DTESNConfig`.
 
-    ``batch_layout`` picks the batch path's matrix layout (``"sparse"``, the measured
-    faster, or ``"dense"``); it changes speed, not results. ``readout`` is ``None``
-    until :meth:`fit_readout` (or an assignment of a fitted :class:`RidgeReadout`).
+    ``readout`` is ``None`` until :meth:`fit_readout` (or an assignment of a fitted :class:`RidgeReadout`).
 
     Thread-safe for concurrent ``process_*`` / ``run_states`` calls (they only read the
     weights); ``fit_readout`` replaces ``readout`` with one assignment.
@@ -285,12 +271,8 @@ class DTESNModel:
         self,
         config: DTESNConfig | None = None,
         *,
-        batch_layout: str = "sparse",
         _membranes: list[Membrane] | None = None,
     ) -> None:
-        if batch_layout not in ("sparse", "dense"):
-            raise ValueError(f"batch_layout must be 'sparse' or 'dense' (got {batch_layout!r})")
-        self.batch_layout = batch_layout
         self.config = config if config is not None else DTESNConfig()
         self.membranes = tuple(
             _membranes if _membranes is not None else _draw_membranes(self.config)
@@ -305,7 +287,6 @@ class DTESNModel:
         n_mem = len(mems)
         s = max(m.units for m in mems)
         self._s = s
-        self._n_mem = n_mem
         npad = n_mem * s
         self._npad = npad
         unit_index = np.concatenate([np.arange(m.units) + m.index * s for m in mems])
@@ -329,15 +310,6 @@ class DTESNModel:
             members = [m for m in mems if m.level == lvl]
             start, stop = members[0].index, members[-1].index + 1
             count = stop - start
-            WT = np.zeros((count, s, s))
-            WpT = np.zeros((count, s, s)) if prev is not None else None
-            parent_idx = np.zeros(count, dtype=np.intp)
-            for j, m in enumerate(members):
-                WT[j, : m.units, : m.units] = m.W.toarray().T
-                if WpT is not None and m.parent is not None:
-                    p = mems[m.parent]
-                    WpT[j, : p.units, : m.units] = m.W_parent.toarray().T
-                    parent_idx[j] = m.parent
             # Sparse operator over the flat padded slice [prev level | this level].
             col_start = (prev.start if prev is not None else start) * s
             width = stop * s - col_start
@@ -363,9 +335,6 @@ class DTESNModel:
                 lvl,
                 start,
                 stop,
-                parent_idx,
-                WT,
-                WpT,
                 sp.csr_array(blocks),
                 col_start,
                 slice(first, last),
@@ -431,14 +400,9 @@ class DTESNModel:
         lengths = np.array([e.steps for e in encs])
         order = np.argsort(-lengths, kind="stable")
         sorted_len = lengths[order]
-        if self.batch_layout == "dense":
-            finals, recs = self._run_batch_dense(
-                [self._drive(encs[i]) for i in order], sorted_len, record, checkpoint
-            )
-        else:
-            finals, recs = self._run_batch_sparse(
-                [encs[i] for i in order], sorted_len, record, checkpoint
-            )
+        finals, recs = self._run_batch_sparse(
+            [encs[i] for i in order], sorted_len, record, checkpoint
+        )
         out_f: list[FloatArray] = [np.empty(0)] * len(encs)
         out_r: list[FloatArray] | None = [np.empty(0)] * len(encs) if record else None
         for pos, i in enumerate(order):
@@ -523,52 +487,6 @@ class DTESNModel:
             recs = [np.ascontiguousarray(rec[: sorted_len[pos], :, pos]) for pos in range(b)]
         return finals, recs
 
-    def _run_batch_dense(
-        self,
-        drives: list[FloatArray],
-        sorted_len: npt.NDArray[np.int_],
-        record: bool,
-        checkpoint: Checkpoint,
-    ) -> tuple[list[FloatArray], list[FloatArray] | None]:
-        """The dense alternative (measured slower at 10 % sparsity): states as
-        ``(membranes, batch, units)``, one stacked GEMM per level for ``W`` and one for
-        ``W_parent``. Inputs sorted by length, longest first."""
-        a = self.config.leak_rate
-        s, n_mem, b = self._s, self._n_mem, len(drives)
-        steps = int(sorted_len[0])
-        active = (sorted_len[None, :] > np.arange(steps)[:, None]).sum(axis=1)
-        P = np.zeros((steps, n_mem, b, s))  # (T, membranes, batch, units)
-        for pos, d in enumerate(drives):
-            P[: d.shape[0], :, pos, :] = d.reshape(d.shape[0], n_mem, s)
-        X = np.zeros((n_mem, b, s))
-        rec = np.zeros((steps, n_mem, b, s)) if record else None
-        bufs = [np.empty((lv.stop - lv.start, b, s)) for lv in self._levels]
-        for t in range(steps):
-            checkpoint()
-            na = int(active[t])
-            Pt = P[t]
-            for lv, buf in zip(self._levels, bufs, strict=True):
-                xs = X[lv.start : lv.stop, :na]
-                out = buf[:, :na]
-                np.matmul(xs, lv.WT, out=out)
-                if lv.WpT is not None:
-                    out += np.matmul(X[lv.parent_idx, :na], lv.WpT)
-                out += Pt[lv.start : lv.stop, :na]
-                np.tanh(out, out=out)
-                out -= xs
-                out *= a
-                xs += out
-            if rec is not None:
-                rec[t] = X
-        finals = [X[:, pos, :].reshape(-1) for pos in range(b)]
-        recs = None
-        if rec is not None:
-            recs = [
-                rec[: sorted_len[pos], :, pos, :].reshape(int(sorted_len[pos]), -1)
-                for pos in range(b)
-            ]
-        return finals, recs
-
     # ------------------------------------------------------------------ results
     def _results(
         self, finals: list[FloatArray], recs: list[FloatArray] | None, steps: list[int]
@@ -625,9 +543,8 @@ class DTESNModel:
     def process_one(self, x: object, *, checkpoint: Checkpoint = _no_checkpoint) -> DTESNResult:
         """Run one input on the fastest single-input path (not a padded batch of one).
 
-        ``checkpoint`` is called every few time steps (default: nothing); the
-        processor's :class:`~dtesn_trio.dtesn.preemption.PriorityGate` checkpoint pauses
-        the computation there while a more urgent one runs.
+        ``checkpoint`` is called every few time steps (default: nothing): a caller's
+        hook, e.g. to pause or observe a long computation.
         """
         enc = self._encode(x)
         xpad, rec = self._run_single(enc, self._needs_record(), checkpoint=checkpoint)

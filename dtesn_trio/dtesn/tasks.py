@@ -12,7 +12,8 @@ __all__ = ["narma10", "nrmse"]
 def narma10(steps: int, *, seed: int = 0) -> tuple[FloatArray, FloatArray]:
     """The NARMA10 task: inputs ``u`` (``steps × 1``, uniform in [0, 0.5]) and targets
     ``y`` (``steps``), with ``y[t+1] = 0.3 y[t] + 0.05 y[t] Σ_{i<10} y[t-i]
-    + 1.5 u[t-9] u[t] + 0.1``. The first 10 generated steps are dropped.
+    + 1.5 u[t-9] u[t] + 0.1``. The first 20 generated steps (the warm-up from zeros) are
+    dropped.
     """
     rng = np.random.default_rng(seed)
     u = rng.uniform(0.0, 0.5, size=steps + 20)

@@ -166,9 +166,6 @@ class AdaptiveLimiter:
         self._reserve_share = tuple(sum(self._shares[:p]) for p in range(self._levels))
         self._min_rtt = cfg.min_rtt_threshold
         self._by_priority = [0] * self._levels
-        # Tokens held through this object (== capacity_limiter.borrowed_tokens unless
-        # someone borrows from the CapacityLimiter directly), kept to spare a property call.
-        self._held = 0
         self._succeeded = 0
         self._dropped = 0
         self._ignored = 0
@@ -228,7 +225,7 @@ class AdaptiveLimiter:
         """Take a token for ``call`` or raise Overloaded; returns the in-flight count."""
         cl = self.capacity_limiter
         total = cl.total_tokens
-        borrowed = self._held
+        borrowed = cl.borrowed_tokens
         free = total - borrowed
         # Only near the limit can the shares of more important levels be in the way.
         if free <= self._reserve_share[priority] * total:
@@ -245,7 +242,6 @@ class AdaptiveLimiter:
                 retry_after=self._config.overloaded_retry_after,
             ) from None
         self._by_priority[priority] += 1
-        self._held = borrowed + 1
         return borrowed + 1
 
     async def acquire(self, priority: int = 0) -> Ticket:
@@ -254,8 +250,7 @@ class AdaptiveLimiter:
         ticket = Ticket(self, priority, 0.0, 0)
         await self.capacity_limiter.acquire_on_behalf_of(ticket)
         ticket.start = trio.current_time()
-        self._held += 1
-        ticket.inflight = self._held
+        ticket.inflight = self.capacity_limiter.borrowed_tokens
         self._by_priority[priority] += 1
         return ticket
 
@@ -270,7 +265,6 @@ class AdaptiveLimiter:
     def _release_at(self, call: _Call, kind: int, rtt: float | None, now: float) -> None:
         """Give ``call``'s token back and record its outcome at ``now``."""
         self.capacity_limiter.release_on_behalf_of(call)
-        self._held -= 1
         self._by_priority[call.priority] -= 1
         if kind == _IGNORED:
             self._ignored += 1

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from dtesn_trio import _checks
-from dtesn_trio.errors import DeadlineExceeded, InvalidRequest, Overloaded
+from dtesn_trio.errors import DeadlineExceeded, Overloaded
 from dtesn_trio.limits.adaptive import (
     _DROPPED,
     _IGNORED,
@@ -66,7 +66,16 @@ _DROPS = (Overloaded, DeadlineExceeded)
 
 @dataclass(frozen=True, slots=True)
 class AdmissionConfig:
-    """The seed's defaults (500 concurrent, 1000 rps, burst 100, adaptive) and ours.
+    """How admission refuses: at once, with ``retry_after``, and only where it must.
+
+    The defaults refuse for no load reason: no rate limit (``max_requests_per_second``
+    ``None``), a fixed concurrency limit of ``max_concurrent_requests`` (10,000: the
+    queue's default capacity, so the queue is the one place a request waits: by
+    priority, bounded, until its deadline), and the circuit breaker.  Refusing at once
+    suits clients that back off; against clients that retry at once (a storm) every
+    refusal comes straight back and the refusals eat the CPU the work needs
+    (``benchmarks/storm.py``, docs/RELIABILITY.md "Storms").  ``AdmissionConfig.seed()``
+    is the seed's configuration (500 concurrent, adaptive, 1,000 requests/s, burst 100).
 
     With ``adaptive_scaling`` the concurrency limit starts at ``max_concurrent_requests``
     and ``algorithm`` moves it within [``min_limit``, ``max_limit``] (default 2 x the
@@ -76,10 +85,10 @@ class AdmissionConfig:
     default 5 % each). ``enabled=False`` turns admission into a pass-through.
     """
 
-    max_concurrent_requests: int = 500
-    max_requests_per_second: float = 1000.0
+    max_concurrent_requests: int = 10_000
+    max_requests_per_second: float | None = None
     burst_limit: int = 100
-    adaptive_scaling: bool = True
+    adaptive_scaling: bool = False
     scale_factor: float = 1.2
     algorithm: str = "gradient2"
     priority_levels: int = 5
@@ -100,7 +109,14 @@ class AdmissionConfig:
     def __post_init__(self) -> None:
         p = "admission"
         _checks.integer(f"{p}.max_concurrent_requests", self.max_concurrent_requests, minimum=1)
-        _checks.positive(f"{p}.max_requests_per_second", self.max_requests_per_second)
+        if self.max_requests_per_second is not None:
+            _checks.positive(f"{p}.max_requests_per_second", self.max_requests_per_second)
+        else:
+            for name in ("max_rate", "min_rate"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{p}.{name} needs {p}.max_requests_per_second (no rate limit is set)"
+                    )
         _checks.integer(f"{p}.burst_limit", self.burst_limit, minimum=1)
         if not _checks._is_number(self.scale_factor) or not self.scale_factor > 1.0:
             raise ValueError(f"{p}.scale_factor must be > 1.0 (got {self.scale_factor!r})")
@@ -129,6 +145,16 @@ class AdmissionConfig:
         self.rate_config()
         self.limiter_config()
 
+    @classmethod
+    def seed(cls, **overrides: Any) -> AdmissionConfig:
+        """The seed's defaults: 500 concurrent (adaptive), 1,000 requests/s, burst 100."""
+        seed: dict[str, Any] = {
+            "max_concurrent_requests": 500,
+            "max_requests_per_second": 1000.0,
+            "adaptive_scaling": True,
+        }
+        return cls(**{**seed, **overrides})
+
     @property
     def priority(self) -> int:
         """The priority used when none is given."""
@@ -136,7 +162,10 @@ class AdmissionConfig:
             return self.default_priority
         return self.priority_levels // 2
 
-    def rate_config(self) -> RateLimiterConfig:
+    def rate_config(self) -> RateLimiterConfig | None:
+        """The rate limiter's config, ``None`` without a rate limit."""
+        if self.max_requests_per_second is None:
+            return None
         return RateLimiterConfig(
             rate=float(self.max_requests_per_second),
             burst=self.burst_limit,
@@ -190,7 +219,8 @@ class AdmissionStatistics:
     refused_rate_limited: int
     refused_circuit_open: int
     refused_overloaded: int
-    rate: RateLimiterStatistics
+    rate: RateLimiterStatistics | None
+    """``None`` without a rate limit."""
     limiter: AdaptiveLimiterStatistics
     breaker: CircuitBreakerStatistics
 
@@ -226,7 +256,9 @@ class _Throttle:
         # trio.current_time(), and this is the hot path.
         self._clock = clock = trio.lowlevel.current_clock()
         now = clock.current_time()
-        admission.rate_limiter._acquire_at(1, now)
+        rate_limiter = admission.rate_limiter
+        if rate_limiter is not None:
+            rate_limiter._acquire_at(1, now)
         breaker = admission.breaker
         self.epoch = epoch = breaker._permit_at(now)
         try:
@@ -282,7 +314,8 @@ class Admission:
         self._enabled = config.enabled
         self._default_priority = config.priority
         self._levels = config.priority_levels
-        self.rate_limiter = RateLimiter(config.rate_config())
+        rate = config.rate_config()
+        self.rate_limiter = None if rate is None else RateLimiter(rate)
         self.breaker = CircuitBreaker(config.breaker, name="engine")
         self.limiter = AdaptiveLimiter(config.make_algorithm(), config.limiter_config())
         self.limiter.add_window_listener(self._on_window)
@@ -303,25 +336,23 @@ class Admission:
         """
         if priority is None:
             priority = self._default_priority
-        elif type(priority) is not int or not 0 <= priority < self._levels:
-            raise InvalidRequest(
-                f"priority must be an integer in 0..{self._levels - 1} (got {priority!r})",
-                field="priority",
-            )
+        else:
+            _checks.check_priority(priority, self._levels)
         return _Throttle(self, priority)
 
     def _on_window(self, sample: Sample, limit: int) -> None:
         # Peak concurrency over the limit: the load the rate adapts to.
-        self.rate_limiter.observe_load(sample.inflight / limit)
+        if self.rate_limiter is not None:
+            self.rate_limiter.observe_load(sample.inflight / limit)
 
     def statistics(self) -> AdmissionStatistics:
-        rate = self.rate_limiter.statistics()
+        rate = None if self.rate_limiter is None else self.rate_limiter.statistics()
         limiter = self.limiter.statistics()
         breaker = self.breaker.statistics()
         return AdmissionStatistics(
             enabled=self._enabled,
             admitted=limiter.succeeded + limiter.dropped + limiter.ignored + limiter.in_flight,
-            refused_rate_limited=rate.refused,
+            refused_rate_limited=0 if rate is None else rate.refused,
             refused_circuit_open=breaker.not_permitted_calls_total,
             refused_overloaded=limiter.refused,
             rate=rate,
@@ -337,19 +368,19 @@ class Admission:
         buffered = breaker.buffered_calls
         return {
             "concurrent_requests": limiter.in_flight,
-            "recent_requests_per_second": rate.recent_rate,
-            "rate_limit_utilization": rate.recent_rate / rate.rate,
+            "recent_requests_per_second": None if rate is None else rate.recent_rate,
+            "rate_limit_utilization": None if rate is None else rate.recent_rate / rate.rate,
             "concurrency_utilization": limiter.in_flight / limit,
             "available_slots": max(limiter.limit - limiter.in_flight, 0),
-            "burst_capacity_remaining": rate.tokens_available,
+            "burst_capacity_remaining": None if rate is None else rate.tokens_available,
             "adaptive_scaling_enabled": self._config.adaptive_scaling,
-            "system_load": rate.load,
+            "system_load": None if rate is None else rate.load,
             "avg_response_time": limiter.avg_rtt,
             "success_rate": (buffered - breaker.failed_calls) / buffered if buffered else 1.0,
             "effective_capacity": limiter.limit,
             "base_capacity": self._config.max_concurrent_requests,
-            "current_rate_limit": rate.rate,
-            "base_rate_limit": rate.base_rate,
+            "current_rate_limit": None if rate is None else rate.rate,
+            "base_rate_limit": None if rate is None else rate.base_rate,
             "circuit_breaker_state": breaker.state.value,
             "admission_enabled": s.enabled,
             "admitted": s.admitted,

@@ -51,10 +51,10 @@ T = TypeVar("T")
 
 #: Errors that say nothing about the protected service's health: the caller's own mistakes,
 #: refusals made before the service was reached, and a request's own deadline passing.
-#: Under overload most deadlines pass while the request is still *queued*; counting them
-#: as failures opened the breaker at 10x load and refused everyone, priority 0 included,
-#: for ``wait_in_open`` (benchmarks/overload.py).  Load is the adaptive limiter's signal
-#: (a deadline is a drop there); a service that is merely slow shows as slow calls.
+#: Under overload most deadlines pass while the request is still *queued*: counted as
+#: failures they would open the breaker and refuse everyone, priority 0 included, for
+#: ``wait_in_open``.  Load is the adaptive limiter's signal (a deadline is a drop there);
+#: a service that is merely slow shows as slow calls.
 DEFAULT_IGNORED: tuple[type[BaseException], ...] = (
     trio.Cancelled,
     InvalidRequest,

@@ -1,24 +1,23 @@
 """A connection pool that owns real connections: ``open_pool`` / ``ConnectionPool``.
 
 The pool's nursery owns every connection and every task the pool starts (creators,
-keepalive checks, closers, the maintenance task).  All state changes are synchronous
-methods, so there is never a checkpoint between "taken from the pool" and "recorded as
-taken"; that is what keeps cancellation from leaking or wedging it (asyncpg #467,
-httpcore #1093, psycopg #1401).
+keepalive checks, closers, the maintenance task).  What a caller can rely on:
 
-Design, after HikariCP / psycopg_pool / httpcore:
-
-- idle connections are a LIFO stack (most recently used first); waiters are FIFO and a
-  released connection is handed directly to the first waiter (``reschedule``), so no
-  late-comer can steal it;
-- connections are created by tasks of the pool, never by the waiter, at most
+- idle connections are reused most recently used first; waiters are served FIFO, and a
+  connection coming back goes straight to the first waiter, so no late-comer steals it;
+- connections are made by the pool's tasks, never by the waiter, at most
   ``max_concurrent_creates`` at a time; a waiter that goes away does not waste the
-  connection created for it: it goes to the next waiter or to the idle stack;
-- a connection idle for more than ``validation_bypass`` is checked before it is handed
-  out; a broken one is discarded and the caller gets another;
-- one maintenance task sleeps until the next deadline (idle timeout, lifetime,
-  keepalive, leak report, refill back-off) and is woken early only when a state change
-  moves that deadline.
+  connection made for it: it goes to the next waiter or to the idle connections;
+- a connection idle for more than ``validation_bypass`` (or whose user raised) is
+  checked before it is handed out; a broken one is closed and the caller gets another;
+- idle connections retire at their lifetime or idle timeout, are checked every
+  ``keepalive_interval``, and the pool refills to ``min_connections`` with back-off.
+
+Shape (httpcore's pool): the state lives in containers (connection records by status, the
+waiting tasks in order), and ``ConnectionPool._update`` is the one synchronous function
+that changes it.  It returns what to start, wake and close; the async methods around it
+only wait, connect, check and close.  There is no checkpoint between a decision and its
+record, so cancellation cannot leak a connection or wedge the pool.
 """
 
 from __future__ import annotations
@@ -54,7 +53,37 @@ class _State(enum.Enum):
     NEW = "new"
     STARTING = "starting"
     RUNNING = "running"
-    CLOSED = "closed"
+    STOPPED = "closed"
+
+
+class _Status(enum.IntEnum):
+    """Where a connection record is; each status is one container of the pool."""
+
+    CONNECTING = 0  # being made; not a connection yet
+    IDLE = 1
+    CHECKING = 2  # keepalive check in flight
+    IN_USE = 3  # handed to a caller (and maybe being checked for it)
+    CLOSING = 4  # out of service, being closed
+
+
+class _Event(enum.Enum):
+    """What the async code reports to ``_update`` about one record."""
+
+    CONNECTED = enum.auto()  # connect() returned: ``record.conn`` is set
+    CONNECT_FAILED = enum.auto()  # gave up (``record.error``) or was cancelled (None)
+    CHECKED = enum.auto()  # check() passed
+    CHECK_FAILED = enum.auto()
+    RELEASED = enum.auto()  # the caller's block ended; reusable
+    SUSPECT = enum.auto()  # the caller's block raised: check before the next use
+    BROKEN = enum.auto()  # is_broken, reset failed, or cancelled mid-check or mid-reset
+    CLOSED = enum.auto()  # close() returned
+
+
+# Module names for the members: looking a member up on its enum class is a Python-level
+# call, and _update reads them on every acquire and release.
+_NEW, _STARTING, _RUNNING, _STOPPED = _State
+_CONNECTING, _IDLE, _CHECKING, _IN_USE, _CLOSING = _Status
+_CONNECTED, _CONNECT_FAILED, _CHECKED, _CHECK_FAILED, _RELEASED, _SUSPECT, _BROKEN, _CLOSED = _Event
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,47 +128,61 @@ class PoolStatistics:
         return self.in_use / self.max_connections
 
 
-class _Entry(Generic[C]):
+class _Record(Generic[C]):
+    """One connection of the pool (or one on its way): its status and its timestamps."""
+
     __slots__ = (
         "acquired_at",
         "conn",
-        "created_at",
+        "error",
         "expires_at",
+        "fill_round",
         "generation",
         "last_checked",
         "last_used",
         "leak_reported",
         "stack",
+        "status",
         "suspect",
     )
 
-    def __init__(self, conn: C, now: float, expires_at: float, generation: int) -> None:
-        self.conn = conn
-        self.created_at = now
-        self.expires_at = expires_at
-        self.last_used = now
-        self.last_checked = now
+    conn: C
+
+    def __init__(self, generation: int, fill_round: int) -> None:
+        self.status: _Status | None = None  # None: not (or no longer) in the pool
         self.generation = generation
-        self.acquired_at = 0.0
+        self.fill_round = fill_round  # 0: made for a waiter or at start, with retries
+        self.error: BackendUnavailable | None = None
+        self.last_used = self.last_checked = self.acquired_at = 0.0
+        self.expires_at = math.inf
         self.stack: str | None = None
         self.leak_reported = False
         self.suspect = False
 
 
+class _Waiter(Generic[C]):
+    __slots__ = ("parked", "result", "task")
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None  # set when it parks
+        self.result: _Record[C] | BaseException | None = None  # what it is served
+        self.parked = False  # asleep in wait_task_rescheduled: wake it with its result
+
+
 class _Checkout(Generic[C]):
     """``async with pool.connection() as conn``; see ``ConnectionPool.connection``."""
 
-    __slots__ = ("_entry", "_pool")
+    __slots__ = ("_pool", "_record")
 
     def __init__(self, pool: ConnectionPool[C]) -> None:
         self._pool = pool
-        self._entry: _Entry[C] | None = None
+        self._record: _Record[C] | None = None
 
     async def __aenter__(self) -> C:
-        if self._entry is not None:
+        if self._record is not None:
             raise RuntimeError("this pool.connection() context is already in use")
-        self._entry = await self._pool._acquire()
-        return self._entry.conn
+        self._record = await self._pool._acquire()
+        return self._record.conn
 
     async def __aexit__(
         self,
@@ -147,10 +190,31 @@ class _Checkout(Generic[C]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        entry = self._entry
-        self._entry = None
-        if entry is not None:
-            await self._pool._return(entry, failed=exc is not None)
+        record = self._record
+        self._record = None
+        if record is not None:
+            await self._pool._release(record, failed=exc is not None)
+
+
+_Todo = list["_Record[C] | _Waiter[C]"]
+_Containers = tuple[dict["_Record[C]", None], ...]
+
+
+def _move(records: _Containers[C], rec: _Record[C], to: _Status | None, todo: _Todo[C]) -> None:
+    """The one place where a connection changes status (only ``_update`` calls it)."""
+    if rec.status is not None:
+        del records[rec.status][rec]
+    rec.status = to
+    if to is not None:
+        records[to][rec] = None
+        if to is not _IN_USE and to is not _IDLE:
+            todo.append(rec)
+
+
+def _serve(waiter: _Waiter[C], result: _Record[C] | BaseException, todo: _Todo[C]) -> None:
+    waiter.result = result
+    if waiter.parked:
+        todo.append(waiter)
 
 
 class ConnectionPool(Generic[C]):
@@ -176,20 +240,17 @@ class ConnectionPool(Generic[C]):
         self._rng = rng if rng is not None else random.Random()
         self._reset: Callable[[C], Awaitable[None]] | None = getattr(connector, "reset", None)
         self._is_broken: Callable[[C], bool] | None = getattr(connector, "is_broken", None)
-        self._state = _State.NEW
-        self._nursery: trio.Nursery | None = None
         self._create_limiter = trio.CapacityLimiter(self._config.max_concurrent_creates)
+        self._state = _NEW
+        self._nursery: trio.Nursery | None = None  # set while RUNNING, and only then
 
-        self._idle: list[_Entry[C]] = []  # LIFO: the end is the most recently used
-        self._in_use: set[_Entry[C]] = set()
-        self._checking: set[_Entry[C]] = set()
-        self._waiters: OrderedDict[trio.lowlevel.Task, None] = OrderedDict()
-        self._connecting = 0
-        self._closing = 0
+        # The state: one container per status (insertion order: the last idle one is
+        # the most recently used), the waiters in order, and the schedule.
+        self._records: _Containers[C] = tuple({} for _ in _Status)
+        self._waiters: OrderedDict[_Waiter[C], None] = OrderedDict()
         self._generation = 0
-
-        self._maint_wake = trio.Event()
-        self._maint_deadline = -math.inf
+        self._scan_at = -math.inf  # when _update next looks at every idle connection
+        self._maintenance: trio.CancelScope | None = None  # sleeps until _scan_at
         self._next_fill_at = -math.inf
         self._fill_failures = 0
         self._fill_round = 0
@@ -244,46 +305,43 @@ class ConnectionPool(Generic[C]):
         retries.  Runs until cancelled; then closes every connection within
         ``close_grace``.  A pool runs once.
         """
-        if self._state is not _State.NEW:
+        if self._state is not _NEW:
             raise RuntimeError(f"pool {self._name!r} has already run")
-        self._state = _State.STARTING
+        self._state = _STARTING
+        leftover: list[_Record[C]] = []
         try:
             await self._open_initial()
             async with trio.open_nursery() as nursery:
+                self._state = _RUNNING
                 self._nursery = nursery
                 try:
-                    self._state = _State.RUNNING
+                    self._apply(self._update(trio.current_time(), rescan=True))
                     nursery.start_soon(self._maintain)
                     task_status.started(self)
                     await trio.sleep_forever()
                 finally:
-                    # From here no new acquisition starts; tasks still running finish
-                    # or are cancelled, and may still start closers in this nursery.
-                    self._state = _State.CLOSED
-                    self._fail_all_waiters()
+                    # Before the nursery can close to new tasks: from here on whoever
+                    # gives a connection up closes it itself.
+                    leftover = self._stop()
                     nursery.cancel_scope.cancel()
         finally:
-            self._state = _State.CLOSED  # also when the initial fill failed
-            self._nursery = None
-            idle, self._idle = self._idle, []
-            self._closing += len(idle)
+            leftover += self._stop()
             with trio.move_on_after(self._config.close_grace, shield=True):
-                async with trio.open_nursery() as closers:
-                    for entry in idle:
-                        closers.start_soon(self._close_entry, entry)
+                await self._close_all(leftover)
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's state and counters."""
         cfg = self._config
+        n = [len(records) for records in self._records]
         return PoolStatistics(
             backend=self._name,
             state=self._state.value,
-            open=len(self._idle) + len(self._in_use) + len(self._checking),
-            idle=len(self._idle),
-            in_use=len(self._in_use),
-            checking=len(self._checking),
-            connecting=self._connecting,
-            closing=self._closing,
+            open=n[_IDLE] + n[_IN_USE] + n[_CHECKING],
+            idle=n[_IDLE],
+            in_use=n[_IN_USE],
+            checking=n[_CHECKING],
+            connecting=n[_CONNECTING],
+            closing=n[_CLOSING],
             waiting=len(self._waiters),
             min_connections=cfg.min_connections,
             max_connections=cfg.max_connections,
@@ -320,65 +378,316 @@ class ConnectionPool(Generic[C]):
         self._config = dataclasses.replace(
             self._config, min_connections=min_connections, max_connections=max_connections
         )
-        if self._state is not _State.RUNNING:
-            return
-        excess = self._total() - max_connections
-        while excess > 0 and self._idle:
-            self._discard(self._idle.pop(0))
-            excess -= 1
-        self._spawn_creators()
-        self._poke()
+        if self._state is _RUNNING:
+            self._apply(self._update(trio.current_time(), rescan=True))
 
     async def drain(self) -> None:
         """Replace every connection: idle ones are closed now (this waits for that),
         those in use when they come back; the pool refills to ``min_connections``."""
-        self._generation += 1
-        idle, self._idle = self._idle, []
-        self._closing += len(idle)
-        try:
-            with trio.move_on_after(self._config.close_grace, shield=True):
-                async with trio.open_nursery() as closers:
-                    for entry in idle:
-                        closers.start_soon(self._close_entry, entry)
-        finally:
-            self._spawn_creators()
-            self._poke()
+        todo = self._update(trio.current_time(), drain=True)
+        with trio.move_on_after(self._config.close_grace, shield=True):
+            await self._close_all(self._apply(todo, close_here=True))
         await trio.lowlevel.checkpoint()
 
-    # ------------------------------------------------------------- acquire / return
+    # ---------------------------------------------------------------- the state
 
-    async def _acquire(self) -> _Entry[C]:
+    def _update(
+        self,
+        now: float,
+        record: _Record[C] | None = None,
+        event: _Event | None = None,
+        *,
+        arriving: _Waiter[C] | None = None,
+        leaving: _Waiter[C] | None = None,
+        rescan: bool = False,
+        drain: bool = False,
+    ) -> _Todo[C]:
+        """Every change of the pool's state, at ``now``: what ``event`` means for
+        ``record``, a waiter arriving or leaving, the retirement, checks and refill that
+        are due (all of them when ``rescan``), and hand-offs to waiters.  Returns what to
+        do: records CONNECTING to connect, CHECKING to check, CLOSING to close, and
+        waiters whose ``result`` is set, to wake."""
+        cfg = self._config
+        recs = self._records
+        idle = recs[_IDLE]
+        waiters = self._waiters
+        running = self._state is _RUNNING
+        todo: _Todo[C] = []
+
+        if record is not None:
+            reusable = False
+            if event is _RELEASED or event is _SUSPECT:
+                record.last_used = now
+                record.stack = None
+                record.suspect = event is _SUSPECT
+                reusable = True
+            elif event is _CLOSED:
+                _move(recs, record, None, todo)
+                self._closed_count += 1
+                rescan = True
+            elif event is _CONNECT_FAILED:
+                _move(recs, record, None, todo)
+                exc = record.error
+                # The first failure of the current refill round backs the next one off.
+                if (
+                    exc is not None
+                    and record.fill_round
+                    and record.fill_round == self._fill_round
+                    and not self._fill_round_failed
+                ):
+                    self._fill_round_failed = True
+                    delay = min(cfg.reconnect_max_delay, cfg.retry_delay * 2**self._fill_failures)
+                    self._fill_failures += 1
+                    self._next_fill_at = now + self._jitter(delay)
+                if exc is not None and len(waiters) > len(recs[_CONNECTING]):
+                    _serve(waiters.popitem(last=False)[0], BackendUnavailable(exc.message), todo)
+                rescan = True
+            elif event is _CONNECTED:
+                lifetime = math.inf
+                if cfg.max_lifetime is not None:
+                    lifetime = cfg.max_lifetime * (1 - cfg.lifetime_jitter * self._rng.random())
+                record.last_used = record.last_checked = now
+                record.expires_at = now + lifetime
+                self._created += 1
+                self._last_error = None
+                self._fill_failures = 0
+                self._next_fill_at = -math.inf
+                reusable = True
+            elif event is _CHECKED:
+                record.last_checked = now
+                record.suspect = False
+                reusable = record.status is _CHECKING  # else checked for its caller
+            else:  # CHECK_FAILED or BROKEN
+                if event is _CHECK_FAILED:
+                    self._checks_failed += 1
+                _move(recs, record, _CLOSING, todo)
+                rescan = True
+            if reusable:
+                n_open = len(idle) + len(recs[_IN_USE]) + len(recs[_CHECKING])
+                if (
+                    self._state is _STOPPED
+                    or record.generation != self._generation
+                    or record.expires_at <= now
+                    or n_open + len(recs[_CONNECTING]) > cfg.max_connections
+                ):
+                    _move(recs, record, _CLOSING, todo)
+                    rescan = True
+                elif waiters:
+                    _move(recs, record, _IN_USE, todo)
+                    _serve(waiters.popitem(last=False)[0], record, todo)
+                else:
+                    _move(recs, record, _IDLE, todo)
+                    due = self._due(record, n_open > cfg.min_connections)
+                    if due < self._scan_at:
+                        self._wake_at(due)
+
+        if arriving is not None:
+            if not running:
+                stopped = ShuttingDown(f"{self._name} pool is not running ({self._state.value})")
+                _serve(arriving, stopped, todo)
+            elif idle and not waiters:
+                # The common case: the most recently used connection.
+                rec = next(reversed(idle))
+                _move(recs, rec, _IN_USE, todo)
+                _serve(arriving, rec, todo)
+            elif cfg.max_waiting is not None and len(waiters) >= cfg.max_waiting:
+                self._overloaded += 1
+                error = Overloaded(
+                    f"{self._name} pool: {len(waiters)} callers already wait for a connection"
+                    f" (pool.max_waiting={cfg.max_waiting})",
+                    retry_after=self._retry_after(),
+                )
+                _serve(arriving, error, todo)
+            else:
+                waiters[arriving] = None
+        if leaving is not None:
+            waiters.pop(leaving, None)
+        if drain:
+            self._generation += 1
+            rescan = True
+
+        if rescan or now >= self._scan_at:
+            while waiters and self._state is _STOPPED:
+                _serve(
+                    waiters.popitem(last=False)[0],
+                    ShuttingDown(f"{self._name} pool is closing"),
+                    todo,
+                )
+            deadline = math.inf
+            surplus = self._open() - cfg.min_connections
+            excess = self._total() - cfg.max_connections
+            # Oldest first, so the idle timeout retires the longest-unused connections.
+            for rec in list(idle):
+                retire = (
+                    self._state is _STOPPED
+                    or excess > 0
+                    or now >= rec.expires_at
+                    or rec.generation != self._generation
+                    or (
+                        cfg.idle_timeout is not None
+                        and surplus > 0
+                        and now >= rec.last_used + cfg.idle_timeout
+                    )
+                )
+                if retire:
+                    _move(recs, rec, _CLOSING, todo)
+                    surplus -= 1
+                    excess -= 1
+                elif (
+                    cfg.enable_keepalive
+                    and now >= max(rec.last_used, rec.last_checked) + cfg.keepalive_interval
+                ):
+                    _move(recs, rec, _CHECKING, todo)
+                else:
+                    deadline = min(deadline, self._due(rec, surplus > 0))
+            threshold = cfg.leak_detection_threshold
+            if threshold is not None:
+                for rec in recs[_IN_USE]:
+                    if rec.stack is None or rec.leak_reported:
+                        continue
+                    if now < rec.acquired_at + threshold:
+                        deadline = min(deadline, rec.acquired_at + threshold)
+                        continue
+                    rec.leak_reported = True
+                    self._leaks += 1
+                    logger.warning(
+                        "%s: a connection has been held for %.3fs (more than"
+                        " pool.leak_detection_threshold=%gs); acquired at:\n%s",
+                        self._name,
+                        now - rec.acquired_at,
+                        threshold,
+                        rec.stack,
+                    )
+            missing = cfg.min_connections - self._total()
+            # Starting, the pool makes min_connections once (run() fails if one fails).
+            first = self._state is _STARTING and self._fill_round == 0
+            if missing > 0 and (running or first):
+                if now >= self._next_fill_at:
+                    self._fill_round += 1
+                    self._fill_round_failed = False
+                    fill_round = self._fill_round if running else 0
+                    for _ in range(missing):
+                        _move(recs, _Record(self._generation, fill_round), _CONNECTING, todo)
+                else:
+                    deadline = min(deadline, self._next_fill_at)
+            self._scan_at = math.inf
+            self._wake_at(deadline)
+
+        # Hand idle connections to waiters in order; make connections for the rest.
+        while waiters and idle:
+            rec = next(reversed(idle))
+            _move(recs, rec, _IN_USE, todo)
+            _serve(waiters.popitem(last=False)[0], rec, todo)
+        if running and len(waiters) > len(recs[_CONNECTING]):
+            n = min(len(waiters) - len(recs[_CONNECTING]), cfg.max_connections - self._total())
+            for _ in range(n):
+                _move(recs, _Record(self._generation, 0), _CONNECTING, todo)
+        return todo
+
+    def _total(self) -> int:
+        """Connections counted against ``max_connections``: open ones and those coming."""
+        return self._open() + len(self._records[_CONNECTING])
+
+    def _open(self) -> int:
+        r = self._records
+        return len(r[_IDLE]) + len(r[_IN_USE]) + len(r[_CHECKING])
+
+    def _due(self, rec: _Record[C], retirable: bool) -> float:
+        """When an idle ``rec`` next needs the maintenance scan."""
+        cfg = self._config
+        due = rec.expires_at
+        if cfg.enable_keepalive:
+            due = min(due, max(rec.last_used, rec.last_checked) + cfg.keepalive_interval)
+        if retirable and cfg.idle_timeout is not None:
+            due = min(due, rec.last_used + cfg.idle_timeout)
+        return due
+
+    def _wake_at(self, deadline: float) -> None:
+        """Bring the next maintenance scan forward to ``deadline``."""
+        if deadline < self._scan_at:
+            self._scan_at = deadline
+            if self._maintenance is not None:
+                self._maintenance.deadline = deadline
+
+    def _apply(self, todo: _Todo[C], *, close_here: bool = False) -> list[_Record[C]]:
+        """Wake the waiters ``_update`` served and start its connects, checks and closes
+        in the pool's nursery; return the records to close that the caller must close
+        itself: all of them when ``close_here`` or when the pool is not running (its
+        nursery may be closed to new tasks)."""
+        leftover: list[_Record[C]] = []
+        nursery = self._nursery
+        for item in todo:
+            if isinstance(item, _Waiter):
+                r = item.result
+                assert r is not None
+                assert item.task is not None
+                trio.lowlevel.reschedule(
+                    item.task,
+                    outcome.Error(r) if isinstance(r, BaseException) else outcome.Value(r),
+                )
+            elif item.status is _CLOSING and (close_here or nursery is None):
+                leftover.append(item)
+            else:
+                # Only a running pool (whose nursery is open) connects or checks.
+                assert nursery is not None
+                if item.status is _CONNECTING:
+                    nursery.start_soon(self._create, item)
+                elif item.status is _CHECKING:
+                    nursery.start_soon(self._check, item)
+                else:
+                    nursery.start_soon(self._close_one, item)
+        return leftover
+
+    def _stop(self) -> list[_Record[C]]:
+        """Stop taking work: fail the waiters, give up the idle connections (returned,
+        to be closed by the caller)."""
+        self._state = _STOPPED
+        self._nursery = None
+        return self._apply(self._update(trio.current_time(), rescan=True))
+
+    async def _settle(self, record: _Record[C], event: _Event) -> None:
+        """Report ``event`` on ``record``; close here what the pool's nursery cannot."""
+        todo = self._update(trio.current_time(), record, event)
+        if todo and (leftover := self._apply(todo)):
+            with trio.move_on_after(self._config.close_grace, shield=True):
+                await self._close_all(leftover)
+
+    # ------------------------------------------------------------- acquire / release
+
+    async def _acquire(self) -> _Record[C]:
         self._total_requests += 1
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            start = trio.current_time()
+            start = now = trio.current_time()
             while True:
-                if self._state is not _State.RUNNING:
-                    raise ShuttingDown(f"{self._name} pool is not running ({self._state.value})")
-                if self._idle and not self._waiters:
-                    entry = self._idle.pop()
-                    self._in_use.add(entry)
-                    # Like CapacityLimiter.acquire: the entry is ours, so this yield must
-                    # not be a place where cancellation can strand it.
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    now = start
-                else:
-                    entry = await self._wait(start)
+                waiter: _Waiter[C] = _Waiter()
+                todo = self._update(now, arriving=waiter)
+                if todo:
+                    self._apply(todo)
+                if waiter.result is None:
+                    record = await self._wait(waiter, start)
                     now = trio.current_time()
+                elif isinstance(waiter.result, BaseException):
+                    raise waiter.result
+                else:
+                    record = waiter.result
+                    # Like CapacityLimiter.acquire: the connection is ours, so this yield
+                    # must not be a place where cancellation can strand it.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 if (
-                    entry.suspect or now - entry.last_used > self._config.validation_bypass
-                ) and not await self._validate(entry):
+                    record.suspect or now - record.last_used > self._config.validation_bypass
+                ) and not await self._check(record):
+                    now = trio.current_time()
                     continue
-                entry.acquired_at = now
+                record.acquired_at = now
                 threshold = self._config.leak_detection_threshold
                 if threshold is not None:
-                    entry.stack = "".join(traceback.format_stack()[:-2])
-                    entry.leak_reported = False
-                    if now + threshold < self._maint_deadline:
-                        self._poke()
+                    record.stack = "".join(traceback.format_stack()[:-2])
+                    record.leak_reported = False
+                    self._wake_at(now + threshold)
                 self._served += 1
                 self._total_wait += now - start
-                return entry
+                return record
         except trio.Cancelled:
             self._cancelled += 1
             raise
@@ -386,35 +695,23 @@ class ConnectionPool(Generic[C]):
             self._failed += 1
             raise
 
-    async def _wait(self, start: float) -> _Entry[C]:
-        cfg = self._config
-        if cfg.max_waiting is not None and len(self._waiters) >= cfg.max_waiting:
-            self._overloaded += 1
-            raise Overloaded(
-                f"{self._name} pool: {len(self._waiters)} callers already wait for a connection"
-                f" (pool.max_waiting={cfg.max_waiting})",
-                retry_after=self._retry_after(),
-            )
-        task = trio.lowlevel.current_task()
-        self._waiters[task] = None
-        self._spawn_creators()
-
+    async def _wait(self, waiter: _Waiter[C], start: float) -> _Record[C]:
         def abort(_: Any) -> trio.lowlevel.Abort:
             # Runs synchronously when the cancel arrives, so no hand-off can reach a
             # waiter that has gone.
-            self._waiters.pop(task, None)
+            self._update(trio.current_time(), leaving=waiter)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        if cfg.acquire_timeout is None:
-            entry: _Entry[C] = await trio.lowlevel.wait_task_rescheduled(abort)
-            return entry
-        with trio.move_on_at(start + cfg.acquire_timeout):
-            entry = await trio.lowlevel.wait_task_rescheduled(abort)
-            return entry
-        raise self._timeout_error(cfg.acquire_timeout)
+        waiter.task = trio.lowlevel.current_task()
+        waiter.parked = True
+        timeout = self._config.acquire_timeout
+        with trio.move_on_at(math.inf if timeout is None else start + timeout):
+            record: _Record[C] = await trio.lowlevel.wait_task_rescheduled(abort)
+            return record
+        raise self._timeout_error(trio.current_time() - start)
 
     def _timeout_error(self, waited: float) -> BackendUnavailable | Overloaded:
-        busy = len(self._in_use) + len(self._checking)
+        busy = len(self._records[_IN_USE]) + len(self._records[_CHECKING])
         if self._last_error is None and busy >= self._config.max_connections:
             self._overloaded += 1
             return Overloaded(
@@ -430,159 +727,61 @@ class ConnectionPool(Generic[C]):
     def _retry_after(self) -> float:
         return self._config.validation_bypass or 0.1
 
-    async def _validate(self, entry: _Entry[C]) -> bool:
-        """Check ``entry`` (in use by us); on failure discard it and return False."""
+    async def _check(self, record: _Record[C]) -> bool:
+        """Check ``record``, in use by us (on checkout) or by keepalive, and report the
+        result; False when it failed and was given up."""
         try:
             with trio.fail_after(self._config.validation_timeout):
-                await self._connector.check(entry.conn)
+                await self._connector.check(record.conn)
         except Exception as exc:
-            self._checks_failed += 1
-            self._in_use.discard(entry)
-            leftover = self._discard(entry)
             logger.debug("%s: connection failed its check: %r", self._name, exc)
-            if leftover is not None:
-                await self._close_entry(leftover)
+            if record.status is _CHECKING:  # idle: the backend may be failing
+                self._last_error = f"{type(exc).__name__}: {exc}"
+            await self._settle(record, _CHECK_FAILED)
             return False
         except BaseException:
-            # Cancelled mid-check: the connection's state is unknown.
-            self._in_use.discard(entry)
-            leftover = self._discard(entry)
-            if leftover is not None:
-                await self._close_entry(leftover)
+            await self._settle(record, _BROKEN)  # cancelled mid-check: unknown state
             raise
-        entry.last_checked = trio.current_time()
-        entry.suspect = False
+        await self._settle(record, _CHECKED)
         return True
 
-    async def _return(self, entry: _Entry[C], *, failed: bool) -> None:
-        entry.stack = None
-        if self._reset is not None and not (
-            self._is_broken is not None and self._is_broken(entry.conn)
-        ):
+    async def _release(self, record: _Record[C], *, failed: bool) -> None:
+        broken = self._is_broken is not None and self._is_broken(record.conn)
+        if self._reset is not None and not broken:
             try:
-                await self._reset(entry.conn)
+                await self._reset(record.conn)
             except BaseException as exc:
-                self._in_use.discard(entry)
-                leftover = self._discard(entry)
-                if leftover is not None:
-                    await self._close_entry(leftover)
+                await self._settle(record, _BROKEN)
                 if not isinstance(exc, Exception):
                     raise
                 logger.debug("%s: reset failed, connection discarded: %r", self._name, exc)
                 return
-        self._in_use.discard(entry)
-        if self._is_broken is not None:
-            if self._is_broken(entry.conn):
-                leftover = self._discard(entry)
-                if leftover is not None:
-                    await self._close_entry(leftover)
-                return
-        elif failed:
-            entry.suspect = True
-        now = entry.last_used = trio.current_time()
-        leftover = self._reinstate(entry, now)
-        if leftover is not None:
-            await self._close_entry(leftover)
-
-    # ------------------------------------------------------------ state transitions
-
-    def _total(self) -> int:
-        return len(self._idle) + len(self._in_use) + len(self._checking) + self._connecting
-
-    def _reinstate(self, entry: _Entry[C], now: float) -> _Entry[C] | None:
-        """Put a connection we hold back into service, or discard it."""
-        cfg = self._config
-        total = len(self._idle) + len(self._in_use) + len(self._checking) + self._connecting
-        if (
-            self._state is not _State.RUNNING
-            or entry.generation != self._generation
-            or entry.expires_at <= now
-            or total >= cfg.max_connections
-        ):
-            return self._discard(entry)
-        self._hand_off(entry)
-        # Wake the maintenance task only if this connection is due before it would wake.
-        due = entry.expires_at
-        if cfg.enable_keepalive:
-            due = min(due, max(entry.last_used, entry.last_checked) + cfg.keepalive_interval)
-        if cfg.idle_timeout is not None and total >= cfg.min_connections:
-            due = min(due, entry.last_used + cfg.idle_timeout)
-        if due < self._maint_deadline:
-            self._poke()
-        return None
-
-    def _hand_off(self, entry: _Entry[C]) -> None:
-        if self._waiters:
-            task, _ = self._waiters.popitem(last=False)
-            self._in_use.add(entry)
-            trio.lowlevel.reschedule(task, outcome.Value(entry))
+        if broken:
+            event = _BROKEN
+        elif failed and self._is_broken is None:
+            event = _SUSPECT
         else:
-            self._idle.append(entry)
-
-    def _discard(self, entry: _Entry[C]) -> _Entry[C] | None:
-        """Take ``entry`` (already out of every set) out of service and close it in the
-        pool's nursery; when that nursery is gone, return it for the caller to close."""
-        self._closing += 1
-        self._spawn_creators()
-        self._poke()
-        if self._nursery is not None:
-            try:
-                self._nursery.start_soon(self._close_entry, entry)
-            except RuntimeError:
-                # The pool's nursery closed (trio closes it to new tasks before its
-                # parent resumes); the caller, an async context, closes it instead.
-                return entry
-            return None
-        return entry
-
-    async def _close_entry(self, entry: _Entry[C]) -> None:
-        try:
+            event = _RELEASED
+        # _settle, inlined: this is every release's path.
+        todo = self._update(trio.current_time(), record, event)
+        if todo and (leftover := self._apply(todo)):
             with trio.move_on_after(self._config.close_grace, shield=True):
-                await self._connector.close(entry.conn)
-        except Exception as exc:
-            logger.debug("%s: error closing a connection: %r", self._name, exc)
-        finally:
-            self._closing -= 1
-            self._closed_count += 1
+                await self._close_all(leftover)
 
-    def _fail_all_waiters(self) -> None:
-        while self._waiters:
-            task, _ = self._waiters.popitem(last=False)
-            trio.lowlevel.reschedule(
-                task, outcome.Error(ShuttingDown(f"{self._name} pool is closing"))
-            )
+    # ------------------------------------------------------- connect, check, close
 
-    def _poke(self) -> None:
-        self._maint_wake.set()
-
-    # ------------------------------------------------------------------- creation
-
-    def _spawn_creators(self) -> None:
-        """Start one creator per waiter not already covered by a creation in flight."""
-        if self._state is not _State.RUNNING or self._nursery is None:
-            return
-        assert self._nursery is not None
-        n = min(
-            len(self._waiters) - self._connecting,
-            self._config.max_connections - self._total(),
-        )
-        for _ in range(n):
-            self._connecting += 1
-            self._nursery.start_soon(self._create, False, 0)
-
-    async def _create(self, fill: bool, fill_round: int) -> None:
-        attempts = 1 if fill else 1 + self._config.max_retries
+    async def _create(self, record: _Record[C]) -> None:
+        attempts = 1 if record.fill_round else 1 + self._config.max_retries
         try:
-            conn = await self._connect(attempts)
+            record.conn = await self._connect(attempts)
         except BackendUnavailable as exc:
-            self._connecting -= 1
-            self._create_failed(exc, fill, fill_round)
+            record.error = exc
+            await self._settle(record, _CONNECT_FAILED)
             return
         except BaseException:
-            self._connecting -= 1
+            await self._settle(record, _CONNECT_FAILED)
             raise
-        self._connecting -= 1
-        self._add_new(conn)
+        await self._settle(record, _CONNECTED)
 
     async def _connect(self, attempts: int) -> C:
         cfg = self._config
@@ -612,160 +811,47 @@ class ConnectionPool(Generic[C]):
         j = self._config.backoff_jitter
         return delay * (1 + j * (2 * self._rng.random() - 1)) if j else delay
 
-    def _add_new(self, conn: C) -> None:
-        now = trio.current_time()
-        cfg = self._config
-        lifetime = math.inf
-        if cfg.max_lifetime is not None:
-            lifetime = cfg.max_lifetime * (1 - cfg.lifetime_jitter * self._rng.random())
-        entry = _Entry(conn, now, now + lifetime, self._generation)
-        self._created += 1
-        self._last_error = None
-        self._fill_failures = 0
-        self._next_fill_at = -math.inf
-        self._poke()
-        if self._state is not _State.RUNNING and self._state is not _State.STARTING:
-            self._discard(entry)
-        else:
-            self._hand_off(entry)
-
-    def _create_failed(self, exc: BackendUnavailable, fill: bool, fill_round: int) -> None:
-        if fill and fill_round == self._fill_round and not self._fill_round_failed:
-            self._fill_round_failed = True
-            cfg = self._config
-            delay = min(cfg.reconnect_max_delay, cfg.retry_delay * 2**self._fill_failures)
-            self._fill_failures += 1
-            self._next_fill_at = trio.current_time() + self._jitter(delay)
-        if len(self._waiters) > self._connecting:
-            task, _ = self._waiters.popitem(last=False)
-            trio.lowlevel.reschedule(task, outcome.Error(BackendUnavailable(exc.message)))
-        self._poke()
-
     async def _open_initial(self) -> None:
-        n = self._config.min_connections
-        if n == 0:
-            return
-        errors: list[BackendUnavailable] = []
+        failed: list[_Record[C]] = []
 
-        async def one(cancel_scope: trio.CancelScope) -> None:
-            self._connecting += 1
-            try:
-                conn = await self._connect(1 + self._config.max_retries)
-            except BackendUnavailable as exc:
-                errors.append(exc)
+        async def one(record: _Record[C], cancel_scope: trio.CancelScope) -> None:
+            await self._create(record)
+            if record.error is not None:
+                failed.append(record)
                 cancel_scope.cancel()
-                return
-            finally:
-                self._connecting -= 1
-            self._add_new(conn)
 
         async with trio.open_nursery() as nursery:
-            for _ in range(n):
-                nursery.start_soon(one, nursery.cancel_scope)
-        if errors:
+            for record in self._update(trio.current_time(), rescan=True):
+                assert isinstance(record, _Record)
+                nursery.start_soon(one, record, nursery.cancel_scope)
+        if failed:
+            error = failed[0].error
+            assert error is not None
             raise BackendUnavailable(
-                f"{self._name} pool could not start: {errors[0].message}"
-            ) from errors[0]
+                f"{self._name} pool could not start: {error.message}"
+            ) from error
 
-    # ---------------------------------------------------------------- maintenance
+    async def _close_all(self, records: list[_Record[C]]) -> None:
+        if records:
+            async with trio.open_nursery() as nursery:
+                for record in records:
+                    nursery.start_soon(self._close_one, record)
+
+    async def _close_one(self, record: _Record[C]) -> None:
+        with trio.move_on_after(self._config.close_grace, shield=True):
+            try:
+                await self._connector.close(record.conn)
+            except Exception as exc:
+                logger.debug("%s: error closing a connection: %r", self._name, exc)
+            finally:
+                await self._settle(record, _CLOSED)
 
     async def _maintain(self) -> None:
         while True:
-            wake = trio.Event()
-            self._maint_wake = wake
-            deadline = self._maintenance_step(trio.current_time())
-            self._maint_deadline = deadline
-            with trio.move_on_at(deadline):
-                await wake.wait()
-
-    def _maintenance_step(self, now: float) -> float:
-        """Retire, check and refill what is due at ``now``; return the next deadline."""
-        cfg = self._config
-        assert self._nursery is not None
-        deadline = math.inf
-        surplus = len(self._idle) + len(self._in_use) + len(self._checking) - cfg.min_connections
-        keep: list[_Entry[C]] = []
-        # Oldest first, so the idle timeout retires the longest-unused connections.
-        for entry in self._idle:
-            if now >= entry.expires_at or entry.generation != self._generation:
-                self._discard(entry)
-                surplus -= 1
-                continue
-            if (
-                cfg.idle_timeout is not None
-                and surplus > 0
-                and now >= entry.last_used + cfg.idle_timeout
-            ):
-                self._discard(entry)
-                surplus -= 1
-                continue
-            if cfg.enable_keepalive:
-                due = max(entry.last_used, entry.last_checked) + cfg.keepalive_interval
-                if now >= due:
-                    self._checking.add(entry)
-                    self._nursery.start_soon(self._keepalive, entry)
-                    continue
-                deadline = min(deadline, due)
-            deadline = min(deadline, entry.expires_at)
-            keep.append(entry)
-        self._idle = keep
-        if cfg.idle_timeout is not None and surplus > 0:
-            for entry in keep[:surplus]:
-                deadline = min(deadline, entry.last_used + cfg.idle_timeout)
-        if cfg.max_lifetime is not None:
-            # Not retired while in use, but wake when it would be due, so that a
-            # release need not wake this task for lifetimes it already knows.
-            for entry in self._in_use:
-                if entry.expires_at > now:
-                    deadline = min(deadline, entry.expires_at)
-        threshold = cfg.leak_detection_threshold
-        if threshold is not None:
-            for entry in self._in_use:
-                if entry.stack is None or entry.leak_reported:
-                    continue
-                due = entry.acquired_at + threshold
-                if now >= due:
-                    entry.leak_reported = True
-                    self._leaks += 1
-                    logger.warning(
-                        "%s: a connection has been held for %.3fs (more than"
-                        " pool.leak_detection_threshold=%gs); acquired at:\n%s",
-                        self._name,
-                        now - entry.acquired_at,
-                        threshold,
-                        entry.stack,
-                    )
-                else:
-                    deadline = min(deadline, due)
-        missing = cfg.min_connections - self._total()
-        if missing > 0:
-            if now >= self._next_fill_at:
-                self._fill_round += 1
-                self._fill_round_failed = False
-                for _ in range(missing):
-                    self._connecting += 1
-                    self._nursery.start_soon(self._create, True, self._fill_round)
-            else:
-                deadline = min(deadline, self._next_fill_at)
-        return deadline
-
-    async def _keepalive(self, entry: _Entry[C]) -> None:
-        try:
-            with trio.fail_after(self._config.validation_timeout):
-                await self._connector.check(entry.conn)
-        except Exception as exc:
-            self._checks_failed += 1
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            self._checking.discard(entry)
-            self._discard(entry)
-            return
-        except BaseException:
-            self._checking.discard(entry)
-            self._discard(entry)
-            raise
-        self._checking.discard(entry)
-        now = entry.last_checked = trio.current_time()
-        self._reinstate(entry, now)
+            with trio.move_on_at(self._scan_at) as self._maintenance:
+                await trio.sleep_forever()
+            self._maintenance = None
+            self._apply(self._update(trio.current_time()))
 
 
 @asynccontextmanager
@@ -782,33 +868,15 @@ async def open_pool(
     Exceptions from the block propagate as they are (not wrapped in a group).
     """
     pool = ConnectionPool(connector, config, rng=rng)
-    # The block's exception is caught and re-raised outside the nursery, so that it
-    # is not wrapped in an ExceptionGroup (trio's nurseries are strict).
-    error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
             try:
-                await nursery.start(pool.run)
-            except BaseException as exc:
-                error = exc
-            else:
-                try:
-                    yield pool
-                except BaseException as exc:
-                    error = exc
-                finally:
-                    nursery.cancel_scope.cancel()
-    except BaseException as exc:
-        # The nursery's exit is a checkpoint and its tasks see an outer cancellation
-        # too: cancellation alone must not replace the block's own error (the
-        # cancellation is delivered again at the caller's next checkpoint).
-        if error is None or not _only_cancelled(exc):
-            raise
-    if error is not None:
-        raise error
-
-
-def _only_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[1] is None
-    return isinstance(exc, trio.Cancelled)
+                yield pool
+            finally:
+                nursery.cancel_scope.cancel()
+    except* BaseException as group:
+        # Besides cancellation (delivered again at the caller's next checkpoint), only
+        # the block or the start raise here: one error of theirs goes out unwrapped.
+        errors = group.split(trio.Cancelled)[1]
+        raise errors.exceptions[0] if errors and len(errors.exceptions) == 1 else group from None

@@ -27,6 +27,10 @@ class ServerConfig:
     - ``max_input_length``: characters of a text input, or rows of a numeric one.
     - ``max_batch_inputs``: inputs of one ``/v1/process/batch`` request.
     - ``max_deadline_ms``: the largest ``deadline_ms`` a request may ask for.
+    - ``default_deadline_ms``: the deadline of a request that sends no ``deadline_ms``
+      (``None``: none; it then waits as long as the queue's timeout lets it).  An HTTP
+      client that says nothing still gives up at some point, typically within seconds;
+      past that, the work is done for nobody.
     - ``metrics_require_auth``: whether ``/metrics`` needs an API key too.
     - ``docs``: serve ``/openapi.json`` and ``/docs``.
     - ``graceful_timeout``: how long hypercorn waits for open requests after a graceful
@@ -36,7 +40,13 @@ class ServerConfig:
       the whole body; a slower one (a slow-loris) gets 408 ``body_timeout`` and its
       connection closed, instead of holding a connection and a task forever.
       (Slow *headers* are bounded by hypercorn's ``keep_alive_timeout``.)
-    - ``keep_alive_timeout``, ``backlog``: passed to hypercorn.
+    - ``http``: the HTTP server: ``"lean"`` (ours: one task per connection, llhttp
+      parsing; a request costs it a fraction of what it costs hypercorn, which decides
+      what a storm of clients leaves for the work) or ``"hypercorn"`` (its Trio worker).
+    - ``keep_alive_timeout``: seconds an idle connection (or one sending its headers)
+      is kept.  ``backlog``: the listen queue (the kernel caps it at
+      ``net.core.somaxconn``); a storm of new connections beyond it is refused by the
+      kernel.
     - ``access_log``: log one line per request (with its request id).
     - ``reuse_port``: bind with ``SO_REUSEPORT`` (Linux, BSD), so that several
       ``dtesn-trio serve`` processes on one host listen on the same port and the kernel
@@ -62,13 +72,15 @@ class ServerConfig:
     max_input_length: int = 16_384
     max_batch_inputs: int = 100
     max_deadline_ms: int = 600_000
+    default_deadline_ms: int | None = 5_000
     metrics_require_auth: bool = False
     docs: bool = True
     graceful_timeout: float | None = None
     response_margin: float = 2.0
     body_timeout: float = 30.0
+    http: Literal["lean", "hypercorn"] = "lean"
     keep_alive_timeout: float = 5.0
-    backlog: int = 1024
+    backlog: int = 4096
     access_log: bool = False
     reuse_port: bool = False
     gc_freeze: bool = True
@@ -100,6 +112,11 @@ class ServerConfig:
         _checks.in_range(p + "max_batch_inputs", self.max_batch_inputs, 1, MAX_BATCH_INPUTS)
         _checks.integer(p + "max_deadline_ms", self.max_deadline_ms, minimum=1)
         _checks.in_range(p + "max_deadline_ms", self.max_deadline_ms, 1, MAX_DEADLINE_MS)
+        if self.default_deadline_ms is not None:
+            _checks.integer(p + "default_deadline_ms", self.default_deadline_ms, minimum=1)
+            _checks.in_range(
+                p + "default_deadline_ms", self.default_deadline_ms, 1, self.max_deadline_ms
+            )
         for name in (
             "metrics_require_auth",
             "docs",
@@ -114,6 +131,7 @@ class ServerConfig:
             _checks.positive(p + "graceful_timeout", self.graceful_timeout)
         _checks.non_negative(p + "response_margin", self.response_margin)
         _checks.positive(p + "body_timeout", self.body_timeout)
+        _checks.one_of(p + "http", self.http, ("lean", "hypercorn"))
         _checks.positive(p + "keep_alive_timeout", self.keep_alive_timeout)
         _checks.integer(p + "backlog", self.backlog, minimum=1)
         if self.gc_threshold != "default":

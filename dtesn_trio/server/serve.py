@@ -1,10 +1,13 @@
-"""``serve(runtime, config)``: hypercorn's Trio worker inside the runtime's nursery.
+"""``serve(runtime, config)``: the HTTP server inside the runtime's nursery.
+
+``server.http`` picks it: ``"lean"`` (the default, ``http1.serve_http1``: one task per
+connection, llhttp parsing) or ``"hypercorn"`` (hypercorn's Trio worker).
 
 Graceful stop, in order: the shutdown trigger fires -> the runtime stops intake
 (``begin_shutdown``: new work gets ``ShuttingDown``) and the app starts its drain clock
--> hypercorn stops accepting and waits for open requests -> requests still running after
-the runtime's ``shutdown_grace`` are answered 503 ``shutting_down`` -> hypercorn closes
-the connections and ``serve`` returns.  Hypercorn's own ``graceful_timeout`` is the grace
+-> the server stops accepting and waits for open requests -> requests still running after
+the runtime's ``shutdown_grace`` are answered 503 ``shutting_down`` -> the server closes
+the connections and ``serve`` returns.  The server's own ``graceful_timeout`` is the grace
 plus ``response_margin``, so every request gets its answer before the cut.
 """
 
@@ -13,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -25,6 +27,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from dtesn_trio.server.app import AppState, RuntimeLike, create_app
 from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.gctuning import applied_gc_settings
+from dtesn_trio.server.http1 import listening_socket, serve_http1
 
 __all__ = ["ServerInfo", "serve"]
 
@@ -55,16 +58,8 @@ def _reuse_port_socket(config: ServerConfig) -> str:
     """A listening address several processes can bind at once (``SO_REUSEPORT``): the
     kernel spreads new connections over them.  Returned as hypercorn's ``fd://`` bind,
     which takes the socket over."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((config.host, config.port))
-    except BaseException:
-        sock.close()
-        raise
+    sock = listening_socket(config.host, config.port, backlog=config.backlog, reuse_port=True)
+    sock.setblocking(True)
     return f"fd://{sock.detach()}"
 
 
@@ -107,7 +102,6 @@ async def serve(
         if config.graceful_timeout is not None
         else grace + config.response_margin
     )
-    hc = _hypercorn_config(config, graceful_timeout)
 
     async def trigger() -> None:
         if shutdown_trigger is None:
@@ -134,12 +128,32 @@ async def serve(
         )
         try:
             async with trio.open_nursery() as nursery:
-                urls: list[str] = await nursery.start(
-                    partial(hypercorn_serve, app, hc, shutdown_trigger=trigger, mode="asgi")
-                )
-                info = ServerInfo(
-                    host=config.host, port=_port_of(urls[0]), urls=tuple(urls), app=app
-                )
+                if config.http == "hypercorn":
+                    hc = _hypercorn_config(config, graceful_timeout)
+                    urls: list[str] = await nursery.start(
+                        partial(hypercorn_serve, app, hc, shutdown_trigger=trigger, mode="asgi")
+                    )
+                    port = _port_of(urls[0])
+                else:
+                    sock = listening_socket(
+                        config.host,
+                        config.port,
+                        backlog=config.backlog,
+                        reuse_port=config.reuse_port,
+                    )
+                    _, port = await nursery.start(
+                        partial(
+                            serve_http1,
+                            app,
+                            sock,
+                            keep_alive_timeout=config.keep_alive_timeout,
+                            graceful_timeout=graceful_timeout,
+                            shutdown_trigger=trigger,
+                        )
+                    )
+                    host = f"[{config.host}]" if ":" in config.host else config.host
+                    urls = [f"http://{host}:{port}"]
+                info = ServerInfo(host=config.host, port=port, urls=tuple(urls), app=app)
                 task_status.started(info)
         finally:
             if state is not None and state.gc_monitor is gc_monitor:

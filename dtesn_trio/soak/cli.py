@@ -6,6 +6,7 @@ an unreachable target, 130 when interrupted (the partial report is still written
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import sys
@@ -33,6 +34,19 @@ __all__ = ["soak", "summary"]
 EXIT_SLO = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+def _require_soak_extra() -> None:
+    """Exit 2 with one sentence when the soak extra (histograms, plots) is not installed."""
+    needed = {"hdrhistogram": "hdrh", "matplotlib": "matplotlib"}  # distribution: module
+    missing = [dist for dist, module in needed.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        click.echo(
+            f"dtesn-trio soak needs {' and '.join(missing)}, which the runtime does not"
+            " install: pip install 'dtesn-trio[soak]'",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
 
 
 def _priority_mix(ctx: click.Context, param: click.Parameter, value: str) -> PriorityMix:
@@ -284,6 +298,7 @@ def soak(
     Latency is measured from each request's intended send time (no coordinated omission).
     Exit 1 on an SLO violation, 2 on bad flags or an unreachable target.
     """
+    _require_soak_extra()
     if worker_spec is not None:
         sys.exit(trio.run(worker_main, json.loads(worker_spec)))
     if (url is None) == (not embedded):

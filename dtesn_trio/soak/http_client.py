@@ -1,10 +1,8 @@
 """A lean keep-alive HTTP/1.1 client on h11 over trio streams, for the load path.
 
-Why not httpx: under Trio, httpx spends about 3 ms of CPU per request at 100 concurrent
-connections on this machine, which is less than a hypercorn Trio server needs to answer
-one: a load generator built on it cannot overload the server it is meant to test. This
-client does one thing — Content-Length request/response on keep-alive connections, one
-connection per concurrent caller — and spends a small fraction of that.
+It does one thing, cheaply enough for a load generator to overload the server it tests:
+Content-Length request/response on keep-alive connections, one connection per
+concurrent caller.
 
 What a caller must know:
 - `open_http_client(url)` owns every connection it opens; leaving the block closes them.

@@ -14,10 +14,12 @@ import zlib
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from hdrh.histogram import HdrHistogram
+
+if TYPE_CHECKING:  # hdrhistogram is the soak extra's: imported when a histogram is made
+    from hdrh.histogram import HdrHistogram
 
 __all__ = [
     "LatencySummary",
@@ -36,7 +38,15 @@ _PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
 def _new_histogram() -> HdrHistogram:
+    from hdrh.histogram import HdrHistogram
+
     return HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+
+
+def _decode_histogram(encoded: str) -> HdrHistogram:
+    from hdrh.histogram import HdrHistogram
+
+    return HdrHistogram.decode(encoded.encode("ascii"))
 
 
 def count_at_or_below(hist: HdrHistogram, limit_ms: float) -> int:
@@ -313,14 +323,14 @@ class LoadResult:
         """Inverse of `to_wire`."""
         hists = {}
         for p, k, enc in data["histograms"]:
-            hists[(int(p), str(k))] = HdrHistogram.decode(enc.encode("ascii"))
+            hists[(int(p), str(k))] = _decode_histogram(enc)
         buckets = {}
         for i, (sent, answered, ok, failed, ifm, by, lat) in data["buckets"].items():
             arr = array("d")
             arr.frombytes(zlib.decompress(base64.b64decode(lat)))
             buckets[int(i)] = _Bucket(sent, answered, ok, failed, ifm, dict(by), arr)
         sent, answered, failed, ok, unfinished = data["counts"]
-        send_lag = HdrHistogram.decode(data["send_lag"].encode("ascii"))
+        send_lag = _decode_histogram(data["send_lag"])
         return cls(
             duration=float(data["duration"]),
             bucket=float(data["bucket"]),

@@ -99,17 +99,15 @@ def test_a000081_counts() -> None:
     assert [s.units for s in slots] == [7] + [6] * 16
 
 
-@pytest.mark.parametrize("layout", ["sparse", "dense"])
-def test_text_batch_equals_alone(layout: str) -> None:
-    model = DTESNModel(SMALL, batch_layout=layout)
+def test_text_batch_equals_alone() -> None:
+    model = DTESNModel(SMALL)
     texts = ["héllo", "a", "a much longer line of text than the others", b"\x00\xff", "ab"]
     for x, r in zip(texts, model.process_batch(texts), strict=True):
         np.testing.assert_allclose(r.features, model.process_one(x).features, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("layout", ["sparse", "dense"])
-def test_batched_equals_alone(layout: str) -> None:
-    model = DTESNModel(SMALL, batch_layout=layout)
+def test_batched_equals_alone() -> None:
+    model = DTESNModel(SMALL)
     rng = np.random.default_rng(2)
     inputs: list[object] = [rng.uniform(-1, 1, size=(int(n), 1)) for n in (5, 40, 1, 17, 40, 33)]
     inputs += ["a", "some longer text input", b"\x00\xff bytes", [0.5, -0.25, 1.0]]

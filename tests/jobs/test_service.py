@@ -21,6 +21,7 @@ from dtesn_trio.errors import InvalidRequest, Overloaded, ShuttingDown
 from dtesn_trio.jobs import JobsConfig, SQLiteJobStore, open_job_service, owner_is_dead
 from dtesn_trio.jobs.service import _new_owner
 from dtesn_trio.nurseries import ConnectionPoolConfig, SQLiteConnector, open_pool
+from tests.polling import wait_until
 
 POOL = ConnectionPoolConfig(min_connections=1, max_connections=4, max_concurrent_creates=2)
 
@@ -45,6 +46,19 @@ def rows(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
 async def echo(payload: dict[str, Any]) -> dict[str, Any]:
     await trio.lowlevel.checkpoint()
     return {"echo": payload["n"]}
+
+
+def claimers() -> int:
+    """Claimer tasks alive now, in every service of this run."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    count, stack = 0, [root]
+    while stack:
+        task = stack.pop()
+        count += task.name.endswith("JobService._claimer")
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 async def wait_finished(svc: Any, ids: list[str]) -> list[Any]:
@@ -157,10 +171,13 @@ async def test_shutting_down_puts_the_job_back_and_stops_the_claimer(tmp_path: P
             await refused.wait()
             await trio.testing.wait_all_tasks_blocked()
             assert svc.statistics().retried == 1
-            # the claimer returned: a second job stays queued
+            # the claimer returns once the store has the job back (a thread's write)
+            await wait_until(lambda: claimers() == 0)
+            # so a second job stays queued: nothing is left to claim it
             second = await svc.submit({})
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()
             assert (await svc.get(second.id)).status == "queued"  # type: ignore[union-attr]
+            assert claimers() == 0
     assert rows(
         db, "SELECT id, status, attempts, lease_owner FROM dtesn_jobs WHERE id = ?", (job.id,)
     ) == [(job.id, "queued", 0, None)]
@@ -311,28 +328,51 @@ async def test_poison_job_fails_after_max_attempts(tmp_path: Path) -> None:
 async def test_outcome_recorded_once_per_owner_and_lease_renewed(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     runs: Counter[int] = Counter()
+    release = trio.Event()
+    four_running = trio.Event()
+    # The leases' clock is the test's: a lease runs out only when the test moves it on.
+    wall = [1_000.0]
 
-    async def slow(payload: dict[str, Any]) -> dict[str, Any]:
+    async def held(payload: dict[str, Any]) -> dict[str, Any]:
         runs[payload["n"]] += 1
-        await trio.sleep(0.5)
+        if sum(runs.values()) == 4:
+            four_running.set()
+        await release.wait()
         return {"n": payload["n"]}
 
-    # Two services (two owners) on one file, leases of 0.15 s and jobs of 0.5 s: only
-    # renewal keeps the other owner from taking a running job over.
-    config = JobsConfig(workers=2, lease_seconds=0.15, poll_interval=0.02)
+    def leases_until() -> list[float]:
+        got = rows(db, "SELECT lease_expires FROM dtesn_jobs WHERE status = 'running'")
+        return [r[0] for r in got]
+
+    # Two services (two owners) on one file, two claimers each, leases of 0.15 s.
+    lease = 0.15
+    config = JobsConfig(workers=2, lease_seconds=lease, poll_interval=0.02)
     with trio.fail_after(20):
         async with (
             open_store(db) as store,
-            open_job_service(store, slow, config) as a,
-            open_job_service(store, slow, config) as b,
+            open_job_service(store, held, config, wall_clock=lambda: wall[0]) as a,
+            open_job_service(store, held, config, wall_clock=lambda: wall[0]) as b,
         ):
             ids = [(await a.submit({"n": n})).id for n in range(6)]
+            await four_running.wait()
+            # Six half-leases (three leases) pass while four jobs run: only renewal keeps
+            # the other owner from taking a running job over.  After each step a lease
+            # has half of itself left; the next step waits until all four were renewed.
+            for _ in range(6):
+                wall[0] += lease / 2
+                await wait_until(
+                    lambda: all(t >= wall[0] + lease for t in leases_until()),
+                    interval=0.01,
+                )
+            assert len(leases_until()) == 4
+            release.set()
             records = await wait_finished(b, ids)
             sa, sb = a.statistics(), b.statistics()
     assert all(r.status == "succeeded" for r in records)
     assert runs == Counter(range(6))
     assert sa.succeeded + sb.succeeded == 6
     assert sa.lost_leases == sb.lost_leases == 0
+    assert rows(db, "SELECT DISTINCT attempts FROM dtesn_jobs") == [(1,)]
 
 
 async def test_store_finish_only_for_the_lease_owner(tmp_path: Path) -> None:

@@ -43,7 +43,11 @@ SEED_LOAD_KEYS = {
 
 
 def fixed(**kw: object) -> Admission:
-    settings: dict[str, object] = {"adaptive_scaling": False, "priority_levels": 1}
+    settings: dict[str, object] = {
+        "adaptive_scaling": False,
+        "priority_levels": 1,
+        "max_requests_per_second": 1000.0,
+    }
     settings.update(kw)
     return Admission(AdmissionConfig(**settings))  # type: ignore[arg-type]
 
@@ -53,7 +57,9 @@ async def hold(admission: Admission, seconds: float, priority: int = 0) -> None:
         await trio.sleep(seconds)
 
 
-async def test_the_seeds_constructor_and_load_keys() -> None:
+async def test_the_seeds_constructor_and_load_keys(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     manager = ConcurrencyManager(
         max_concurrent_requests=500,
         max_requests_per_second=1000,
@@ -61,7 +67,7 @@ async def test_the_seeds_constructor_and_load_keys() -> None:
         scale_factor=1.2,
     )
     assert ConcurrencyManager is Admission
-    assert manager.config == AdmissionConfig()
+    assert manager.config == AdmissionConfig.seed()
     assert isinstance(manager.limiter.algorithm, Gradient2Limit)
     async with manager.throttle_request():
         load = manager.get_current_load()
@@ -69,7 +75,11 @@ async def test_the_seeds_constructor_and_load_keys() -> None:
         assert load["effective_capacity"] == load["base_capacity"] == 500
     load = manager.get_current_load()
     assert set(load) >= SEED_LOAD_KEYS
-    assert 99.0 <= load["burst_capacity_remaining"] < 100.0  # refilling in real time
+    assert load["burst_capacity_remaining"] == 99.0  # one token out of 100, no time passed
+    await trio.sleep(0.0005)  # half a token at 1000/s
+    assert manager.get_current_load()["burst_capacity_remaining"] == pytest.approx(99.5)
+    await trio.sleep(1.0)
+    assert manager.get_current_load()["burst_capacity_remaining"] == 100.0  # full, capped
     assert load["success_rate"] == 1.0
     assert load["adaptive_scaling_enabled"] is True
 
@@ -249,6 +259,7 @@ async def test_adaptive_scaling_moves_the_limit_and_the_rate(
         max_concurrent_requests=20,
         max_requests_per_second=100.0,
         burst_limit=100,
+        adaptive_scaling=True,
         algorithm="aimd",
         min_limit=1,
         window_size=3,
@@ -275,9 +286,10 @@ async def test_adaptive_scaling_moves_the_limit_and_the_rate(
 
 
 def test_algorithms_by_name() -> None:
-    assert isinstance(AdmissionConfig(adaptive_scaling=False).make_algorithm(), FixedLimit)
+    assert isinstance(AdmissionConfig().make_algorithm(), FixedLimit)
+    assert isinstance(AdmissionConfig.seed(adaptive_scaling=False).make_algorithm(), FixedLimit)
     for name in ("fixed", "aimd", "vegas", "gradient2", "seed"):
-        algorithm = AdmissionConfig(algorithm=name).make_algorithm()
+        algorithm = AdmissionConfig.seed(algorithm=name).make_algorithm()
         assert algorithm.limit == 500
 
 
@@ -291,7 +303,11 @@ def test_algorithms_by_name() -> None:
         ({"max_limit": 100}, "admission.max_limit must be >= admission.max_concurrent_requests"),
         ({"priority_levels": 3, "partitions": (0.5,)}, "one share per priority level"),
         ({"default_priority": 5}, "admission.default_priority must be < admission.priority_levels"),
-        ({"max_rate": 10.0}, "admission.max_rate must be >= admission.rate"),
+        (
+            {"max_requests_per_second": 1000.0, "max_rate": 10.0},
+            "admission.max_rate must be >= admission.rate",
+        ),
+        ({"max_rate": 10.0}, "admission.max_rate needs admission.max_requests_per_second"),
     ],
 )
 def test_config_errors_name_the_field(kwargs: dict[str, object], message: str) -> None:

@@ -46,7 +46,8 @@ async def test_echo_and_stale_connection_is_replaced() -> None:
                     first = stream
                 # The server drops the connection while it is idle in the pool.
                 await server_side[0].aclose()
-                await trio.sleep(0.05)  # the FIN reaches the client's socket
+                # the FIN reaching the client's socket makes it readable
+                await trio.lowlevel.wait_readable(first.socket)
                 async with pool.connection() as stream:
                     assert stream is not first
                     await stream.send_all(b"pong")

@@ -293,3 +293,29 @@ async def test_error_in_block_during_outer_cancel_is_not_swallowed() -> None:
             scope.cancel()
     assert info.group_contains(RuntimeError, match="in cleanup")
     assert conn.live == set()
+
+
+async def test_a_connection_given_back_after_the_pool_stopped_is_closed_by_its_holder() -> None:
+    conn = MemoryConnector()
+    pool = ConnectionPool(conn, cfg(min_connections=1, max_connections=1))
+    release = trio.Event()
+    held = trio.Event()
+
+    async def holder() -> None:
+        async with pool.connection():
+            held.set()
+            await release.wait()
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as pool_nursery:
+            await pool_nursery.start(pool.run)
+            outer.start_soon(holder)
+            await held.wait()
+            pool_nursery.cancel_scope.cancel()
+        # The pool's nursery is closed now; the connection is still held.
+        s = pool.statistics()
+        assert (s.state, s.in_use, s.connections_closed) == ("closed", 1, 0)
+        release.set()
+    s = pool.statistics()
+    assert (s.open, s.in_use, s.closing, s.connections_closed) == (0, 0, 0, 1)
+    assert conn.live == set()

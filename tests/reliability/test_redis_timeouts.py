@@ -55,8 +55,9 @@ async def test_frozen_redis_costs_a_call_at_most_the_timeout(
                 call = limiter.try_acquire if component is limiter else lambda: cache.get("k")
                 for i in range(6):
                     # Without redis.timeout this waits forever (a frozen Redis accepts
-                    # the bytes and never answers): the bound is the property.
-                    with trio.fail_after(TIMEOUT + 0.5):
+                    # the bytes and never answers): the bound is the property.  (Real
+                    # time: 2 s over the timeout is slack for a busy machine.)
+                    with trio.fail_after(TIMEOUT + 2.0):
                         if fail_open:
                             await call()
                         else:
@@ -68,7 +69,8 @@ async def test_frozen_redis_costs_a_call_at_most_the_timeout(
                 state = component.breaker.statistics().state.value
                 assert state == "open", (component, state)
                 before = pool.statistics().total_requests
-                with trio.fail_after(0.1):  # open: no Redis call at all
+                # open: no Redis call at all (the count below); the bound is generous
+                with trio.fail_after(1.0):
                     if fail_open:
                         await call()
                     else:

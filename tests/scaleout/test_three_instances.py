@@ -3,8 +3,9 @@
 One run, driven by the soak runner across all three: an open-loop load well over the
 global limit (and well under what three servers can answer) while 1,000 durable jobs
 are submitted round-robin; mid-run one instance is SIGKILLed while it holds leased
-jobs.  Checked: the admitted rate over the steady part is within ±5 % of the limit,
-before and after the kill; every job completed exactly once (one row, one recorded
+jobs.  Checked: the admitted rate over the steady part never exceeds the limit (plus
+its burst) and stays near it (a generous lower bound: real time), before and after the
+kill; every job completed exactly once (one row, one recorded
 outcome, counted once by the instance that recorded it); the dead instance's leased
 jobs were taken over by the survivors once their lease ran out.
 """
@@ -153,23 +154,25 @@ async def test_three_instances_share_one_limit_and_one_job_queue(
 
             async def kill_victim(t0: float) -> None:
                 await trio.sleep_until(t0 + KILL_AT)
-                while not await _fetch(  # noqa: ASYNC110 - the database is the state
-                    pool,
-                    "SELECT id FROM dtesn_jobs WHERE status = 'running' AND lease_owner = $1",
-                    victim_owner,
-                ):
-                    await trio.sleep(0.02)
+                # Kill it while it holds a lease: freeze it (SIGSTOP: it sends nothing
+                # more), let a statement it sent just before commit (another process:
+                # nothing to wait on), and look; without a lease, let it run a little.
+                while True:
+                    os.kill(victim.pid, signal.SIGSTOP)
+                    stopped = [time.time(), trio.current_time() - t0]
+                    await trio.sleep(0.5)
+                    rows = await _fetch(
+                        pool,
+                        "SELECT id FROM dtesn_jobs WHERE status = 'running' AND lease_owner = $1",
+                        victim_owner,
+                    )
+                    if rows:
+                        break
+                    os.kill(victim.pid, signal.SIGCONT)
+                    await trio.sleep(0.05)
                 os.kill(victim.pid, signal.SIGKILL)
-                killed_at.extend([time.time(), trio.current_time() - t0])
+                killed_at.extend(stopped)  # it stopped acting when it was frozen
                 await trio.to_thread.run_sync(victim.proc.wait)
-                # A statement the victim sent just before dying may still commit:
-                # look at its rows once the server has surely noticed.
-                await trio.sleep(0.5)
-                rows = await _fetch(
-                    pool,
-                    "SELECT id FROM dtesn_jobs WHERE status = 'running' AND lease_owner = $1",
-                    victim_owner,
-                )
                 orphans.extend(r[0] for r in rows)
 
             load = LoadConfig(duration=DURATION, rate=OFFERED, timeout=10.0)
@@ -212,8 +215,16 @@ async def test_three_instances_share_one_limit_and_one_job_queue(
     print(f"rate: {figures}; killed at {killed_at[1]:.1f} s, orphans {len(orphans)}")
     print("admitted per second:", [_admitted(p) for p in points])
     print("outcomes:", {k: h.get_total_count() for (_, k), h in run.result.histograms.items()})
-    assert abs(overall - LIMIT) <= 0.05 * LIMIT, figures
-    assert abs(after - LIMIT) <= 0.05 * LIMIT, figures
+    # The limit holds on Redis's clock: over a window the servers admit at most its rate,
+    # plus one burst (caught up after a stall), plus a second of requests in flight
+    # across the window's edges.
+    for rate, first_second in ((overall, STEADY_FROM), (after, kill_second + 1)):
+        window = steady_end - first_second
+        assert rate * window <= LIMIT * (window + 1) + BURST, figures
+    # Real time: a stalled load generator or server offers less than the limit, so the
+    # lower side is a generous bound (the figures above are the measurement).
+    assert overall >= 0.8 * LIMIT, figures
+    assert after >= 0.8 * LIMIT, figures
     refused = sum(
         h.get_total_count() for (_, key), h in run.result.histograms.items() if key[:3] == "429"
     )

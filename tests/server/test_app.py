@@ -465,10 +465,17 @@ async def test_deadline_ms_becomes_an_absolute_trio_deadline(tmp_path: Path) -> 
                 before = trio.current_time()
                 await s.client.post("/v1/process", json={"input": "x", "deadline_ms": 2500})
                 after = trio.current_time()
+                # no deadline_ms: server.default_deadline_ms (5 s)
                 await s.client.post("/v1/process", json={"input": "x"})
-    assert seen[1] is None
+                after_default = trio.current_time()
+            config = ServerConfig(port=0, default_deadline_ms=None)
+            async with served(Recorder(rt), config) as s:
+                await s.client.post("/v1/process", json={"input": "x"})
     assert seen[0] is not None
     assert before + 2.5 <= seen[0] <= after + 2.5
+    assert seen[1] is not None
+    assert after + 5.0 <= seen[1] <= after_default + 5.0
+    assert seen[2] is None
 
 
 async def test_access_log_lines_carry_the_request_id(

@@ -170,3 +170,39 @@ async def test_ctrl_c_stops_with_a_partial_report_and_exit_130(tmp_path: Path) -
     assert summary["sent"] == summary["answered"] + summary["failed"] + summary["unfinished"]
     report = check_report_files(tmp_path / "i")
     assert report["interrupted"] is True
+
+
+_WITHOUT_SOAK_EXTRA = (
+    "import sys\nsys.modules['hdrh'] = sys.modules['matplotlib'] = None  # as if not installed\n"
+)
+
+
+def test_soak_without_its_extra_exits_2_saying_how_to_install_it() -> None:
+    code = _WITHOUT_SOAK_EXTRA + (
+        "from dtesn_trio.cli import main\nmain(['soak', '--embedded', '--rate', '1'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        "dtesn-trio soak needs hdrhistogram and matplotlib, which the runtime does not install:"
+        " pip install 'dtesn-trio[soak]'\n"
+    )
+
+
+def test_the_runtime_and_serve_do_not_import_the_soak_extra() -> None:
+    code = _WITHOUT_SOAK_EXTRA + (
+        "import dtesn_trio, dtesn_trio.cli, dtesn_trio.soak\n"
+        "from click.testing import CliRunner\n"
+        "result = CliRunner().invoke(dtesn_trio.cli.main, ['serve', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"

@@ -5,41 +5,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-import pytest
 import trio
 
+from dtesn_trio.config import RuntimeConfig
+from dtesn_trio.dtesn import DTESNConfig
+from dtesn_trio.jobs import JobsConfig
+from dtesn_trio.runtime import open_runtime
+from dtesn_trio.server import ServerConfig, serve
 from tests.soak.test_cli import run_cli
 from tests.soak.test_report import check_report_files
 
-runtime_module = pytest.importorskip("dtesn_trio.runtime")
-server_module = pytest.importorskip("dtesn_trio.server")
-if not hasattr(server_module, "serve"):  # pragma: no cover - before the server lands
-    pytest.skip("dtesn_trio.server.serve is not there yet", allow_module_level=True)
 
-config_module = pytest.importorskip("dtesn_trio.config")
-dtesn_module = pytest.importorskip("dtesn_trio.dtesn")
-jobs_module = pytest.importorskip("dtesn_trio.jobs")
-
-
-def _small_runtime_config() -> Any:
+def _small_runtime_config() -> RuntimeConfig:
     # A small model: the soak measures the server, not the reservoir.
-    return config_module.RuntimeConfig(
-        model=dtesn_module.DTESNConfig(membrane_depth=3, reservoir_size=64),
-        jobs=jobs_module.JobsConfig(enabled=False),
+    return RuntimeConfig(
+        model=DTESNConfig(membrane_depth=3, reservoir_size=64),
+        jobs=JobsConfig(enabled=False),
         shutdown_grace=1.0,
     )
 
 
 async def test_soak_against_a_served_dtesn_trio(tmp_path: Path) -> None:
     with trio.fail_after(90):
-        async with runtime_module.open_runtime(_small_runtime_config()) as runtime:
+        async with open_runtime(_small_runtime_config()) as runtime:
             stop = trio.Event()
             info = await runtime.nursery.start(
-                lambda task_status: server_module.serve(
+                lambda task_status: serve(
                     runtime,
-                    server_module.ServerConfig(host="127.0.0.1", port=0),
+                    ServerConfig(host="127.0.0.1", port=0),
                     shutdown_trigger=stop.wait,
                     task_status=task_status,
                 )

@@ -1,9 +1,6 @@
 """A lean Redis connector: the ``hiredis`` C parser over a trio ``SocketStream``.
 
-Chosen by measurement (``benchmarks/pool.py``, same run): sequential GET through
-coredis ran at about a tenth of a bare trio socket on this machine (1.2k/s against
-9-20k/s), while this connector, one ``send_all`` and usually one ``receive_some`` per
-command, reaches 0.7-0.9 of the socket even with the pool's acquire/release around it.
+A command is one ``send_all`` and usually one ``receive_some``.
 
 A connection whose command is interrupted (cancelled, socket error, EOF) may have a reply
 still in flight, so it marks itself broken: every later call raises
