@@ -279,7 +279,7 @@ def main() -> None:
         "--max-wait",
         type=float,
         default=0.005,
-        help="the queue's max_wait in seconds (default 0.005; the runtime's own is 0.1)",
+        help="the queue's max_wait in seconds (default 0.005; the runtime's own is 0.0)",
     )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--client-path", help=argparse.SUPPRESS)

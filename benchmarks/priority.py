@@ -1,4 +1,4 @@
-"""Priority 0 under overload, with and without the express lane (issue 8).
+"""Priority 0 under overload: what strict priority (and adaptive LIFO) give it.
 
 The embedded runtime (no HTTP: this is about the queue and the engine) with the overload
 benchmark's model (256 units, depth 4, unique 12,000-byte texts), one batch worker and
@@ -6,20 +6,19 @@ one engine thread, driven open loop from inside the process:
 
 - **idle**: priority 0 alone at ``--p0-rate`` requests/s: its latency with the engine
   otherwise idle (the baseline);
-- **overload, lane off / on**: the same priority-0 traffic plus priority 3 at
-  ``--bulk-rate`` (far above the engine's capacity), 5 s deadlines, with
-  ``queue.express_levels`` 0 (the default) and 1 (an express lane, whose batches pause
-  the running lower batch once).
+- **rare / heavy**: the same priority-0 traffic at ``--p0-rate`` (about 1/15 of
+  capacity) or ``--heavy-p0-rate`` (about half), plus priority 3 at ``--bulk-rate`` (far
+  above the engine's capacity), 5 s deadlines, the queue's defaults otherwise.
 
-Two urgent shares are run: rare (``--p0-rate`` 1/s, about 1/15 of capacity) and heavy
-(5/s, about half of capacity).  Reported per run: priority 0's p50/p99, and the priority-3
-answers within their deadline (what the lane costs the other levels).
+Reported per run: p50/p99 and answers of priority 0 and of priority 3.  A priority-0
+request waits for the batch that is running when it arrives (no preemption), then goes
+first.
 
-Keys: ``rare_p0_p50_ms_off``, ``rare_p0_p50_ms_on``, ``rare_p0_p99_ms_off``,
-``rare_p0_p99_ms_on``, ``rare_p0_p50_ratio`` (on / off), ``rare_bulk_ratio`` (bulk
-answers on / off), the same with ``heavy_``, ``idle_p0_p50_ms``, and ``runs``.
+Keys: ``idle_p0_p50_ms``, ``{rare,heavy}_p0_p50_ms``, ``{rare,heavy}_p0_p99_ms``,
+``{rare,heavy}_p0_ok``, ``{rare,heavy}_p0_failed``, ``{rare,heavy}_bulk_p50_ms``,
+``{rare,heavy}_bulk_ok``, ``{rare,heavy}_p0_p50_vs_idle`` and ``runs``.
 
-    python benchmarks/priority.py --quick     # ~45 s
+    python benchmarks/priority.py --quick     # ~25 s
 """
 
 from __future__ import annotations
@@ -64,11 +63,8 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1)
 
 
-async def one_run(
-    args: argparse.Namespace, express: int, p0_rate: float, bulk: bool
-) -> dict[str, Any]:
-    sets = [*BASE, ("queue.express_levels", str(express))]
-    config = load_settings(RuntimeConfig, environ={}, overrides=sets)
+async def one_run(args: argparse.Namespace, p0_rate: float, bulk: bool) -> dict[str, Any]:
+    config = load_settings(RuntimeConfig, environ={}, overrides=BASE)
     rnd = random.Random(7)
 
     def text() -> str:
@@ -76,6 +72,7 @@ async def one_run(
 
     lat: dict[int, list[float]] = {0: [], 3: []}
     late: dict[int, int] = {0: 0, 3: 0}
+    errors: dict[str, int] = {}
     async with open_runtime(config) as rt:
         # warm up: one batch, so the queue knows how long a batch takes
         await rt.process(text(), priority=2)
@@ -84,8 +81,9 @@ async def one_run(
             t = trio.current_time()
             try:
                 await rt.process(text(), priority=priority, deadline=t + args.deadline)
-            except DTESNError:
+            except DTESNError as exc:
                 late[priority] += 1
+                errors[f"p{priority} {exc.code}"] = errors.get(f"p{priority} {exc.code}", 0) + 1
             else:
                 lat[priority].append(trio.current_time() - t)
 
@@ -104,19 +102,21 @@ async def one_run(
                 nursery.start_soon(generate, p0_rate, 0)
                 if bulk:
                     nursery.start_soon(generate, args.bulk_rate, 3)
-        stats = rt.processor.statistics()
+        stats = rt.queue.statistics() if rt.queue is not None else None
     return {
-        "express_levels": express,
         "p0_rate": p0_rate,
         "bulk_rate": args.bulk_rate if bulk else 0,
         "p0_p50_ms": _pct(lat[0], 0.5),
         "p0_p99_ms": _pct(lat[0], 0.99),
         "p0_ok": len(lat[0]),
         "p0_failed": late[0],
+        "bulk_p50_ms": _pct(lat[3], 0.5),
+        "bulk_p99_ms": _pct(lat[3], 0.99),
         "bulk_ok": len(lat[3]),
         "bulk_failed": late[3],
-        "express_calls": stats.express_calls,
-        "preemptions": stats.preemptions,
+        "batches": stats.batches if stats is not None else None,
+        "batch_sizes": dict(stats.batch_sizes) if stats is not None else None,
+        "errors": errors,
     }
 
 
@@ -126,17 +126,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     began = time.perf_counter()
-    runs: dict[str, Any] = {"idle": await one_run(args, 0, args.p0_rate, bulk=False)}
+    runs: dict[str, Any] = {"idle": await one_run(args, args.p0_rate, bulk=False)}
     out: dict[str, Any] = {"idle_p0_p50_ms": runs["idle"]["p0_p50_ms"]}
     for share, rate in (("rare", args.p0_rate), ("heavy", args.heavy_p0_rate)):
-        off = runs[f"{share}_off"] = await one_run(args, 0, rate, bulk=True)
-        on = runs[f"{share}_on"] = await one_run(args, 1, rate, bulk=True)
-        for stat in ("p0_p50_ms", "p0_p99_ms"):
-            out[f"{share}_{stat}_off"] = off[stat]
-            out[f"{share}_{stat}_on"] = on[stat]
-        out[f"{share}_p0_p50_ratio"] = _ratio(on["p0_p50_ms"], off["p0_p50_ms"])
-        out[f"{share}_p0_p99_ratio"] = _ratio(on["p0_p99_ms"], off["p0_p99_ms"])
-        out[f"{share}_bulk_ratio"] = _ratio(on["bulk_ok"], off["bulk_ok"])
+        run = runs[share] = await one_run(args, rate, bulk=True)
+        for stat in ("p0_p50_ms", "p0_p99_ms", "p0_ok", "p0_failed", "bulk_p50_ms", "bulk_ok"):
+            out[f"{share}_{stat}"] = run[stat]
+        out[f"{share}_p0_p50_vs_idle"] = _ratio(run["p0_p50_ms"], out["idle_p0_p50_ms"])
     out["runs"] = runs
     out["seconds"] = round(time.perf_counter() - began, 1)
     return out
@@ -144,19 +140,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     lines = [
-        f"{'run':<12}{'p0/s':>6}{'p0 p50':>9}{'p0 p99':>9}{'p0 ok':>7}{'bulk ok':>9}"
-        f"{'express':>9}{'pauses':>8}",
+        f"{'run':<8}{'p0/s':>6}{'p0 p50':>9}{'p0 p99':>9}{'p0 ok':>7}{'p0 fail':>9}"
+        f"{'p3 p50':>9}{'p3 ok':>7}{'p3 fail':>9}",
     ]
     for name, x in r["runs"].items():
         lines.append(
-            f"{name:<12}{x['p0_rate']:>6.1f}{x['p0_p50_ms'] or 0:>9.0f}{x['p0_p99_ms'] or 0:>9.0f}"
-            f"{x['p0_ok']:>7}{x['bulk_ok']:>9}{x['express_calls']:>9}{x['preemptions']:>8}"
+            f"{name:<8}{x['p0_rate']:>6.1f}{x['p0_p50_ms'] or 0:>9.0f}{x['p0_p99_ms'] or 0:>9.0f}"
+            f"{x['p0_ok']:>7}{x['p0_failed']:>9}{x['bulk_p50_ms'] or 0:>9.0f}{x['bulk_ok']:>7}"
+            f"{x['bulk_failed']:>9}"
         )
     for share in ("rare", "heavy"):
-        lines.append(
-            f"{share}: p0 p50 on/off {r[f'{share}_p0_p50_ratio']}, p99 on/off"
-            f" {r[f'{share}_p0_p99_ratio']}, bulk answers on/off {r[f'{share}_bulk_ratio']}"
-        )
+        lines.append(f"{share}: p0 p50 / idle p50 {r[f'{share}_p0_p50_vs_idle']}")
     lines.append(f"total {r['seconds']} s")
     return "\n".join(lines)
 

@@ -147,11 +147,27 @@ SPECS: dict[str, list[Row]] = {
         Row("tuned_per_s", "baseline_per_s", "throughput_ratio"),
     ],
     "priority": [
-        Row("rare_p0_p50_ms_on", "rare_p0_p50_ms_off", "rare_p0_p50_ratio"),
-        Row("rare_p0_p99_ms_on", "rare_p0_p99_ms_off", "rare_p0_p99_ratio"),
-        Row("heavy_p0_p99_ms_on", "heavy_p0_p99_ms_off", "heavy_p0_p99_ratio"),
-        Row("rare_bulk_ratio"),
-        Row("heavy_bulk_ratio"),
+        Row("rare_p0_p50_ms", "idle_p0_p50_ms", "rare_p0_p50_vs_idle"),
+        Row("heavy_p0_p50_ms", "idle_p0_p50_ms", "heavy_p0_p50_vs_idle"),
+        Row("rare_p0_p99_ms"),
+        Row("heavy_p0_p99_ms"),
+        Row("rare_bulk_ok"),
+        Row("heavy_bulk_ok"),
+    ],
+    # issue 14
+    "engines": [
+        Row("runtime_identity_per_s", "queue_identity_per_s", "runtime_vs_queue", ">= 0.8"),
+        Row("sklearn_batched_per_s", "sklearn_single_per_s", "sklearn_batch_speedup"),
+    ],
+    # issue 18
+    "jobs_retention": [
+        Row("sqlite_sweep_p99_ms", "sqlite_baseline_p99_ms", "sqlite_claim_p99_ratio", "<= 2"),
+        Row(
+            "postgres_sweep_p99_ms",
+            "postgres_baseline_p99_ms",
+            "postgres_claim_p99_ratio",
+            "<= 2",
+        ),
     ],
     # issue 13: light requests on serve's defaults, 1-4,096 closed-loop connections (wrk)
     "storm": [
@@ -171,6 +187,40 @@ SPECS: dict[str, list[Row]] = {
         Row("goodput_2", "goodput_1", "scaling"),
         Row("rate_error_pct"),
     ],
+}
+
+
+def _retention_section(entry: Mapping[str, Any]) -> list[str]:
+    """Job retention (issue 18): each backend's claims with and without a sweep."""
+    result = entry["result"]
+    lines = [
+        "## Job retention: claims during a sweep (issue 18)",
+        "",
+        f"{entry.get('date', '')}, `{entry['command']}`: claim latency of "
+        f"{result.get('claimers')} back-to-back claimers while `JobService.sweep()` deletes "
+        f"{result.get('finished_rows', 0):,} finished rows (1,000 per statement, 50 ms "
+        "apart), against the same claimers with those rows present and no sweep. "
+        f"Shared machine (load average {result.get('loadavg_1min')}): {result.get('note')}.",
+        "",
+        "| backend | p99 no sweep, ms | p99 during sweep, ms | ratio (target <= 2) "
+        "| claims/s no sweep | claims/s during sweep | sweep, s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backend, figures in result.get("details", {}).items():
+        if figures is None:
+            lines.append(f"| {backend} | skipped | | | | | |")
+            continue
+        lines.append(
+            f"| {backend} | {_num(figures['baseline_p99_ms'])} | {_num(figures['sweep_p99_ms'])}"
+            f" | {_num(figures['claim_p99_ratio'])} | {_num(figures['baseline_claims_per_s'])}"
+            f" | {_num(figures['sweep_claims_per_s'])} | {_num(figures['sweep_s'])} |"
+        )
+    return lines
+
+
+# Benchmarks whose figures get a section of their own below the table.
+SECTIONS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+    "jobs_retention": _retention_section,
 }
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -337,6 +387,9 @@ def render(
     failed = [n for n in sorted(results) if "error" in results[n]]
     if failed:
         lines += ["", "Failed in the last run: " + ", ".join(f"`{n}`" for n in failed) + "."]
+    for name, section in SECTIONS.items():
+        if name in results and "error" not in results[name]:
+            lines += ["", *section(results[name])]
     lines += ["", "## Full-length runs (`--json`)", ""]
     if full:
         lines += _table(full)

@@ -1,28 +1,35 @@
-"""dtesn-trio: a Trio-native structured-concurrency runtime for request-processing servers.
+"""dtesn-trio: a Trio-native runtime that serves a batched model, with the deep tree echo
+state network (DTESN) as its built-in engine.
 
-The public API, re-exported: the runtime (``open_runtime``), its parts — admission
-(``dtesn_trio.limits``), the pool and the priority batch queue (``dtesn_trio.nurseries``),
-the DTESN engine (``dtesn_trio.dtesn``), durable jobs (``dtesn_trio.jobs``) — and the
-HTTP layer (``create_app``, ``serve``).  The soak runner lives in ``dtesn_trio.soak``.
+Re-exported here, in one library:
+
+- the runtime: ``open_runtime(config, engine=...)`` and its records;
+- the engine protocol (``Engine``: ``decode``, ``process_batch``, ``encode``, see
+  :mod:`dtesn_trio.engine`), the ``Executor`` that runs an engine in worker threads or
+  processes, and the built-in ``DTESNEngine`` with its model;
+- the parts, usable alone: admission and its limiters, breaker and rate limiter
+  (:mod:`dtesn_trio.limits`), the connection pool and the priority batch queue
+  (:mod:`dtesn_trio.nurseries`), the result cache, durable jobs (:mod:`dtesn_trio.jobs`);
+- the errors (one hierarchy, ``DTESNError``) and the configs of every section;
+- the HTTP layer: ``create_app``, ``serve``.
+
+Elsewhere: the contract kit for engines in :mod:`dtesn_trio.testing`, the soak runner
+in :mod:`dtesn_trio.soak`, the seed's names (``ConcurrencyManager``, ``AsyncRequestQueue``,
+``AsyncConnectionPool``, ``DTESNProcessor``) in :mod:`dtesn_trio.compat`.
 """
 
 from dtesn_trio._version import __version__
 from dtesn_trio.cache import CacheConfig, MemoryCache, ResultCache
 from dtesn_trio.config import PostgresSettings, RedisSettings, RuntimeConfig
-from dtesn_trio.dtesn import (
-    DTESNConfig,
-    DTESNModel,
-    DTESNProcessor,
-    DTESNResult,
-    ProcessorConfig,
-    RidgeReadout,
-)
+from dtesn_trio.dtesn import DTESNConfig, DTESNEngine, DTESNModel, DTESNResult, RidgeReadout
+from dtesn_trio.engine import Engine, load_engine, resolve_engine
 from dtesn_trio.errors import (
     BackendUnavailable,
     CircuitOpen,
     DeadlineExceeded,
     DTESNError,
     EngineError,
+    IdempotencyConflict,
     InvalidRequest,
     Overloaded,
     PayloadTooLarge,
@@ -30,6 +37,7 @@ from dtesn_trio.errors import (
     ShuttingDown,
     Unauthorized,
 )
+from dtesn_trio.executor import Executor, ExecutorStatistics, ProcessorConfig
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics
 from dtesn_trio.jobs import JobRecord, JobsConfig, JobService, JobStatus, open_job_service
 from dtesn_trio.limits import (
@@ -40,7 +48,6 @@ from dtesn_trio.limits import (
     BreakerState,
     CircuitBreaker,
     CircuitBreakerConfig,
-    ConcurrencyManager,
     FixedLimit,
     Gradient2Limit,
     RateLimiter,
@@ -49,7 +56,6 @@ from dtesn_trio.limits import (
     VegasLimit,
 )
 from dtesn_trio.nurseries import (
-    AsyncRequestQueue,
     BatchQueueConfig,
     ConnectionPool,
     ConnectionPoolConfig,
@@ -68,7 +74,6 @@ __all__ = [
     "AdaptiveLimiter",
     "Admission",
     "AdmissionConfig",
-    "AsyncRequestQueue",
     "BackendUnavailable",
     "BatchQueueConfig",
     "BreakerState",
@@ -76,18 +81,21 @@ __all__ = [
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitOpen",
-    "ConcurrencyManager",
     "ConnectionPool",
     "ConnectionPoolConfig",
     "DTESNConfig",
+    "DTESNEngine",
     "DTESNError",
     "DTESNModel",
-    "DTESNProcessor",
     "DTESNResult",
     "DeadlineExceeded",
+    "Engine",
     "EngineError",
+    "Executor",
+    "ExecutorStatistics",
     "FixedLimit",
     "Gradient2Limit",
+    "IdempotencyConflict",
     "InvalidRequest",
     "JobRecord",
     "JobService",
@@ -121,9 +129,11 @@ __all__ = [
     "VegasLimit",
     "__version__",
     "create_app",
+    "load_engine",
     "open_batch_queue",
     "open_job_service",
     "open_pool",
     "open_runtime",
+    "resolve_engine",
     "serve",
 ]

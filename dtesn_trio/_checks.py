@@ -1,12 +1,15 @@
 """Validation helpers for the frozen config dataclasses.
 
 Every failure is a ``ValueError`` naming the field and the value, e.g.
-``ValueError("pool.max_connections must be >= pool.min_connections (got 5 < 10)")``.
+``ValueError("pool.max_connections must be >= pool.min_connections (got 5 < 10)")``;
+``check_priority`` is the one request-side check and raises ``InvalidRequest``.
 """
 
 from __future__ import annotations
 
 import math
+
+from dtesn_trio.errors import InvalidRequest
 
 
 def positive(field: str, value: float) -> None:
@@ -46,6 +49,20 @@ def one_of(field: str, value: object, choices: tuple[object, ...]) -> None:
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{field} must be one of {allowed} (got {value!r})")
+
+
+def check_priority(priority: object, levels: int) -> None:
+    """A request's priority: an int (not a bool) in ``0 .. levels - 1``.
+
+    The one check every layer uses (queue, runtime, admission, server), so a bad
+    priority is refused with the same ``InvalidRequest(field="priority")`` message
+    wherever it is caught.
+    """
+    if type(priority) is not int or not 0 <= priority < levels:
+        raise InvalidRequest(
+            f"priority must be an integer >= 0 and <= {levels - 1} (got {priority!r})",
+            field="priority",
+        )
 
 
 def _is_number(value: object) -> bool:

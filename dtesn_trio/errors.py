@@ -13,6 +13,7 @@ __all__ = [
     "DTESNError",
     "DeadlineExceeded",
     "EngineError",
+    "IdempotencyConflict",
     "InvalidRequest",
     "Overloaded",
     "PayloadTooLarge",
@@ -79,6 +80,14 @@ class PayloadTooLarge(DTESNError):
     http_status = 413
 
 
+class IdempotencyConflict(DTESNError):
+    """An ``Idempotency-Key`` already names a job with another payload (409): the
+    first job is kept; a new job needs a new key."""
+
+    code = "idempotency_conflict"
+    http_status = 409
+
+
 class RateLimited(DTESNError):
     """The rate limit was hit; try again after ``retry_after`` seconds."""
 
@@ -125,7 +134,9 @@ class EngineError(DTESNError):
     """The engine failed on an input that passed validation: the server's fault (500).
 
     Only that input fails (its batch neighbours are run again without it); the cause is
-    logged with its traceback and never sent to the client.
+    logged with its traceback and never sent to the client.  Also raised, naming the
+    engine and the counts, for a ``process_batch`` that returns the wrong number of
+    outputs, and for an engine worker process that died mid-call.
     """
 
     code = "engine_error"

@@ -1,10 +1,12 @@
 """The embedded runtime: the ownership tree of DESIGN.md in one root nursery.
 
-``async with open_runtime(config) as rt:`` builds, in order, the pools (Redis when
-configured, SQLite for jobs), the processor and its model, admission, the cache, the
-priority batch queue with its workers, and the job service; ``await rt.process(...)``
-runs one request through admission -> cache -> queue -> batch -> engine.  Leaving the
-block stops intake, lets in-flight batches finish within the grace, answers everything
+``async with open_runtime(config, engine=...) as rt:`` builds, in order, the engine
+(its ``open()``) and the executor that runs it, the pools (Redis when configured,
+SQLite for jobs), admission, the cache, the priority batch queue with its workers, and
+the job service; ``await rt.process(...)`` runs one request through admission -> cache
+-> queue -> batch -> engine.  The runtime knows the engine only through the protocol
+of :mod:`dtesn_trio.engine`; without one it serves DTESN, built from ``config.model``.
+Leaving the block stops intake, lets in-flight batches finish within the grace, answers everything
 still queued with ``ShuttingDown``, and closes every connection.
 """
 
@@ -12,21 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import logging
-import math
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import trio
 
-from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache, cache_key
+from dtesn_trio._checks import check_priority
+from dtesn_trio.cache import CacheStatistics, MemoryCache, ResultCache
 from dtesn_trio.config import RuntimeConfig
-from dtesn_trio.dtesn import DTESNModel, DTESNProcessor, DTESNResult, encode_input
+from dtesn_trio.dtesn import DTESNEngine, DTESNModel
+from dtesn_trio.engine import ResolvedEngine, check_outputs, resolve_engine
 from dtesn_trio.errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -36,10 +37,11 @@ from dtesn_trio.errors import (
     Overloaded,
     ShuttingDown,
 )
+from dtesn_trio.executor import Executor
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics, count_tasks
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
-from dtesn_trio.limits import Admission, AdmissionConfig
+from dtesn_trio.limits import Admission, AdmissionConfig, BreakerState
 from dtesn_trio.limits.shared_rate import SharedRateLimiter
 from dtesn_trio.nurseries import (
     ConnectionPool,
@@ -55,16 +57,14 @@ from dtesn_trio.redis_cache import RedisCache
 
 __all__ = ["ProcessOutcome", "Runtime", "RuntimeConfig", "RuntimeStatistics", "open_runtime"]
 
-InputData = str | np.ndarray
-
 log = logging.getLogger("dtesn_trio.runtime")
 
 
 @dataclass(frozen=True)
 class ProcessOutcome:
-    """One request's answer: the engine's result and how it was produced."""
+    """One request's answer: the engine's encoded output and how it was produced."""
 
-    result: dict[str, Any]
+    result: Any
     cache_hit: bool
     priority: int
     batch_size: int
@@ -87,6 +87,9 @@ class RuntimeStatistics:
     admission: Any
     queue: Any
     processor: Any
+    """The executor's ``ExecutorStatistics``."""
+    engine: Any
+    """The engine's own ``statistics()`` (None when it has none)."""
     cache: CacheStatistics | None
     pools: dict[str, Any]
     shared_limit: Any
@@ -96,19 +99,18 @@ class RuntimeStatistics:
     """Live Trio tasks in the whole run (a steady count under steady load: no leak)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Work:
     """One queued request, as the batch workers see it."""
 
-    data: InputData
-    depth: int | None
+    item: Any
+    group: Hashable
     enqueued: float
-    priority: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Done:
-    result: DTESNResult
+    output: Any
     batch_size: int
     started: float
     finished: float
@@ -120,7 +122,8 @@ class Runtime:
 
     config: RuntimeConfig
     nursery: trio.Nursery
-    processor: DTESNProcessor
+    engine: ResolvedEngine
+    processor: Executor
     admission: Admission
     loop_monitor: LoopMonitor
     cache: ResultCache | None = None
@@ -158,18 +161,22 @@ class Runtime:
 
     async def process(
         self,
-        input: str | Sequence[Sequence[float]] | np.ndarray,
+        input: Any,
         *,
         priority: int = 2,
         deadline: float | None = None,
         membrane_depth: int | None = None,
         use_cache: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> ProcessOutcome:
         """Run one input through admission, cache, queue and engine.
 
-        ``deadline`` is an absolute ``trio.current_time()``; raises only ``DTESNError``s.
+        ``options`` are the engine's request options (keyword arguments of its
+        ``decode``); ``membrane_depth`` is DTESN's, the same as
+        ``options={"membrane_depth": ...}``.  ``deadline`` is an absolute
+        ``trio.current_time()``; raises only ``DTESNError``s.
         """
-        data = self._validate(input, priority, membrane_depth)
+        item = self._decode(input, priority, membrane_depth, options)
         if self._shutdown_started.is_set():
             raise ShuttingDown("the runtime is shutting down", retry_after=1.0)
         start = trio.current_time()
@@ -178,22 +185,23 @@ class Runtime:
         if self.shared_limiter is not None:
             await self.shared_limiter.try_acquire()
         async with self.admission.throttle_request(priority=priority):
-            with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
-                return await self._admitted(
-                    data, priority, deadline, membrane_depth, use_cache, start
-                )
+            if deadline is None:  # no cancel scope to make: the hot path
+                return await self._admitted(item, priority, deadline, use_cache, start)
+            with trio.move_on_at(deadline) as scope:
+                return await self._admitted(item, priority, deadline, use_cache, start)
             assert scope.cancelled_caught
             waited = trio.current_time() - start
             raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
 
     async def process_batch(
         self,
-        inputs: Sequence[str | Sequence[Sequence[float]] | np.ndarray],
+        inputs: Sequence[Any],
         *,
         priority: int = 2,
         deadline: float | None = None,
         membrane_depth: int | None = None,
         use_cache: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> list[ProcessOutcome | DTESNError]:
         """Run several inputs concurrently; each gets its outcome or its own error."""
         if not inputs:
@@ -208,6 +216,7 @@ class Runtime:
                     deadline=deadline,
                     membrane_depth=membrane_depth,
                     use_cache=use_cache,
+                    options=options,
                 )
             except DTESNError as exc:
                 out[i] = exc
@@ -223,24 +232,26 @@ class Runtime:
 
     async def _admitted(
         self,
-        data: InputData,
+        item: Any,
         priority: int,
         deadline: float | None,
-        depth: int | None,
         use_cache: bool,
         start: float,
     ) -> ProcessOutcome:
+        engine = self.engine
         key = None
         if use_cache and self.cache is not None:
-            key = cache_key(self.processor.cache_key(depth), data)
-            hit = await self.cache.get(key)
-            if hit is not None:
-                total = (trio.current_time() - start) * 1000
-                timings = {"queued_ms": 0.0, "processing_ms": 0.0, "total_ms": total}
-                return ProcessOutcome(hit, True, priority, 0, timings)
+            key = engine.cache_key(item)
+            if key is not None:
+                hit = await self.cache.get(key)
+                if hit is not None:
+                    total = (trio.current_time() - start) * 1000
+                    timings = {"queued_ms": 0.0, "processing_ms": 0.0, "total_ms": total}
+                    return ProcessOutcome(hit, True, priority, 0, timings)
         assert self.queue is not None
         now = trio.current_time()
-        work = _Work(data, depth, now, priority)
+        group = None if engine.group_key is None else engine.group_key(item)
+        work = _Work(item, group, now)
         start_by = deadline
         run = self.queue.mean_batch_duration
         if deadline is not None and run is not None:
@@ -253,11 +264,8 @@ class Runtime:
                 raise Overloaded(
                     f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
                 )
-        # wait=True: a full level makes the caller wait for space (until its deadline),
-        # as a trio.CapacityLimiter would, instead of refusing at once: a refused
-        # client that retries at once costs more than one that waits.
-        done = await self.queue.submit(work, priority=priority, deadline=start_by, wait=True)
-        result = done.result.to_dict()
+        done = await self._submit(work, priority, deadline=start_by)
+        result = engine.encode(done.output)
         if key is not None and self.cache is not None:
             await self.cache.set(key, result)
         end = trio.current_time()
@@ -268,104 +276,91 @@ class Runtime:
         }
         return ProcessOutcome(result, False, priority, done.batch_size, timings)
 
-    async def _run_batch(self, items: list[_Work]) -> list[_Done | BaseException]:
-        """The queue's batch function: one engine call per membrane depth in the batch.
+    async def _submit(self, work: _Work, priority: int, *, deadline: float | None = None) -> _Done:
+        """The queue's answer, an engine failure as ``_engine_failure`` makes it.
 
-        Never raises for an engine failure: each input gets its result or its own error
-        (see ``_run_group``), whatever ``queue.retry_individually`` says.  With an
-        express lane (``queue.express_levels``), the batch runs at its most urgent
-        member's priority: lower-priority batches pause for it, and with a member on an
-        express level it may use the processor's express thread.  Without one, batches
-        never pause each other.
+        ``wait=True``: a full level makes the caller wait for space (until its deadline),
+        as a ``trio.CapacityLimiter`` would, instead of refusing at once: a refused
+        client that retries at once costs more than one that waits.
         """
-        groups: dict[int | None, list[int]] = {}
-        top = self.config.queue.priority_levels
-        for i, work in enumerate(items):
-            groups.setdefault(work.depth, []).append(i)
-            if work.priority < top:
-                top = work.priority
-        lanes = self.config.queue.express_level_count
-        express = top < lanes
-        priority = top if lanes else None
+        assert self.queue is not None
+        try:
+            return await self.queue.submit(work, priority=priority, deadline=deadline, wait=True)
+        except DTESNError:
+            raise
+        except Exception as exc:
+            # The engine raised for this input alone (the queue ran it alone after its
+            # batch failed: queue.retry_individually, which the runtime turns on).
+            raise _engine_failure(exc) from None
+
+    async def _run_batch(self, items: list[_Work]) -> list[_Done | BaseException]:
+        """The queue's batch function: one executor call per ``group_key`` in the batch.
+
+        An output that is an exception fails that input alone; an engine call that
+        raises fails the batch, and the queue runs each member again alone.
+        """
+        run = self.processor.run
+        name = self.engine.name
         out: list[_Done | BaseException] = [ShuttingDown("not run")] * len(items)
         started = trio.current_time()
-        for depth, idxs in groups.items():
-            results = await self._run_group([items[i].data for i in idxs], depth, priority, express)
+        size = len(items)
+        first = items[0].group
+        if all(work.group == first for work in items):
+            groups = [list(range(size))]
+        else:
+            by_key: dict[Hashable, list[int]] = {}
+            for i, work in enumerate(items):
+                by_key.setdefault(work.group, []).append(i)
+            groups = list(by_key.values())
+        for idxs in groups:
+            outputs = check_outputs(name, len(idxs), await run([items[i].item for i in idxs]))
             finished = trio.current_time()
-            for i, result in zip(idxs, results, strict=True):
+            for i, output in zip(idxs, outputs, strict=True):
                 out[i] = (
-                    result
-                    if isinstance(result, BaseException)
-                    else _Done(result, len(items), started, finished)
+                    _engine_failure(output)
+                    if isinstance(output, BaseException)
+                    else _Done(output, size, started, finished)
                 )
-        return out
-
-    async def _run_group(
-        self, inputs: list[InputData], depth: int | None, priority: int | None, express: bool
-    ) -> list[DTESNResult | BaseException]:
-        """One engine call; if it raises, each input again alone, so that one poisoned
-        input fails only itself.  The engine is deterministic: the inputs that failed
-        the batch fail alone, the others succeed."""
-        run = functools.partial(
-            self.processor.process_batch,
-            membrane_depth=depth,
-            priority=priority,
-            express=express,
-        )
-        try:
-            return list(await run(inputs))
-        except Exception as exc:
-            if len(inputs) == 1:
-                return [_engine_failure(exc)]
-        out: list[DTESNResult | BaseException] = []
-        for data in inputs:
-            try:
-                (result,) = await run([data])
-            except Exception as exc:
-                out.append(_engine_failure(exc))
-            else:
-                out.append(result)
         return out
 
     async def _run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A durable job: already accepted, so it skips admission but not the queue."""
-        data = self._validate(
-            payload["input"], payload.get("priority", 4), payload.get("membrane_depth")
-        )
-        assert self.queue is not None
         priority = payload.get("priority", 4)
-        work = _Work(data, payload.get("membrane_depth"), trio.current_time(), priority)
-        done = await self.queue.submit(work, priority=priority, wait=True)
-        return {"result": done.result.to_dict(), "batch_size": done.batch_size}
+        item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
+        group = None if self.engine.group_key is None else self.engine.group_key(item)
+        work = _Work(item, group, trio.current_time())
+        done = await self._submit(work, priority)
+        return {"result": self.engine.encode(done.output), "batch_size": done.batch_size}
 
     # ---- validation ------------------------------------------------------------
 
-    def _validate(self, data: object, priority: object, depth: object) -> InputData:
-        levels = self.config.queue.priority_levels
-        if (
-            not isinstance(priority, int)
-            or isinstance(priority, bool)
-            or not (0 <= priority < levels)
-        ):
-            raise InvalidRequest(
-                f"priority must be an integer from 0 to {levels - 1} (got {priority!r})",
-                field="priority",
-            )
-        if depth is not None and (
-            not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 8
-        ):
-            raise InvalidRequest(
-                f"membrane_depth must be an integer from 1 to 8 (got {depth!r})",
-                field="membrane_depth",
-            )
-        if isinstance(data, str):
-            if not data:
-                raise InvalidRequest("input must not be empty", field="input")
-            return data
-        # Numeric input: the engine's own check (shape T x input_dim, finite, non-empty).
-        encoded = encode_input(data, self.config.model.input_dim)
-        assert encoded.values is not None
-        return encoded.values
+    def _breaker_status(self) -> tuple[bool, int]:
+        # the queue's get_queue_stats() reports the admission breaker (the engine's)
+        breaker = self.admission.breaker.statistics()
+        refusing = breaker.state in (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+        return refusing, breaker.failed_calls
+
+    def _decode(
+        self,
+        data: object,
+        priority: object,
+        depth: int | None,
+        options: Mapping[str, Any] | None,
+    ) -> Any:
+        """The engine's item for ``data``, or ``InvalidRequest``; a ``decode`` that
+        raises anything else is the engine's bug: ``EngineError``, logged."""
+        check_priority(priority, self.config.queue.priority_levels)
+        if depth is not None:
+            options = {**(options or {}), "membrane_depth": depth}
+        try:
+            return self.engine.decode(data, options)
+        except DTESNError:
+            raise
+        except Exception as exc:
+            log.error("the engine's decode failed on one input: %r", exc, exc_info=exc)
+            raise EngineError(
+                "the engine failed to decode this input; the cause is in the server's log"
+            ) from None
 
     # ---- statistics -------------------------------------------------------------
 
@@ -374,6 +369,7 @@ class Runtime:
             admission=self.admission.statistics(),
             queue=self.queue.statistics() if self.queue is not None else None,
             processor=self.processor.statistics(),
+            engine=self._engine_statistics(),
             cache=self.cache.statistics() if self.cache is not None else None,
             pools={name: pool.statistics() for name, pool in self.pools.items()},
             shared_limit=(
@@ -383,6 +379,10 @@ class Runtime:
             shutting_down=self.shutting_down,
             tasks=count_tasks(),
         )
+
+    def _engine_statistics(self) -> Any:
+        stats = self.engine.statistics
+        return None if stats is None else stats()
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """Every number of ``statistics()``, nested, for gauges at scrape time.
@@ -405,7 +405,11 @@ class Runtime:
         processing["connection_pool_stats"] = pools
         loop = self.loop_monitor.statistics()
         cache = self.cache.statistics() if self.cache is not None else None
+        engine = self._engine_statistics()
+        if dataclasses.is_dataclass(engine) and not isinstance(engine, type):
+            engine = dataclasses.asdict(engine)
         return {
+            "engine": {"name": self.engine.name, **(dict(engine) if engine else {})},
             "processing": processing,
             "load": load,
             "queue": queue,
@@ -438,7 +442,7 @@ def _engine_admission(config: AdmissionConfig) -> AdmissionConfig:
     return dataclasses.replace(config, breaker=breaker)
 
 
-def _engine_failure(exc: Exception) -> DTESNError:
+def _engine_failure(exc: BaseException) -> DTESNError:
     """What the caller of one failed input gets: a ``DTESNError`` as it is, anything else
     as ``EngineError`` (logged here with its traceback; no internals in the message)."""
     if isinstance(exc, DTESNError):
@@ -489,37 +493,51 @@ async def _open_job_store(
 
 @asynccontextmanager
 async def open_runtime(
-    config: RuntimeConfig | None = None, *, model: DTESNModel | None = None
+    config: RuntimeConfig | None = None,
+    *,
+    engine: Any = None,
+    model: DTESNModel | None = None,
 ) -> AsyncIterator[Runtime]:
     """Build the ownership tree; leaving the block stops all of it, in order.
 
-    ``model``: a model built (or trained, or loaded) by the caller instead of one built
-    from ``config.model``; its config must equal ``config.model`` (the cache keys and
-    the validation are derived from it).
+    ``engine``: what the runtime serves, any object with the members of
+    :class:`dtesn_trio.engine.Engine`; by default the DTESN engine built from
+    ``config.model``.  ``model``, the older form of ``engine=DTESNEngine(model)``: a
+    DTESN model built, trained or loaded by the caller; its config must equal
+    ``config.model`` (the cache keys and the validation derive from it).
+
+    The runtime always runs a failed batch's members again alone (the queue's
+    ``retry_individually``), so that one poisoned input fails only itself.
     """
     config = config or RuntimeConfig()
-    if model is not None and model.config != config.model:
-        raise ValueError("open_runtime(model=...): model.config must equal config.model")
+    if model is not None:
+        if engine is not None:
+            raise TypeError("open_runtime: pass engine= or model=, not both")
+        if model.config != config.model:
+            raise ValueError("open_runtime(model=...): model.config must equal config.model")
+        engine = DTESNEngine(model)
+    resolved = resolve_engine(DTESNEngine(config.model) if engine is None else engine)
     monitor = LoopMonitor()
     trio.lowlevel.add_instrument(monitor)
     switch_interval = sys.getswitchinterval()
     if config.processor.switch_interval is not None:
         sys.setswitchinterval(config.processor.switch_interval)
     try:
-        if model is None:
-            model = await trio.to_thread.run_sync(DTESNModel, config.model)
         async with trio.open_nursery() as root, AsyncExitStack() as stack:
+            # the engine (and its workers: processes, with processor.executor="process")
+            # outlive the queue that feeds them: the stack closes the queue first
+            if resolved.open is not None:
+                await stack.enter_async_context(resolved.open())
+            executor = Executor(resolved.engine, config.processor)
+            await stack.enter_async_context(executor.open())
             rt = Runtime(
                 config=config,
                 nursery=root,
-                processor=DTESNProcessor(model, config.processor),
+                engine=resolved,
+                processor=executor,
                 admission=Admission(_engine_admission(config.admission)),
                 loop_monitor=monitor,
             )
-            # the engine's workers (processes, with processor.executor="process") outlive
-            # the queue that feeds them: the stack closes the queue first
-            express = config.queue.express_level_count > 0  # else no express calls
-            await stack.enter_async_context(rt.processor.open(warm_express=express))
             if config.redis.url is not None:
                 connector = RedisConnector.from_url(config.redis.url)
                 rt.pools["redis"] = await stack.enter_async_context(
@@ -527,15 +545,16 @@ async def open_runtime(
                 )
             if config.shared_limit.enabled:
                 rt.shared_limiter = SharedRateLimiter(rt.pools["redis"], config.shared_limit)
-            if config.cache.enabled:
+            if config.cache.enabled and resolved.cache_key_fn is not None:
                 if config.cache.backend == "redis":
                     rt.cache = RedisCache(
                         rt.pools["redis"], config.cache, timeout=config.redis.timeout
                     )
                 else:
                     rt.cache = MemoryCache(config.cache)
+            queue_config = dataclasses.replace(config.queue, retry_individually=True)
             rt.queue = await stack.enter_async_context(
-                open_batch_queue(rt._run_batch, config.queue)
+                open_batch_queue(rt._run_batch, queue_config, breaker_status=rt._breaker_status)
             )
             if config.jobs.enabled:
                 store = await _open_job_store(config, rt.pools, stack)

@@ -21,11 +21,8 @@ import httpx
 import trio
 
 from dtesn_trio import (
-    AsyncRequestQueue,
-    ConcurrencyManager,
     ConnectionPoolConfig,
     DTESNConfig,
-    DTESNProcessor,
     RuntimeConfig,
     SQLiteConnector,
     create_app,
@@ -33,6 +30,7 @@ from dtesn_trio import (
     open_runtime,
     serve,
 )
+from dtesn_trio.compat import AsyncRequestQueue, ConcurrencyManager, DTESNProcessor
 from dtesn_trio.jobs import JobsConfig
 from dtesn_trio.server import ServerConfig
 

@@ -22,7 +22,6 @@ from dtesn_trio import (
     DTESNConfig,
     DTESNModel,
     InvalidRequest,
-    ProcessorConfig,
     RateLimited,
     RuntimeConfig,
     ShuttingDown,
@@ -316,33 +315,13 @@ def test_config_cross_checks_name_the_missing_section() -> None:
         RuntimeConfig(cache=CacheConfig(backend="redis"))
 
 
-@pytest.mark.parametrize("executor", ["thread", "process"])
-async def test_priority_0_overtakes_a_running_lower_batch(executor: str) -> None:
-    # one batch worker, one engine thread (or process): without the express lane and the
-    # preemption gate, the priority-0 request would wait for the whole bulk batch
-    config = small_config(
-        cache=CacheConfig(enabled=False),
-        queue=BatchQueueConfig(workers=1, max_batch_size=4, max_wait=0.01, express_levels=1),
-        processor=ProcessorConfig(worker_threads=1, express_threads=1, executor=executor),
-    )
-    order: list[str] = []
-    with trio.fail_after(120):
-        async with open_runtime(config) as rt:
-
-            async def bulk(i: int) -> None:
-                await rt.process(chr(65 + i) * 60_000, priority=4)
-                order.append("bulk")
-
-            async with trio.open_nursery() as nursery:
-                for i in range(4):
-                    nursery.start_soon(bulk, i)
-                await wait_until(lambda: rt.processor.statistics().computing == ((4, 1),))
-                outcome = await rt.process("urgent " * 500, priority=0)
-                order.append("urgent")
-            stats = rt.processor.statistics()
-    assert order == ["urgent", "bulk", "bulk", "bulk", "bulk"]
-    assert outcome.batch_size == 1
-    assert stats.express_calls == 1
-    assert stats.preemptions >= 1
-    expected = DTESNModel(SMALL).process_one("urgent " * 500).to_dict()
-    np.testing.assert_allclose(outcome.result["features"], expected["features"], atol=1e-12)
+async def test_queue_stats_report_the_admission_breaker() -> None:
+    with trio.fail_after(30):
+        async with open_runtime(small_config()) as rt:
+            assert rt.queue is not None
+            assert rt.queue.get_queue_stats()["circuit_breaker_open"] is False
+            rt.admission.breaker.transition_to_forced_open()
+            assert rt.queue.get_queue_stats()["circuit_breaker_open"] is True
+            assert rt.get_stats()["processing"]["queue_stats"]["circuit_breaker_open"] is True
+            rt.admission.breaker.reset()
+            assert rt.queue.get_queue_stats()["circuit_breaker_open"] is False

@@ -57,7 +57,7 @@ _FORMAT = "dtesn-trio-model/1"
 # wants it (the event loop) gets it after the interpreter's switch interval, which the
 # runtime sets to 0.5 ms (``processor.switch_interval``).  The loops call a checkpoint
 # between steps (every step of a batch, every 8th of a single input), a no-op unless a
-# caller passes one (the processor's preemption gate).  It used to offer the GIL with
+# caller passes one.  It used to offer the GIL with
 # ``time.sleep(0)`` each step: measured on the shared 2-core machine, that made a batch
 # 2.5-3x slower (the thread gave its core away 12,000 times a batch) and did not raise
 # the event loop's socket round trips over the 0.5 ms switch interval alone (issue 8).
@@ -550,9 +550,8 @@ class DTESNModel:
     def process_one(self, x: object, *, checkpoint: Checkpoint = _no_checkpoint) -> DTESNResult:
         """Run one input on the fastest single-input path (not a padded batch of one).
 
-        ``checkpoint`` is called every few time steps (default: nothing); the
-        processor's :class:`~dtesn_trio.dtesn.preemption.PriorityGate` checkpoint pauses
-        the computation there while a more urgent one runs.
+        ``checkpoint`` is called every few time steps (default: nothing): a caller's
+        hook, e.g. to pause or observe a long computation.
         """
         enc = self._encode(x)
         xpad, rec = self._run_single(enc, self._needs_record(), checkpoint=checkpoint)

@@ -7,6 +7,7 @@ from dtesn_trio.jobs.service import (
     JobService,
     JobServiceStatistics,
     ProcessFn,
+    SweepReport,
     open_job_service,
     owner_is_dead,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "PostgresJobStore",
     "ProcessFn",
     "SQLiteJobStore",
+    "SweepReport",
     "open_job_service",
     "owner_is_dead",
 ]

@@ -28,6 +28,13 @@ class JobsConfig:
       poison job must not kill every restart).
     - ``retry_delay``: how long a job waits after a transient error (overloaded, rate
       limited, shutting down) when the error gives no ``retry_after``.
+    - ``retain_finished``: a finished job (succeeded or failed) is deleted this long
+      after it finished (None: kept however old); its idempotency key is then free.
+    - ``max_finished_rows``: at most about this many finished jobs are kept, the
+      newest (None: no limit).  Jobs that finished at the same instant go together.
+    - ``sweep_interval``: how often the sweeper deletes what the two limits above
+      allow; it deletes ``sweep_batch`` rows per statement with ``sweep_pause`` between
+      statements, so claimers never wait long behind it.
     """
 
     enabled: bool = True
@@ -38,6 +45,11 @@ class JobsConfig:
     poll_interval: float = 1.0
     max_attempts: int = 5
     retry_delay: float = 1.0
+    retain_finished: float | None = 7 * 86400.0
+    max_finished_rows: int | None = 1_000_000
+    sweep_interval: float = 60.0
+    sweep_batch: int = 1000
+    sweep_pause: float = 0.05
 
     def __post_init__(self) -> None:
         p = "jobs."
@@ -51,3 +63,10 @@ class JobsConfig:
         _checks.positive(p + "poll_interval", self.poll_interval)
         _checks.integer(p + "max_attempts", self.max_attempts, minimum=1)
         _checks.non_negative(p + "retry_delay", self.retry_delay)
+        if self.retain_finished is not None:
+            _checks.positive(p + "retain_finished", self.retain_finished)
+        if self.max_finished_rows is not None:
+            _checks.integer(p + "max_finished_rows", self.max_finished_rows, minimum=0)
+        _checks.positive(p + "sweep_interval", self.sweep_interval)
+        _checks.integer(p + "sweep_batch", self.sweep_batch, minimum=1)
+        _checks.non_negative(p + "sweep_pause", self.sweep_pause)

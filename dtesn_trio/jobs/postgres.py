@@ -3,13 +3,19 @@
 Each method is one statement on a pooled connection (asyncpg autocommits a statement
 outside a transaction).  Claiming is ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE
 SKIP LOCKED LIMIT 1) RETURNING``: concurrent claimers in any number of processes skip
-each other's rows instead of waiting, and never take the same job.  The schema is
-created and migrated at start-up (``setup``), under an advisory lock so that several
-instances starting together migrate once.
+each other's rows instead of waiting, and never take the same job.  Every time written
+or compared -- creation, claims, lease renewals and expiry, outcomes, retry delays,
+retention -- is the server's ``now()``: the ``now`` the protocol passes in (the
+instance's clock) is ignored, so instances whose clocks disagree agree on leases.
+Purging deletes one small batch per statement with ``SKIP LOCKED``, so a sweep never
+waits for a claimer's row nor holds many rows' locks.  The schema is created and
+migrated at start-up (``setup``), under an advisory lock so that several instances
+starting together migrate once.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -43,7 +49,19 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: which claimer recorded the outcome -- the audit trail of "exactly once" across
     # instances (lease_owner is cleared when the job finishes).
     "ALTER TABLE dtesn_jobs ADD COLUMN IF NOT EXISTS finished_by TEXT",
+    # 3: idempotency conflicts (the hash of a keyed job's canonical payload), retention
+    # (finished rows by age), and the deployment's id-signing key.
+    """
+    ALTER TABLE dtesn_jobs ADD COLUMN IF NOT EXISTS payload_hash TEXT;
+    CREATE INDEX IF NOT EXISTS dtesn_jobs_finished ON dtesn_jobs (finished_at)
+        WHERE finished_at IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS dtesn_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
+
+# The server's clock, in the epoch seconds the columns hold.  now() is the start of the
+# statement's transaction (each statement is its own): stable, so indexes apply.
+_NOW = "extract(epoch from now())::float8"
 
 _LOCK_KEY = 0x6474_6573_6E  # "dtesn": the advisory lock held while migrating
 
@@ -78,6 +96,10 @@ class PostgresJobStore:
             rows: list[Any] = await conn.fetch(sql, *args)
             return rows
 
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        async with self._pool.connection() as conn:
+            return await conn.fetchval(sql, *args)
+
     async def setup(self) -> None:
         async with self._pool.connection() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
@@ -89,6 +111,11 @@ class PostgresJobStore:
                 for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
                     await conn.execute(sql)
                     await conn.execute("INSERT INTO dtesn_schema (version) VALUES ($1)", number)
+                await conn.execute(
+                    "INSERT INTO dtesn_meta (name, value) VALUES ('id_key', $1)"
+                    " ON CONFLICT (name) DO NOTHING",
+                    secrets.token_hex(32),
+                )
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
@@ -96,18 +123,30 @@ class PostgresJobStore:
         async with self._pool.connection() as conn:
             return int(await conn.fetchval("SELECT max(version) FROM dtesn_schema") or 0)
 
-    async def insert(self, record: JobRecord) -> bool:
-        rows = await self._fetch(
-            "INSERT INTO dtesn_jobs (id, status, payload, attempts, created_at, available_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING id",
-            record.id,
-            record.status,
-            _json(record.payload),
-            record.attempts,
-            record.created_at,
-            record.available_at,
-        )
-        return bool(rows)
+    async def id_key(self) -> bytes:
+        async with self._pool.connection() as conn:
+            value = await conn.fetchval("SELECT value FROM dtesn_meta WHERE name = 'id_key'")
+        return bytes.fromhex(value)
+
+    async def insert(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        while True:
+            rows = await self._fetch(
+                "INSERT INTO dtesn_jobs (id, status, payload, attempts, created_at,"
+                f" available_at, payload_hash) VALUES ($1, $2, $3, $4, {_NOW}, GREATEST($5, {_NOW}), $6)"
+                f" ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}",
+                record.id,
+                record.status,
+                _json(record.payload),
+                record.attempts,
+                record.available_at,
+                record.payload_hash,
+            )
+            if rows:
+                return record_from_row(rows[0]), True
+            existing = await self.get(record.id)
+            if existing is not None:
+                return existing, False
+            # purged between the two statements: the id is free again
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._fetch(f"SELECT {COLUMNS} FROM dtesn_jobs WHERE id = $1", job_id)
@@ -115,24 +154,29 @@ class PostgresJobStore:
 
     async def claim(self, owner: str, now: float, lease_seconds: float) -> JobRecord | None:
         rows = await self._fetch(
-            "UPDATE dtesn_jobs SET status = 'running', lease_owner = $1, lease_expires = $2,"
-            " attempts = attempts + 1, started_at = $3"
-            " WHERE id = (SELECT id FROM dtesn_jobs"
-            "   WHERE (status = 'queued' AND available_at <= $3)"
-            "      OR (status = 'running' AND lease_expires < $3)"
-            "   ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            f"UPDATE dtesn_jobs SET status = 'running', lease_owner = $1,"
+            f" lease_expires = {_NOW} + $2, attempts = attempts + 1, started_at = {_NOW}"
+            # A job whose lease ran out first (it waited longest), else the queued job
+            # available first: each one step down an index, however many finished rows
+            # the table holds (COALESCE stops at the first that finds one).
+            " WHERE id = COALESCE("
+            "   (SELECT id FROM dtesn_jobs"
+            f"     WHERE status = 'running' AND lease_expires < {_NOW}"
+            "     LIMIT 1 FOR UPDATE SKIP LOCKED),"
+            "   (SELECT id FROM dtesn_jobs"
+            f"     WHERE status = 'queued' AND available_at <= {_NOW}"
+            "     ORDER BY available_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED))"
             f" RETURNING {COLUMNS}",
             owner,
-            now + lease_seconds,
-            now,
+            lease_seconds,
         )
         return record_from_row(rows[0]) if rows else None
 
-    async def renew(self, job_id: str, owner: str, lease_expires: float) -> bool:
+    async def renew(self, job_id: str, owner: str, now: float, lease_seconds: float) -> bool:
         rows = await self._fetch(
-            "UPDATE dtesn_jobs SET lease_expires = $1"
+            f"UPDATE dtesn_jobs SET lease_expires = {_NOW} + $1"
             " WHERE id = $2 AND status = 'running' AND lease_owner = $3 RETURNING id",
-            lease_expires,
+            lease_seconds,
             job_id,
             owner,
         )
@@ -149,24 +193,26 @@ class PostgresJobStore:
     ) -> bool:
         status = "failed" if error is not None else "succeeded"
         rows = await self._fetch(
-            "UPDATE dtesn_jobs SET status = $1, result = $2, error = $3, finished_at = $4,"
-            " finished_by = $6, lease_owner = NULL, lease_expires = NULL"
-            " WHERE id = $5 AND status = 'running' AND lease_owner = $6 RETURNING id",
+            f"UPDATE dtesn_jobs SET status = $1, result = $2, error = $3, finished_at = {_NOW},"
+            " finished_by = $5, lease_owner = NULL, lease_expires = NULL"
+            " WHERE id = $4 AND status = 'running' AND lease_owner = $5 RETURNING id",
             status,
             _json(result),
             _json(error),
-            now,
             job_id,
             owner,
         )
         return bool(rows)
 
-    async def release(self, job_id: str, owner: str, available_at: float) -> bool:
+    async def release(self, job_id: str, owner: str, now: float, delay: float) -> bool:
         rows = await self._fetch(
             "UPDATE dtesn_jobs SET status = 'queued', lease_owner = NULL,"
-            " lease_expires = NULL, available_at = $1, attempts = GREATEST(attempts - 1, 0)"
+            # Given back at once: ahead of the queue, where a requeued job goes.
+            " lease_expires = NULL,"
+            f" available_at = CASE WHEN $1 <= 0 THEN 0 ELSE {_NOW} + $1 END,"
+            " attempts = GREATEST(attempts - 1, 0)"
             " WHERE id = $2 AND status = 'running' AND lease_owner = $3 RETURNING id",
-            available_at,
+            delay,
             job_id,
             owner,
         )
@@ -195,7 +241,41 @@ class PostgresJobStore:
         counts.update({status: int(n) for status, n in rows})
         return counts
 
-    async def next_available(self) -> float | None:
-        rows = await self._fetch("SELECT MIN(available_at) FROM dtesn_jobs WHERE status = 'queued'")
+    async def next_delay(self, now: float) -> float | None:
+        rows = await self._fetch(
+            f"SELECT GREATEST(MIN(available_at) - {_NOW}, 0) FROM dtesn_jobs"
+            " WHERE status = 'queued'"
+        )
         value = rows[0][0] if rows else None
         return None if value is None else float(value)
+
+    async def purge_horizon(
+        self, retain_seconds: float | None, max_finished: int | None, now: float
+    ) -> float | None:
+        bounds: list[str] = []
+        args: list[Any] = []
+        if retain_seconds is not None:
+            args.append(retain_seconds)
+            bounds.append(f"{_NOW} - ${len(args)}::float8")
+        if max_finished is not None:
+            # The newest finished job past the first max_finished (the index, newest first).
+            args.append(max_finished)
+            bounds.append(
+                "(SELECT finished_at FROM dtesn_jobs WHERE finished_at IS NOT NULL"
+                f" ORDER BY finished_at DESC LIMIT 1 OFFSET ${len(args)}::bigint)"
+            )
+        if not bounds:
+            return None
+        # GREATEST ignores NULLs (fewer than max_finished finished jobs: no count bound).
+        value = await self._fetchval(f"SELECT GREATEST({', '.join(bounds)})", *args)
+        return None if value is None else float(value)
+
+    async def purge(self, horizon: float, limit: int) -> int:
+        rows = await self._fetch(
+            "DELETE FROM dtesn_jobs WHERE id IN (SELECT id FROM dtesn_jobs"
+            "   WHERE finished_at IS NOT NULL AND finished_at <= $1"
+            "   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING 1",
+            horizon,
+            limit,
+        )
+        return len(rows)

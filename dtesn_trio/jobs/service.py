@@ -12,8 +12,15 @@ PID domain (same host, boot and PID namespace: ``_pid_domain``) whose PID is not
 other hosts, other containers -- are taken over when their lease runs out; a running
 service does the same for a sibling that died (SIGKILL, OOM, power loss), so the
 longest a dead instance's job waits is ``jobs.lease_seconds`` plus one poll interval.
-Leases compare wall clocks of different machines: keep them synchronised (NTP) to
-well within ``lease_seconds``.
+Leases are timed by the store's clock: PostgreSQL's ``now()``, one clock for every
+instance (the instance's own ``wall_clock`` does not matter); SQLite, on one host, by
+``wall_clock``.
+
+Retention: a sweeper task deletes finished jobs older than ``jobs.retain_finished``
+and beyond the newest ``jobs.max_finished_rows``, every ``jobs.sweep_interval``, in
+batches of ``jobs.sweep_batch`` rows (one short statement each).  Job ids are signed
+with a key kept in the store, so ``issued`` tells a purged job's id from one that
+never existed without keeping anything of the deleted row.
 
 Errors: a transient refusal (overloaded, rate limited, circuit open, backend down)
 puts the job back with a delay; ``ShuttingDown`` puts it back and stops that claimer; any
@@ -29,8 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import logging
+import math
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -38,12 +48,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 import trio
 
 from dtesn_trio.errors import (
     BackendUnavailable,
     CircuitOpen,
     DTESNError,
+    IdempotencyConflict,
     Overloaded,
     RateLimited,
     ShuttingDown,
@@ -51,7 +63,7 @@ from dtesn_trio.errors import (
 from dtesn_trio.jobs.config import JobsConfig
 from dtesn_trio.jobs.store import JobRecord, JobStore
 
-__all__ = ["JobService", "JobServiceStatistics", "ProcessFn", "open_job_service"]
+__all__ = ["JobService", "JobServiceStatistics", "ProcessFn", "SweepReport", "open_job_service"]
 
 logger = logging.getLogger("dtesn_trio.jobs")
 
@@ -59,6 +71,18 @@ ProcessFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 _TRANSIENT = (Overloaded, RateLimited, CircuitOpen, BackendUnavailable)
 _RELEASE_GRACE = 2.0
+# A job id is 32 hex digits: a nonce (random, or derived from the idempotency key) and
+# a MAC of it under the store's id key.
+_NONCE_HEX = 20
+_ID_HEX = 32
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    """The hash of ``payload``'s canonical JSON (keys sorted): equal payloads, equal
+    hashes, whatever the order the client wrote the keys in."""
+    return hashlib.sha256(_canonical.encode(payload)).hexdigest()
+
 
 # Owners of the job services open in this process.  Deliberately process-wide, not a
 # RunVar: a job row is owned by a process (the SQLite file may be shared by several
@@ -129,6 +153,17 @@ class JobServiceStatistics:
     retried: int
     lost_leases: int
     recovered: int
+    sweeps: int
+    purged: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SweepReport:
+    """One sweep: when it started (Trio's clock), the rows it deleted, the statements."""
+
+    started_at: float
+    deleted: int
+    batches: int
 
 
 class JobService:
@@ -141,13 +176,19 @@ class JobService:
         config: JobsConfig,
         owner: str,
         wall_clock: Callable[[], float],
+        id_key: bytes,
     ) -> None:
         self.config = config
         self.owner = owner
         self._store = store
         self._process = process
         self._now = wall_clock
+        self._id_key = id_key
         self._wake = trio.Event()
+        self._swept = trio.Event()
+        self._last_sweep: SweepReport | None = None
+        self._sweeps = 0
+        self._purged = 0
         self._busy = 0
         self._submitted = 0
         self._claimed = 0
@@ -163,24 +204,77 @@ class JobService:
         self, payload: dict[str, Any], *, idempotency_key: str | None = None
     ) -> JobRecord:
         """Store a new job and wake a claimer; the row is committed when this returns.
+        ``enqueue`` without its second answer."""
+        record, _ = await self.enqueue(payload, idempotency_key=idempotency_key)
+        return record
+
+    async def enqueue(
+        self, payload: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Store a new job and wake a claimer; return it and whether this call stored
+        it.  The row is committed when this returns.
 
         With an ``idempotency_key``, the job id is derived from the key, so submitting
-        again with the same key -- a client retrying after a lost answer, on this
-        instance or another -- returns the job stored the first time (as it is now)
-        instead of adding a second one.  Keys must be unique per job (e.g. a UUID).
+        again with the same key and the same payload -- a client retrying after a lost
+        answer, on this instance or another -- returns the job stored the first time
+        (as it is now, and False) instead of adding a second one.  The same key with a
+        different payload raises ``IdempotencyConflict``.  A key is free again once its
+        job has been purged (``jobs.retain_finished``).
         """
-        if idempotency_key is None:
-            job_id = uuid.uuid4().hex
-        else:
-            job_id = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
-        record = JobRecord(id=job_id, status="queued", payload=payload, created_at=self._now())
-        if not await self._store.insert(record):
-            existing = await self._store.get(job_id)
-            if existing is not None:
-                return existing
-        self._submitted += 1
-        self._wake_claimers()
-        return record
+        while True:
+            if idempotency_key is None:
+                nonce, digest = secrets.token_hex(_NONCE_HEX // 2), None
+            else:
+                nonce = hashlib.sha256(idempotency_key.encode()).hexdigest()[:_NONCE_HEX]
+                digest = payload_hash(payload)
+            record = JobRecord(
+                id=self._sign(nonce),
+                status="queued",
+                payload=payload,
+                created_at=self._now(),
+                payload_hash=digest,
+            )
+            stored, created = await self._store.insert(record)
+            if created:
+                self._submitted += 1
+                self._wake_claimers()
+                return stored, True
+            if idempotency_key is not None:
+                # Rows stored before hashes were kept have none: trust the key.
+                if stored.payload_hash not in (None, digest):
+                    raise IdempotencyConflict(
+                        f"Idempotency-Key {idempotency_key!r} was used for job {stored.id}"
+                        " with a different payload; a new job needs a new key",
+                        field="Idempotency-Key",
+                    )
+                return stored, False
+            # Two random nonces collided (80 bits): draw again.
+
+    def _sign(self, nonce: str) -> str:
+        mac = hmac.new(self._id_key, nonce.encode(), hashlib.sha256).hexdigest()
+        return nonce + mac[: _ID_HEX - _NONCE_HEX]
+
+    def issued(self, job_id: str) -> bool:
+        """Whether ``job_id`` is an id this deployment made (signed with the store's id
+        key): a job that ``get`` no longer finds was then deleted -- purged by the
+        retention policy -- rather than never submitted."""
+        if len(job_id) != _ID_HEX:
+            return False
+        return hmac.compare_digest(self._sign(job_id[:_NONCE_HEX]), job_id)
+
+    def retention(self) -> str:
+        """The retention policy in words, for messages about expired jobs."""
+        config = self.config
+        rules = []
+        if config.retain_finished is not None:
+            rules.append(f"for {config.retain_finished:g} s (jobs.retain_finished)")
+        if config.max_finished_rows is not None:
+            rules.append(
+                f"while among the newest {config.max_finished_rows} (jobs.max_finished_rows)"
+            )
+        if not rules:
+            return "finished jobs are kept (no retention limit is set now)"
+        return "finished jobs are kept " + " and ".join(rules)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job ``job_id`` as stored now, or None."""
@@ -202,6 +296,8 @@ class JobService:
             retried=self._retried,
             lost_leases=self._lost_leases,
             recovered=self._recovered,
+            sweeps=self._sweeps,
+            purged=self._purged,
         )
 
     def get_stats(self) -> dict[str, Any]:
@@ -243,12 +339,12 @@ class JobService:
     async def _idle_wait(self) -> float:
         """Sleep no longer than the poll interval, nor past a delayed job's time."""
         try:
-            nxt = await self._store.next_available()
+            delay = await self._store.next_delay(self._now())
         except DTESNError:
-            nxt = None
+            delay = None
         wait = self.config.poll_interval
-        if nxt is not None:
-            wait = min(wait, max(nxt - self._now(), 0.0) + 0.001)
+        if delay is not None:
+            wait = min(wait, delay + 0.001)
         return wait
 
     async def _run(self, job: JobRecord) -> bool:
@@ -281,11 +377,11 @@ class JobService:
             if work.cancelled_caught:
                 return True  # lease lost: the new owner records the outcome
             if isinstance(error, ShuttingDown):
-                released = await self._release(job, self._now())
+                released = await self._release(job, 0.0)
                 return False
             if isinstance(error, _TRANSIENT):
                 delay = error.retry_after or self.config.retry_delay
-                released = await self._release(job, self._now() + delay)
+                released = await self._release(job, delay)
                 return True
             if error is not None:
                 failure = error.to_dict()
@@ -299,14 +395,14 @@ class JobService:
                 # it runs again at once instead of when the lease runs out.
                 with trio.move_on_after(_RELEASE_GRACE, shield=True):
                     try:
-                        await self._store.release(job.id, self.owner, 0.0)
+                        await self._store.release(job.id, self.owner, self._now(), 0.0)
                     except DTESNError as exc:
                         logger.warning("could not release job %s: %s", job.id, exc)
 
-    async def _release(self, job: JobRecord, available_at: float) -> bool:
+    async def _release(self, job: JobRecord, delay: float) -> bool:
         self._retried += 1
-        await self._store.release(job.id, self.owner, available_at)
-        if available_at <= self._now():
+        await self._store.release(job.id, self.owner, self._now(), delay)
+        if delay <= 0:
             self._wake_claimers()
         return True
 
@@ -334,7 +430,7 @@ class JobService:
             await trio.sleep(interval)
             try:
                 kept = await self._store.renew(
-                    job.id, self.owner, self._now() + self.config.lease_seconds
+                    job.id, self.owner, self._now(), self.config.lease_seconds
                 )
             except DTESNError as exc:
                 logger.warning("job %s: lease renewal failed: %s", job.id, exc)
@@ -344,6 +440,59 @@ class JobService:
                 logger.warning("job %s: lease lost; abandoning the run", job.id)
                 work.cancel()
                 return
+
+    # ------------------------------------------------------------------ retention
+
+    async def sweep(self) -> SweepReport:
+        """Delete the finished jobs the retention policy no longer keeps, now: one
+        batch of ``jobs.sweep_batch`` per statement, ``jobs.sweep_pause`` between."""
+        started = trio.current_time()
+        config = self.config
+        horizon = await self._store.purge_horizon(
+            config.retain_finished, config.max_finished_rows, self._now()
+        )
+        deleted = batches = 0
+        while horizon is not None:
+            n = await self._store.purge(horizon, config.sweep_batch)
+            deleted += n
+            batches += 1
+            self._purged += n
+            if n < config.sweep_batch:
+                break
+            await trio.sleep(config.sweep_pause)
+        if horizon is None:
+            await trio.lowlevel.checkpoint()
+        return SweepReport(started, deleted, batches)
+
+    async def wait_swept(self) -> SweepReport:
+        """Wait for the sweeper task's next sweep to end (one in progress counts);
+        what it did.  A sweep that failed (the store was down) reports nothing
+        deleted.  With neither retention limit set there is no sweeper: this waits
+        for ever."""
+        await self._swept.wait()
+        assert self._last_sweep is not None
+        return self._last_sweep
+
+    async def _sweeper(self) -> None:
+        """Sweep at once, then every ``sweep_interval`` on a fixed schedule."""
+        interval = self.config.sweep_interval
+        start = trio.current_time()
+        while True:
+            now = trio.current_time()
+            try:
+                report = await self.sweep()
+            except DTESNError as exc:
+                logger.warning("job retention sweep failed: %s", exc)
+                report = SweepReport(now, 0, 0)
+            if report.deleted:
+                logger.info("purged %d finished jobs", report.deleted)
+            self._sweeps += 1
+            self._last_sweep = report
+            self._swept.set()
+            self._swept = trio.Event()
+            # The next slot of the schedule after now (a long sweep skips slots).
+            slots = math.floor((trio.current_time() - start) / interval) + 1
+            await trio.sleep_until(start + slots * interval)
 
 
 @asynccontextmanager
@@ -356,21 +505,25 @@ async def open_job_service(
 ) -> AsyncIterator[JobService]:
     """Set up ``store``, requeue jobs of dead owners, and run ``config.workers`` claimers.
 
-    Leaving the block cancels the claimers; a job in progress is released (bounded,
-    shielded) so it is runnable again at once.
+    Leaving the block cancels the claimers and the retention sweeper; a job in
+    progress is released (bounded, shielded) so it is runnable again at once.
+    ``wall_clock`` is this instance's time, given to the store (SQLite times its rows
+    by it; PostgreSQL by its server's clock).
     """
     config = config or JobsConfig()
     await store.setup()
     owner = _new_owner()
     _LIVE_OWNERS.add(owner)
     try:
-        service = JobService(store, process, config, owner, wall_clock)
+        service = JobService(store, process, config, owner, wall_clock, await store.id_key())
         service._recovered = await store.recover(owner_is_dead)
         if service._recovered:
             logger.info("requeued %d jobs left by stopped processes", service._recovered)
         async with trio.open_nursery() as nursery:
             for _ in range(config.workers):
                 nursery.start_soon(service._claimer)
+            if config.retain_finished is not None or config.max_finished_rows is not None:
+                nursery.start_soon(service._sweeper)
             try:
                 yield service
             finally:

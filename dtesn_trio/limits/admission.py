@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from dtesn_trio import _checks
-from dtesn_trio.errors import DeadlineExceeded, InvalidRequest, Overloaded
+from dtesn_trio.errors import DeadlineExceeded, Overloaded
 from dtesn_trio.limits.adaptive import (
     _DROPPED,
     _IGNORED,
@@ -336,11 +336,8 @@ class Admission:
         """
         if priority is None:
             priority = self._default_priority
-        elif type(priority) is not int or not 0 <= priority < self._levels:
-            raise InvalidRequest(
-                f"priority must be an integer in 0..{self._levels - 1} (got {priority!r})",
-                field="priority",
-            )
+        else:
+            _checks.check_priority(priority, self._levels)
         return _Throttle(self, priority)
 
     def _on_window(self, sample: Sample, limit: int) -> None:

@@ -1,22 +1,41 @@
-"""Priority batch queue: bounded channels per priority, dynamic batching, batch workers.
+"""Priority batch queue: priority levels, batches cut when a worker frees, batch workers.
 
 ``open_batch_queue(process_batch, config)`` owns a nursery of ``config.workers`` batch
-workers.  ``await queue.submit(item, priority=p)`` puts the item on level ``p``'s bounded
-memory channel and waits for that item's own result.  One worker at a time (holding the
-forming lock) pulls items in priority order into a batch; the batch leaves when full,
-when ``max_wait`` has passed since its oldest item was queued, or early when a member's
-deadline would otherwise be missed.  The worker then runs ``process_batch`` and hands
-each result to its own waiter, while the next idle worker forms the next batch.
+workers and one timer task.  ``await queue.submit(item, priority=p)`` queues the item on
+level ``p`` and waits for that item's own result.
+
+What a caller can rely on:
+
+- A worker that frees takes whatever is queued, up to ``max_batch_size``, in service
+  order (strict priority; a level passed over by ``max_skips`` batches goes first).  A
+  lone request on an idle queue starts at once; batches form only while every worker is
+  busy.  ``max_wait > 0`` opts into holding a batch that is not full (Triton's queue
+  delay, see ``BatchQueueConfig``).
+- Within a level: FIFO while the queue is healthy; newest first once its oldest request
+  has waited ``lifo_delay`` beyond one batch (adaptive LIFO).  Stale requests expire at
+  their deadline or timeout and are never processed.
+- ``submit`` refuses at once with ``Overloaded`` when the level is full, or when the
+  deadline cannot be met by the estimated start (``estimated_wait``: the requests served
+  before it / the measured throughput, in items per second).
 
 Every submit ends in exactly one way: a result, the item's error, ``Overloaded``,
 ``DeadlineExceeded``, ``ShuttingDown``, ``InvalidRequest`` or its own cancellation.
 
-The express lane (``express_levels``, off by default): one more worker, outside the
-forming lock.  A priority-0 request that arrives while every shared worker runs a batch
-of lower ones is batched at once -- urgent requests first, then the next levels' up to
-``express_batch_size`` -- and handed to ``process_batch`` (the runtime's engine then
-pauses the lower batch for it, see :mod:`dtesn_trio.dtesn.preemption`) instead of
-waiting for one of those batches to finish.
+How it is built (the shape of trio's ``_channel.py`` and httpcore's
+``connection_pool.py``): the state is one ``_Level`` record per priority (its requests
+waiting for space, queued and delayed, each an ``OrderedDict`` used as a deque with O(1)
+removal of a cancelled request and either end for FIFO or LIFO; not memory channels,
+which were only ever used as bounded deques here), the idle and busy
+``_Worker`` records, and an expiry index (per level, a deque in arrival order; a heap
+for the requests out of that order).  Counts are the containers' lengths.
+A request's ``state`` names the container that holds it; ``_move`` is the one place that
+changes it, and only ``_schedule`` moves requests.  ``_schedule(now, ...)`` is
+synchronous: it applies one event (an arrival, a submitter that left, a finished batch,
+close), then expires what is due, admits requests waiting for space, hands batches to
+idle workers and sets the timer.  Waking a task is synchronous in Trio
+(``trio.lowlevel.reschedule``, as trio's own channels do), so it wakes the tasks it
+answered or fed itself rather than returning them.  ``submit``, the workers and the timer
+only wait and deliver.
 """
 
 from __future__ import annotations
@@ -25,14 +44,15 @@ import copy
 import heapq
 import itertools
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import trio
 
+from dtesn_trio._checks import check_priority
 from dtesn_trio.errors import DeadlineExceeded, InvalidRequest, Overloaded, ShuttingDown
 from dtesn_trio.nurseries.adaptive_timeout import AdaptiveTimeout
 from dtesn_trio.nurseries.queue_config import BatchQueueConfig
@@ -52,46 +72,84 @@ R = TypeVar("R")
 ProcessBatch = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 BatchDoneCallback = Callable[[int, float, BaseException | None], None]
 
-# Request states.  QUEUED: in its level's channel.  TAKEN: pulled by the forming worker
-# (in the batch being formed, or in a level's delayed list).  RUNNING: handed to the
-# engine.  DONE: answered.  GONE: its submitter left (cancelled or timed out) before
-# it ran; it is skipped, never processed.
-_QUEUED, _TAKEN, _RUNNING, _DONE, _GONE = range(5)
+# A request's states; each but NEW, RUNNING and DONE is a container of its level.
+# NEW: being submitted.  BLOCKED: waiting for space (submit(wait=True) on a full level).
+# QUEUED: waiting its turn.  DELAYED: its "delay" timeout passed; served after its
+# level.  RUNNING: in a worker's batch.  DONE: answered, or its submitter left.
+_NEW, _BLOCKED, _QUEUED, _DELAYED, _RUNNING, _DONE = range(6)
 _INF = math.inf
-_CHECKPOINT_EVERY = 32  # items a worker may answer between two of its own checkpoints
-
+_CHECKPOINT_EVERY = 32  # items a worker may run between two of its own checkpoints
+_OUTCOMES = (
+    "completed",
+    "failed",
+    "expired",
+    "cancelled",
+    "cancelled_running",
+    "shut_down",
+    "rejected_full",
+    "rejected_deadline",
+    "invalid",
+)
 
 _reschedule = trio.lowlevel.reschedule
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 
 
 class _Request(Generic[T, R]):
-    # The submitter parks on the request itself (``wait_task_rescheduled``) and the
-    # answering side reschedules it: the same mechanism trio.Event uses, without an
-    # Event and a ParkingLot per request (measured: the queue's per-item cost).
+    # The submitter parks on the request itself (``wait_task_rescheduled``) and
+    # ``_move`` reschedules it: what trio.Event does, without an Event per request.
     __slots__ = ("error", "expires", "item", "level", "queued_at", "soft", "state", "task", "value")
 
     def __init__(self, item: T, level: int, queued_at: float, expires: float, soft: float) -> None:
         self.item = item
         self.level = level
         self.queued_at = queued_at
-        self.expires = expires  # hard expiry (reject): DeadlineExceeded
-        self.soft = soft  # delay-action expiry: moved behind its level
-        self.state = _QUEUED
+        self.expires = expires  # DeadlineExceeded once still waiting at this time
+        self.soft = soft  # a "delay" level's timeout: DELAYED from this time
+        self.state = _NEW
         self.value: R | None = None
         self.error: BaseException | None = None
         self.task: trio.lowlevel.Task | None = None  # set while its submitter is parked
 
+
+_Box = OrderedDict[_Request[T, R], None]
+
+
+class _Level(Generic[T, R]):
+    """One priority level: its requests by state, its capacity and its skip count."""
+
+    __slots__ = ("blocked", "boxes", "capacity", "delayed", "expiring", "skips", "waiting")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.blocked: _Box[T, R] = OrderedDict()
+        self.waiting: _Box[T, R] = OrderedDict()
+        self.delayed: _Box[T, R] = OrderedDict()
+        # the container of each state (indexed by state; None: not held by the level)
+        self.boxes = (None, self.blocked, self.waiting, self.delayed, None, None)
+        self.skips = 0  # consecutive batches that passed this level over
+        # an index, not a state: requests in arrival order whose next expiry or "delay"
+        # time never decreases along it (the level's timeout); ``_expire_due`` reads its
+        # head, entries of requests that left are dropped when they reach it
+        self.expiring: deque[_Request[T, R]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting) + len(self.delayed)
+
+
+class _Worker(Generic[T, R]):
+    """A batch worker: its batch (``None`` while idle) and its task while parked."""
+
+    __slots__ = ("batch", "task")
+
+    def __init__(self) -> None:
+        self.batch: list[_Request[T, R]] | None = None
+        self.task: trio.lowlevel.Task | None = None
+
     def abort(self, _: object) -> trio.lowlevel.Abort:
-        # Cancelled while parked: nobody may reschedule this task any more.
         self.task = None
         return _SUCCEEDED
-
-    def wake(self) -> None:
-        task = self.task
-        if task is not None:
-            self.task = None
-            _reschedule(task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +161,9 @@ class BatchQueueStatistics:
     ``cancelled``, ``shut_down``, ``rejected_full``, ``rejected_deadline`` and
     ``invalid``.  ``processed`` counts items handed to the engine (including retries'
     originals once); ``cancelled_running`` is the part of ``cancelled`` whose item was
-    already running (its batch went on undisturbed).
+    already running (its batch went on undisturbed).  ``waiting_for_space`` counts,
+    per level, the ``submit(wait=True)`` calls waiting for room (not in ``queued``);
+    ``throughput`` is the measured items per second (``None`` before the first batch).
     """
 
     priority_levels: int
@@ -136,6 +196,8 @@ class BatchQueueStatistics:
     success_rate: float | None
     max_batch_size: int
     batch_processing_enabled: bool
+    waiting_for_space: tuple[int, ...] = ()
+    throughput: float | None = None
 
 
 def _clone_error(exc: BaseException) -> BaseException:
@@ -174,81 +236,43 @@ class PriorityBatchQueue(Generic[T, R]):
         self._size_fn = size_fn
         self._on_batch_done = on_batch_done
         self._breaker_status = breaker_status
-        self._levels = config.priority_levels
-        self._capacities = config.capacities
-        self._max_batch = config.max_batch_size
-        self._max_wait = config.max_wait
-        self._preferred = frozenset(config.preferred_batch_sizes)
-        self._max_skips = config.max_skips
-        self._adaptive_on = config.adaptive_timeout
+        self._levels: list[_Level[T, R]] = [_Level(cap) for cap in config.capacities]
         self._timeouts = config.timeouts
+        self._priority_order = tuple(range(config.priority_levels))
+        self._starving: int | None = None  # max_skips: the level the next batch serves first
+        self._capacity = config.total_capacity
+        self._adaptive_on = config.adaptive_timeout
         self._reject = tuple(a == "reject" for a in config.actions)
-        channels = [trio.open_memory_channel[_Request[T, R]](cap) for cap in self._capacities]
-        self._send = [s for s, _ in channels]
-        self._receive = [r for _, r in channels]
-        # Requests whose timeout passed on a "delay" level wait here, behind their level.
-        self._delayed: list[deque[_Request[T, R]]] = [deque() for _ in range(self._levels)]
-        # A request that did not fit the last batch (size_fn) waits here, first in line.
-        self._held: list[deque[_Request[T, R]]] = [deque() for _ in range(self._levels)]
-        self._waiting = [0] * self._levels  # live, not yet running, per level
-        self._dead = [0] * self._levels  # abandoned requests still inside a channel
-        self._skips = [0] * self._levels
-        self._starving = False
-        # One worker forms a batch at a time.  A Semaphore, not a Lock: it guards no
-        # resource owned by a task, and trio.Lock's per-acquire owner bookkeeping was a
-        # measurable share of the per-batch cost.
-        self._form_lock = trio.Semaphore(1)
-        # expiry bookkeeping: per level in arrival order (level timeouts), and a heap for
-        # requests whose own deadline is earlier than their level's timeout
-        self._order: list[deque[_Request[T, R]]] = [deque() for _ in range(self._levels)]
-        self._deadlines: list[tuple[float, int, _Request[T, R]]] = []
+        self._idle: list[_Worker[T, R]] = [_Worker() for _ in range(config.workers)]
+        self._busy: set[_Worker[T, R]] = set()
+        self._workers_done = trio.Event()
+        # (time, seq, request): the expiry (or "delay" time) of a request that is out of
+        # its level's order (an earlier deadline of its own; the expiry after a delay).
+        # Entries of requests that left are dropped when they come up.
+        self._expiries: list[tuple[float, int, _Request[T, R]]] = []
         self._seq = itertools.count()
         self._heap_limit = 1024
-        self._reaper_at = _INF
-        self._reaper_wakeup: trio.Event | None = None
-        self._wakeup: trio.Event | None = None
-        self._forming: list[_Request[T, R]] = []
-        # the express lane's former (see the module docstring): its own wakeup and batch
-        self._express_below = config.express_level_count
-        self._express_wakeup: trio.Event | None = None
-        self._express_forming: list[_Request[T, R]] = []
-        self._express_batches = 0
-        self._express_running = False
-        self._express_max = config.express_batch_limit
-        self._lower_levels = list(range(config.express_level_count, config.priority_levels))
-        self._shared_running = 0  # batches the shared workers are running
-        self._shared_urgent = 0  # ... of which hold a request of an express level
-        self._taken_gone = 0  # taken requests abandoned so far (see _form_batch)
-        self._workers_left = 0
-        self._workers_done = trio.Event()
+        self._due = _INF  # no waiting request expires or is delayed before this time
+        self._hold = _INF  # max_wait: when the batch an idle worker holds is due
+        self._timer_at = _INF
+        self._timer_wakeup: trio.Event | None = None
+        self._closed = False
         self._adaptive = AdaptiveTimeout(
             initial=config.adaptive_initial,
             minimum=config.adaptive_min,
             maximum=config.adaptive_max,
         )
-        self._batch_ewma: float | None = None
-        self._estimate_bound = -_INF
-        self._rounds_bound = config.total_capacity / (config.max_batch_size * config.workers)
+        self._batch_ewma: float | None = None  # seconds per batch
+        self._rate_ewma: float | None = None  # items per second, per worker
+        self._estimate_bound = 0.0  # no estimate exceeds this: below it, submit skips one
         self._now: Callable[[], float] = trio.current_time
-        self._all_levels = list(range(self._levels))
-        self._running_batches = 0
-        self._running_items = 0
-        self._batch_sizes: dict[int, int] = {}
-        # outcome counters (per submit call)
+        self._counts = dict.fromkeys(_OUTCOMES, 0)
         self._submitted = 0
-        self._completed = 0
-        self._failed = 0
-        self._expired = 0
-        self._cancelled = 0
-        self._cancelled_running = 0
-        self._shut_down = 0
-        self._rejected_full = 0
-        self._rejected_deadline = 0
-        self._invalid = 0
         self._processed = 0
         self._batches = 0
         self._batch_failures = 0
         self._consecutive_failures = 0
+        self._batch_sizes: dict[int, int] = {}
 
     # ------------------------------------------------------------------ intake
 
@@ -259,7 +283,7 @@ class PriorityBatchQueue(Generic[T, R]):
 
         Raises the item's own error from the engine; ``Overloaded`` at once when the
         level is full (unless ``wait=True``, which waits for space) or when ``deadline``
-        (an absolute ``trio.current_time()``) cannot be met given the estimated wait;
+        (an absolute ``trio.current_time()``) cannot be met given ``estimated_wait``;
         ``DeadlineExceeded`` when the deadline or the level's reject timeout passes while
         queued (the item is then never processed); ``ShuttingDown`` once closed.  The
         timeout and deadline cover queueing only: once its batch runs, the call waits for
@@ -267,644 +291,465 @@ class PriorityBatchQueue(Generic[T, R]):
         batch runs, the batch is undisturbed.
         """
         self._submitted += 1
-        if type(priority) is not int or not 0 <= priority < self._levels:
-            await self._refusal_checkpoint()
-            self._invalid += 1
-            raise InvalidRequest(
-                f"priority must be an integer from 0 to {self._levels - 1} (got {priority!r})",
-                field="priority",
-            )
+        try:
+            check_priority(priority, len(self._levels))
+            if deadline is not None and deadline != deadline:  # NaN
+                raise InvalidRequest(
+                    f"deadline must be a number (got {deadline!r})", field="deadline"
+                )
+        except InvalidRequest as exc:
+            await self._refuse("invalid", exc)
         now = self._now()
         timeout = self._timeouts[priority]
         if timeout is None and self._adaptive_on:
             timeout = self._adaptive.value(now)
-        level_expires = soft = _INF
+        expires = soft = _INF
         if timeout is not None:
             if self._reject[priority]:
-                level_expires = now + timeout
+                expires = now + timeout
             else:
                 soft = now + timeout
-        expires = level_expires
         if deadline is not None:
-            if deadline != deadline:  # NaN
-                await self._refusal_checkpoint()
-                self._invalid += 1
-                raise InvalidRequest(
-                    f"deadline must be a number (got {deadline!r})", field="deadline"
-                )
             if deadline <= now:
-                await self._refusal_checkpoint()
-                self._expired += 1
-                raise DeadlineExceeded("the request's deadline had passed when it was submitted")
+                await self._refuse(
+                    "expired",
+                    DeadlineExceeded("the request's deadline had passed when it was submitted"),
+                )
             expires = min(expires, deadline)
+        level = self._levels[priority]
+        if self._closed:
+            await self._refuse("shut_down", ShuttingDown("the queue is closed"))
+        if not wait and len(level.waiting) + len(level.delayed) >= level.capacity:
+            await self._refuse(
+                "rejected_full",
+                Overloaded(
+                    f"priority level {priority} is full ({level.capacity} requests)",
+                    retry_after=max(self._batch_ewma or self.config.max_wait, 0.001),
+                ),
+            )
         if expires - now < self._estimate_bound:
             estimate = self.estimated_wait(priority)
             if now + estimate > expires:
-                await self._refusal_checkpoint()
-                self._rejected_deadline += 1
-                raise Overloaded(
-                    f"the deadline cannot be met: estimated queue wait {estimate:.3f}s",
-                    retry_after=estimate,
+                await self._refuse(
+                    "rejected_deadline",
+                    Overloaded(
+                        f"the deadline cannot be met: estimated queue wait {estimate:.3f}s",
+                        retry_after=estimate,
+                    ),
                 )
         req: _Request[T, R] = _Request(item, priority, now, expires, soft)
-        # fast path inline: no extra coroutine per request
-        waiting = self._waiting
-        waiting[priority] += 1  # before any await: a worker may take it at once
+        self._schedule(now, arrived=req)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            req.task = None
+            self._schedule(self._now(), left=req)
+            return _SUCCEEDED
+
+        req.task = trio.lowlevel.current_task()
         try:
-            if self._delayed[priority]:
-                raise trio.WouldBlock
-            self._send[priority].send_nowait(req)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            waiting[priority] -= 1
-            await self._enqueue(req, wait)
-        else:
-            wakeup = self._wakeup
-            if wakeup is not None:
-                self._wakeup = None
-                wakeup.set()
-            if priority < self._express_below or self._express_forming:
-                self._wake_express()  # (a forming express batch fills from every level)
-        if expires != _INF:
-            # The reaper answers it with DeadlineExceeded if it is still queued at
-            # ``expires``: one timer task for the queue, not a cancel scope per request.
-            if expires < level_expires:
-                heap = self._deadlines
-                heapq.heappush(heap, (expires, next(self._seq), req))
-                if len(heap) > self._heap_limit:
-                    self._compact_deadlines()
-            else:
-                order = self._order[priority]
-                while order and order[0].state >= _RUNNING:
-                    order.popleft()  # keep it short: drop answered heads as we go
-                order.append(req)
-            if expires < self._reaper_at:
-                self._wake_reaper()
-        try:
-            if req.state < _DONE:  # not answered yet (always so, unless it had to wait)
-                req.task = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(req.abort)
-            else:
-                await trio.lowlevel.checkpoint()
+            await trio.lowlevel.wait_task_rescheduled(abort)
         except BaseException:
-            self._cancelled += 1
-            state = req.state
-            if state < _RUNNING:
-                self._abandon(req)
-            elif state == _RUNNING:
-                self._cancelled_running += 1
+            self._counts["cancelled"] += 1
             raise
         error, value = req.error, req.value
-        # ``req`` may outlive this call (an expired one keeps its channel slot until a
-        # worker pulls it; answered ones stay in the deadline heap until due): keep
+        # ``req`` may outlive this call (in the expiry index until its time comes): keep
         # neither the result nor the exception alive through it -- once raised, its
         # traceback holds the frames of the caller's whole stack.
         req.error = req.value = None
-        if req.state == _GONE:  # expired by the reaper
-            self._expired += 1
-            raise error  # type: ignore[misc]
         if error is None:
-            self._completed += 1
+            self._counts["completed"] += 1
             return value  # type: ignore[return-value]
         if isinstance(error, ShuttingDown):
-            self._shut_down += 1
+            self._counts["shut_down"] += 1
+        elif isinstance(error, DeadlineExceeded):
+            self._counts["expired"] += 1
         else:
-            self._failed += 1
+            self._counts["failed"] += 1
         raise error
 
-    async def _refusal_checkpoint(self) -> None:
+    async def _refuse(self, outcome: str, error: BaseException) -> NoReturn:
         # A refusal still checkpoints; if that is where the caller is cancelled, the
         # submit ends as cancelled, not as the refusal (one outcome, counted once).
         try:
             await trio.lowlevel.checkpoint()
         except BaseException:
-            self._cancelled += 1
+            self._counts["cancelled"] += 1
             raise
-
-    async def _enqueue(self, req: _Request[T, R], wait: bool) -> None:
-        level = req.level
-        send = self._send[level]
-        self._waiting[level] += 1  # before any await: a worker may take it at once
-        try:
-            if self._delayed[level] and self._waiting[level] > self._capacities[level]:
-                raise trio.WouldBlock
-            try:
-                send.send_nowait(req)
-            except trio.WouldBlock:
-                if not self._dead[level]:
-                    raise
-                self._compact(level)
-                send.send_nowait(req)
-        except trio.WouldBlock:
-            if not wait:
-                self._waiting[level] -= 1
-                await self._refusal_checkpoint()
-                self._rejected_full += 1
-                raise Overloaded(
-                    f"priority level {level} is full ({self._capacities[level]} requests)",
-                    retry_after=self._retry_after(),
-                ) from None
-            try:
-                await self._enqueue_waiting(req, send)
-            except BaseException:
-                self._waiting[level] -= 1
-                raise
-        except trio.ClosedResourceError:
-            self._waiting[level] -= 1
-            await self._refusal_checkpoint()
-            self._shut_down += 1
-            raise ShuttingDown("the queue is closed") from None
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
-        if level < self._express_below or self._express_forming:
-            self._wake_express()
-
-    def _wake_express(self) -> None:
-        wakeup = self._express_wakeup
-        if wakeup is not None:
-            self._express_wakeup = None
-            wakeup.set()
-
-    async def _enqueue_waiting(
-        self, req: _Request[T, R], send: trio.MemorySendChannel[_Request[T, R]]
-    ) -> None:
-        try:
-            with trio.move_on_at(req.expires) as scope:
-                await send.send(req)
-        except trio.ClosedResourceError:
-            self._shut_down += 1
-            raise ShuttingDown("the queue is closed") from None
-        except BaseException:
-            self._cancelled += 1
-            raise
-        if scope.cancelled_caught:
-            self._expired += 1
-            raise DeadlineExceeded("the deadline passed while waiting for queue space")
-
-    def _compact(self, level: int) -> None:
-        # Abandoned requests keep their channel slot until pulled; a full level drops
-        # them (keeping FIFO order of the live ones) before it refuses anyone.
-        receive, send = self._receive[level], self._send[level]
-        live: list[_Request[T, R]] = []
-        while True:
-            try:
-                req = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            if req.state == _GONE:
-                self._dead[level] -= 1
-            else:
-                live.append(req)
-        for req in live:
-            send.send_nowait(req)
-
-    # ------------------------------------------------------------------ expiry
-
-    def _wake_reaper(self) -> None:
-        wakeup = self._reaper_wakeup
-        if wakeup is not None:
-            self._reaper_wakeup = None
-            wakeup.set()
-
-    def _compact_deadlines(self) -> None:
-        # Answered requests stay in the heap until their deadline; drop them when the
-        # heap has grown well past the number of requests still waiting.
-        self._deadlines = [e for e in self._deadlines if e[2].state < _RUNNING]
-        heapq.heapify(self._deadlines)
-        self._heap_limit = max(1024, 2 * len(self._deadlines))
-
-    def _expire_due(self, now: float) -> float:
-        """Answer every waiting request whose expiry has come; return the next expiry."""
-        next_at = _INF
-        for order in self._order:
-            while order:
-                req = order[0]
-                if req.state >= _RUNNING:
-                    order.popleft()
-                elif req.expires <= now:
-                    order.popleft()
-                    self._expire(req)
-                else:
-                    next_at = min(next_at, req.expires)
-                    break
-        heap = self._deadlines
-        while heap:
-            expires, _, req = heap[0]
-            if req.state >= _RUNNING:
-                heapq.heappop(heap)
-            elif expires <= now:
-                heapq.heappop(heap)
-                self._expire(req)
-            else:
-                next_at = min(next_at, expires)
-                break
-        return next_at
-
-    def _expire(self, req: _Request[T, R]) -> None:
-        self._abandon(req)
-        req.error = DeadlineExceeded(
-            f"queued past its deadline at priority {req.level}", retry_after=None
-        )
-        self._adaptive.record_failures(1)
-        req.wake()
-
-    async def _reaper(self) -> None:
-        while True:
-            at = self._reaper_at = self._expire_due(trio.current_time())
-            wakeup = self._reaper_wakeup = trio.Event()
-            with trio.move_on_at(at):
-                await wakeup.wait()
-
-    def _abandon(self, req: _Request[T, R]) -> None:
-        if req.state == _QUEUED:
-            self._dead[req.level] += 1
-        elif req.state == _TAKEN:
-            self._taken_gone += 1  # a forming batch drops it at its next look
-        self._waiting[req.level] -= 1
-        req.state = _GONE
+        self._counts[outcome] += 1
+        raise error
 
     def close(self) -> None:
         """Stop intake: new and space-waiting submits get ``ShuttingDown``, and so does
         every request still queued.  Batches already running finish.  Idempotent."""
-        for send in self._send:
-            send.close()
-        error = ShuttingDown("the queue is shutting down")
-        for level, receive in enumerate(self._receive):
-            while True:
-                try:
-                    req = receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                if req.state == _GONE:
-                    self._dead[level] -= 1
-                else:
-                    self._answer(req, None, error)
-            for side in (self._held[level], self._delayed[level]):
-                while side:
-                    req = side.popleft()
-                    if req.state == _TAKEN:
-                        self._answer(req, None, error)
-        for req in (*self._forming, *self._express_forming):
-            if req.state == _TAKEN:
-                self._answer(req, None, error)
-        self._forming = []
-        self._express_forming = []
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
-        self._wake_express()
+        self._schedule(self._now(), closing=True)
 
-    def _answer(self, req: _Request[T, R], value: R | None, error: BaseException | None) -> None:
-        # Answers a request that was not answered before (callers check its state); the
-        # engine's results (_call) and expiry (_expire) set the slot the same way.
-        if req.state < _RUNNING:
-            self._waiting[req.level] -= 1
-            if req.state == _TAKEN:
-                self._taken_gone += 1  # answered from a forming batch (close)
-        req.state = _DONE
-        req.value = value
-        req.error = error
-        req.wake()
+    # ------------------------------------------------------------------ scheduling
+
+    def _schedule(
+        self,
+        now: float,
+        *,
+        arrived: _Request[T, R] | None = None,
+        left: _Request[T, R] | None = None,
+        finished: _Worker[T, R] | None = None,
+        results: Sequence[R | BaseException] | None = None,
+        stopping: bool = False,
+        closing: bool = False,
+    ) -> None:
+        """Every state change of the queue, in one synchronous step.
+
+        Applies one event -- ``arrived`` (a new request, already checked), ``left`` (its
+        submitter was cancelled), ``finished`` (a worker's batch ended with ``results``,
+        ``None``: it never finished; ``stopping``: the worker exits), ``closing`` --
+        then expires what is due, admits requests waiting for space, hands batches to
+        idle workers and sets the timer.  Wakes every task it answers or feeds.
+        """
+        levels = self._levels
+        freed = False  # whether a level may have room for a blocked request
+        if finished is not None:
+            batch = finished.batch
+            if batch is not None:
+                self._busy.discard(finished)
+                finished.batch = None
+                freed = True
+                if results is None:
+                    error = ShuttingDown("the queue shut down mid-batch")
+                    for req in batch:
+                        self._move(req, _DONE, None, error)
+                else:
+                    for req, result in zip(batch, results, strict=True):
+                        if isinstance(result, BaseException):
+                            self._move(req, _DONE, None, result)
+                        else:
+                            self._move(req, _DONE, result, None)
+            elif stopping:
+                self._idle.remove(finished)
+            if not stopping:
+                self._idle.append(finished)
+            elif not self._idle and not self._busy:
+                self._workers_done.set()
+        if left is not None:
+            if left.state == _RUNNING:
+                self._counts["cancelled_running"] += 1
+            elif left.state != _DONE:
+                freed = left.state != _BLOCKED
+                self._move(left, _DONE)
+        if arrived is not None:
+            level = levels[arrived.level]
+            full = level.blocked or len(level.waiting) + len(level.delayed) >= level.capacity
+            self._move(arrived, _BLOCKED if full else _QUEUED)
+            at = min(arrived.expires, arrived.soft)
+            if at != _INF:
+                index = level.expiring
+                if index and min(index[-1].expires, index[-1].soft) > at:
+                    self._push(at, arrived)
+                else:
+                    while index and not _NEW < index[0].state < _RUNNING:
+                        index.popleft()  # keep it short: served heads go as we add
+                    index.append(arrived)
+                    if len(index) > 2 * level.capacity + 1024:  # (LIFO leaves holes)
+                        level.expiring = deque(r for r in index if _NEW < r.state < _RUNNING)
+                if at < self._due:
+                    self._due = at
+        if closing and not self._closed:
+            self._closed = True
+            error = ShuttingDown("the queue is shutting down")
+            for level in levels:
+                for box in (level.blocked, level.waiting, level.delayed):
+                    for req in list(box):
+                        self._move(req, _DONE, None, error)
+        if now >= self._due:
+            freed |= self._expire_due(now)
+        self._hold = _INF
+        idle = self._idle
+        while True:
+            if freed:
+                for level in levels:
+                    blocked = level.blocked
+                    while blocked and level.queued < level.capacity:
+                        req = next(iter(blocked))
+                        self._move(req, _DELAYED if req.soft <= now else _QUEUED)
+                freed = False
+            if not idle:
+                break
+            batch = self._cut(now)
+            if batch is None:
+                break
+            worker = idle.pop()  # the last to free first: often the caller itself
+            worker.batch = batch
+            self._busy.add(worker)
+            n = len(batch)
+            self._processed += n
+            self._batches += 1
+            self._batch_sizes[n] = self._batch_sizes.get(n, 0) + 1
+            task = worker.task
+            if task is not None:
+                worker.task = None
+                _reschedule(task)
+            freed = True
+        if self._closed:
+            for worker in idle:  # nothing is left to hand out: let them end
+                task = worker.task
+                if task is not None:
+                    worker.task = None
+                    _reschedule(task)
+        at = min(self._hold, self._due)
+        if at < self._timer_at:
+            self._timer_at = at
+            wakeup = self._timer_wakeup
+            if wakeup is not None:
+                wakeup.set()
+
+    def _move(
+        self,
+        req: _Request[T, R],
+        state: int,
+        value: R | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """The one place a request's state changes: it leaves the container of its old
+        state and joins that of the new one; once DONE, its submitter is woken."""
+        boxes = self._levels[req.level].boxes
+        box = boxes[req.state]
+        if box is not None:
+            del box[req]
+        req.state = state
+        box = boxes[state]
+        if box is not None:
+            box[req] = None
+        elif state == _DONE:
+            req.value = value
+            req.error = error
+            task = req.task
+            if task is not None:
+                req.task = None
+                _reschedule(task)
+
+    def _push(self, at: float, req: _Request[T, R]) -> None:
+        heap = self._expiries
+        heapq.heappush(heap, (at, next(self._seq), req))
+        if len(heap) > self._heap_limit:
+            self._expiries = heap = [e for e in heap if _NEW < e[2].state < _RUNNING]
+            heapq.heapify(heap)
+            self._heap_limit = max(1024, 2 * len(heap))
+
+    def _expire_due(self, now: float) -> bool:
+        """Answer the waiting requests whose expiry has come and delay those whose
+        "delay" timeout has; return whether any level lost a queued request."""
+        due: list[_Request[T, R]] = []
+        for level in self._levels:
+            index = level.expiring
+            while index:
+                req = index[0]
+                if _NEW < req.state < _RUNNING and min(req.expires, req.soft) > now:
+                    break
+                due.append(index.popleft())
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            due.append(heapq.heappop(heap)[2])
+        freed = False
+        for req in due:
+            state = req.state
+            if not _NEW < state < _RUNNING:
+                continue  # it left, ran or was answered since
+            if req.expires <= now:
+                if state == _BLOCKED:
+                    message = "the deadline passed while waiting for queue space"
+                else:
+                    message = f"queued past its deadline at priority {req.level}"
+                    freed = True
+                self._move(req, _DONE, None, DeadlineExceeded(message, retry_after=None))
+                self._adaptive.record_failures(1)
+                continue
+            if state == _QUEUED:
+                self._move(req, _DELAYED)
+            if req.expires != _INF:
+                self._push(req.expires, req)
+        self._due = self._next_due()
+        return freed
+
+    def _next_due(self) -> float:
+        """The earliest expiry or "delay" time of a waiting request (dropping the index
+        entries of requests that left)."""
+        at = _INF
+        for level in self._levels:
+            index = level.expiring
+            while index and not _NEW < index[0].state < _RUNNING:
+                index.popleft()
+            if index:
+                at = min(at, index[0].expires, index[0].soft)
+        heap = self._expiries
+        while heap and not _NEW < heap[0][2].state < _RUNNING:
+            heapq.heappop(heap)
+        if heap:
+            at = min(at, heap[0][0])
+        return at
+
+    def _lifo(self, level: _Level[T, R], now: float) -> bool:
+        """Whether ``level`` (non-empty) has a standing queue: serve it newest first."""
+        delay = self.config.lifo_delay
+        if delay is None:
+            return False
+        oldest = next(iter(level.waiting))
+        return now - oldest.queued_at > delay + (self._batch_ewma or 0.0)
+
+    def _service_order(self) -> Sequence[int]:
+        order = self._priority_order
+        first = self._starving
+        if first is None:
+            return order
+        return [first, *(j for j in order if j != first)]
+
+    def _due_at(self, now: float) -> float:
+        """``max_wait``: when a batch of everything queued must leave."""
+        oldest = _INF
+        for level in self._levels:
+            for box in (level.waiting, level.delayed):
+                if box:
+                    oldest = min(oldest, next(iter(box)).queued_at)
+        # a member's deadline comes first: leave a batch before it
+        return min(oldest + self.config.max_wait, self._next_due() - (self._batch_ewma or 0.0))
+
+    def _cut(self, now: float) -> list[_Request[T, R]] | None:
+        """The next batch, moved to RUNNING; ``None`` when nothing is queued or (with
+        ``max_wait``) the batch is not due yet (then ``_hold`` says when it is)."""
+        config = self.config
+        levels = self._levels
+        max_batch = config.max_batch_size
+        size_fn = self._size_fn
+        hold = config.max_wait > 0
+        if hold and size_fn is None:
+            queued = 0
+            for level in levels:
+                queued += len(level.waiting) + len(level.delayed)
+                if queued >= max_batch:
+                    break
+            if not queued:
+                return None
+            if queued < max_batch and queued not in config.preferred_batch_sizes:
+                due = self._due_at(now)
+                if now < due:
+                    self._hold = due
+                    return None
+                hold = False
+        batch: list[_Request[T, R]] = []
+        served: list[int] = []
+        size = 0
+        for i in self._service_order():
+            level = levels[i]
+            waiting = level.waiting
+            if not waiting and not level.delayed:
+                continue
+            served.append(i)
+            first = reversed(waiting) if waiting and self._lifo(level, now) else waiting
+            for box in (first, level.delayed):
+                if size_fn is None:
+                    batch.extend(itertools.islice(box, max_batch - size))
+                    size = len(batch)
+                else:
+                    for req in box:
+                        weight = size_fn(req.item)
+                        if batch and size + weight > max_batch:
+                            size = max_batch  # it waits first in line for the next one
+                            break
+                        size += weight
+                        batch.append(req)
+                        if size >= max_batch:
+                            break
+                if size >= max_batch:
+                    break
+            if size >= max_batch:
+                break
+        if not batch:
+            return None
+        if hold and size < max_batch and size not in config.preferred_batch_sizes:
+            due = min(r.queued_at for r in batch) + config.max_wait
+            due = min(due, min(r.expires for r in batch) - (self._batch_ewma or 0.0))
+            if now < due:
+                self._hold = due
+                return None
+        max_skips = config.max_skips
+        if max_skips is not None:
+            self._starving = None
+            for i, level in enumerate(levels):
+                if i not in served and (level.waiting or level.delayed):
+                    level.skips += 1
+                    if level.skips >= max_skips and self._starving is None:
+                        self._starving = i  # the next batch serves it first
+                elif level.skips:
+                    level.skips = 0
+        for req in batch:
+            self._move(req, _RUNNING)
+        return batch
 
     # ------------------------------------------------------------------ estimates
-
-    def _retry_after(self) -> float:
-        ewma = self._batch_ewma
-        return max(ewma if ewma is not None else self._max_wait, 0.001)
 
     @property
     def mean_batch_duration(self) -> float | None:
         """Recent mean seconds per batch (EWMA), ``None`` before the first batch."""
         return self._batch_ewma
 
+    @property
+    def throughput(self) -> float | None:
+        """Measured items per second of all workers (EWMA over completed batches),
+        ``None`` before the first batch."""
+        rate = self._rate_ewma
+        return None if rate is None else rate * self.config.workers
+
     def estimated_wait(self, priority: int) -> float:
         """Estimated seconds until a request submitted now at ``priority`` starts running.
 
-        Counts the live requests at this and higher levels, in rounds of
-        ``max_batch_size × workers``, at the recent mean batch duration; while every
-        worker is busy, half a batch more.  Zero before any batch has run.
+        The requests that would be served before it (every higher level's, and its own
+        level's unless that level is served newest first) divided by ``throughput``;
+        while every worker is busy, half a batch more.  Zero before any batch has run.
         """
-        if type(priority) is not int or not 0 <= priority < self._levels:
-            raise InvalidRequest(
-                f"priority must be an integer from 0 to {self._levels - 1} (got {priority!r})",
-                field="priority",
-            )
-        ewma = self._batch_ewma
-        if ewma is None:
+        check_priority(priority, len(self._levels))
+        rate = self.throughput
+        if rate is None:
             return 0.0
-        ahead = sum(self._waiting[: priority + 1])
-        workers = self.config.workers
-        rounds = ahead // (self._max_batch * workers)
-        busy = 0.5 if self._running_batches >= workers else 0.0
-        return (rounds + busy) * ewma
+        levels = self._levels
+        ahead = sum(level.queued for level in levels[:priority])
+        own = levels[priority]
+        if own.waiting and not self._lifo(own, self._now()):
+            ahead += len(own.waiting)
+        busy = 0.0 if self._idle else 0.5 * (self._batch_ewma or 0.0)
+        return ahead / rate + busy
 
     # ------------------------------------------------------------------ workers
 
-    async def _worker(self, express: bool = False) -> None:
-        """A batch worker: the shared lane's (one forms at a time, holding the forming
-        lock, in service order), or the express lane's (alone, only while its levels
-        have requests waiting and every shared worker runs lower work; its batches do not
-        count as skips of the other levels)."""
+    async def _work(self, worker: _Worker[T, R]) -> None:
+        """A batch worker: runs the batches ``_schedule`` hands it, parks while idle."""
+        budget = _CHECKPOINT_EVERY
         try:
-            lock = self._form_lock
-            max_batch = self._max_batch
-            express_max = self._express_max
-            waiting = self._waiting
-            sizes = self._batch_sizes
-            retry = self.config.retry_individually
-            levels = self._levels
-            workers = self.config.workers
-            batch: list[_Request[T, R]] | None
-            budget = 0
             while True:
-                if express:
-                    await trio.lowlevel.checkpoint()  # (the shared lane's is the lock)
-                    if not self._express_due():
-                        wakeup = self._express_wakeup = trio.Event()
-                        await wakeup.wait()
-                        continue
-                    batch = []
-                    size, closed = self._fill(batch, 0, self._now(), express=True)
-                    if closed or size < express_max:
-                        batch = await self._form_batch(batch, size, closed, express=True)
-                        if batch is None:
-                            return
-                    self._express_batches += 1
-                else:
-                    # One worker forms a batch at a time.  The worker checkpoints at least
-                    # once per _CHECKPOINT_EVERY items: when full batches are ready and the
-                    # engine did not yield, it goes on without a trip through the scheduler.
-                    if budget > 0 and lock.value:
-                        lock.acquire_nowait()
-                    else:
-                        await lock.acquire()
-                        budget = _CHECKPOINT_EVERY
-                    try:
-                        # fast path: a full batch is waiting; no coroutine, no timer
-                        batch = []
-                        size, closed = self._fill(batch, 0, self._now())
-                        if closed or size < max_batch:
-                            batch = await self._form_batch(batch, size, closed)
-                            if batch is None:
-                                return
-                        if self._max_skips is not None:
-                            self._count_skips(batch)
-                    finally:
-                        lock.release()
-                    budget -= len(batch)
-                # run it (inline, not another coroutine: this is the per-batch hot path)
-                top = levels
-                for req in batch:
-                    level = req.level
-                    waiting[level] -= 1
-                    req.state = _RUNNING
-                    if level < top:
-                        top = level
-                urgent = top < self._express_below
-                if express:
-                    self._express_running = True
-                else:
-                    self._shared_running += 1
-                    if urgent:
-                        self._shared_urgent += 1
-                    elif self._express_below and self._shared_running >= workers:
-                        self._wake_express()  # the express levels' waiters need it now
-                n = len(batch)
-                self._running_batches += 1
-                self._running_items += n
-                self._processed += n
-                self._batches += 1
-                sizes[n] = sizes.get(n, 0) + 1
-                try:
-                    error = await self._call(batch)
-                    if error is not None and retry and n > 1:
-                        for req in batch:
-                            await self._call([req])
-                finally:
-                    self._running_batches -= 1
-                    self._running_items -= n
-                    if express:
-                        self._express_running = False
-                    else:
-                        self._shared_running -= 1
-                        if urgent:
-                            self._shared_urgent -= 1
-                    # Cancelled (the queue is being torn down) or KeyboardInterrupt: the
-                    # batch never finished; its members still get an answer, and the
-                    # breaker no verdict.
-                    for req in batch:
-                        if req.state == _RUNNING:
-                            self._answer(req, None, ShuttingDown("the queue shut down mid-batch"))
+                batch = worker.batch
+                if batch is None:
+                    if self._closed:
+                        return
+                    worker.task = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(worker.abort)
+                    budget = _CHECKPOINT_EVERY
+                    continue
+                # When batches are ready and the engine did not yield, the worker goes on
+                # without a trip through the scheduler, but checkpoints at least once per
+                # _CHECKPOINT_EVERY items.
+                if budget <= 0:
+                    await trio.lowlevel.checkpoint()
+                    budget = _CHECKPOINT_EVERY
+                budget -= len(batch)
+                results = await self._process(batch)
+                self._schedule(self._now(), finished=worker, results=results)
         finally:
-            self._workers_left -= 1
-            if self._workers_left == 0:
-                self._workers_done.set()
+            # Cancelled (the queue is being torn down) or KeyboardInterrupt: a batch that
+            # never finished still answers its members, and gives the breaker no verdict.
+            self._schedule(self._now(), finished=worker, stopping=True)
 
-    def _express_due(self) -> bool:
-        """Whether the express lane should form a batch now: requests wait at its levels
-        and every shared worker runs a batch with none of theirs (otherwise a shared
-        worker takes them, in priority order, as it always does), or the queue closed."""
-        if self._receive[0].statistics().open_send_channels == 0:
-            return True  # closed: the lane's next look answers what it holds, and ends
-        return (
-            self._shared_running >= self.config.workers
-            and not self._shared_urgent
-            and any(self._waiting[: self._express_below])
-        )
+    async def _process(self, batch: list[_Request[T, R]]) -> Sequence[R | BaseException]:
+        """Run ``process_batch`` on ``batch``: one result or error per member.
 
-    def _service_order(self) -> list[int]:
-        levels = self._all_levels
-        max_skips = self._max_skips
-        if max_skips is not None and self._starving:
-            for level in levels:
-                if self._skips[level] >= max_skips and self._waiting[level] > 0:
-                    return [level, *(lv for lv in levels if lv != level)]
-        return levels
-
-    def _fill(
-        self, batch: list[_Request[T, R]], size: int, now: float, express: bool = False
-    ) -> tuple[int, bool]:
-        """Pull live requests into ``batch`` in service order until it is full (the
-        express lane: up to ``express_batch_size``, in strict priority order, its own
-        levels first, then the next levels' requests: the engine computes a batch of ten
-        in about three times a batch of one, and express batches of one request cut the
-        other levels' answers ~10x at 10x load).
-
-        With an express lane that is not running a batch, the shared lane leaves the
-        express levels to it while lower levels have requests waiting: under load a
-        shared batch would otherwise always carry one urgent request among many others,
-        run at its priority, and keep the express lane idle (measured: no express batch
-        at all at 10x).  With nothing else waiting, it serves them as any level.
-
-        Returns the batch's size and whether the channels are closed.  Synchronous: no
-        other task runs while it looks at the levels.
-        """
-        max_batch = self._express_max if express else self._max_batch
-        size_fn = self._size_fn
-        waiting = self._waiting
-        closed = False
-        below = self._express_below
-        leave = (
-            below
-            and not express
-            and not self._express_running
-            and any(waiting[level] for level in self._lower_levels)
-        )
-        for level in self._all_levels if express else self._service_order():
-            if size >= max_batch:
-                break
-            if leave and level < below:
-                continue
-            delayed = self._delayed[level]
-            held = self._held[level]
-            if not waiting[level] and not delayed and not held:
-                continue  # nothing live there: skip the WouldBlock exception
-            receive = self._receive[level]
-            while size < max_batch:
-                if held:
-                    req = held.popleft()
-                    if req.state != _TAKEN:
-                        continue
-                else:
-                    try:
-                        req = receive.receive_nowait()
-                    except trio.WouldBlock:
-                        if not delayed:
-                            break
-                        req = delayed.popleft()
-                        if req.state != _TAKEN:
-                            continue
-                    except trio.EndOfChannel:
-                        closed = True
-                        break
-                    else:
-                        if req.state == _GONE:
-                            self._dead[level] -= 1
-                            continue
-                        req.state = _TAKEN
-                        if req.soft <= now:
-                            delayed.append(req)
-                            continue
-                if size_fn is not None:
-                    weight = size_fn(req.item)
-                    if batch and size + weight > max_batch:
-                        held.appendleft(req)  # next batch, still first in line
-                        return max_batch, closed
-                    size += weight
-                else:
-                    size += 1
-                batch.append(req)
-        return size, closed
-
-    async def _form_batch(
-        self, batch: list[_Request[T, R]], size: int, closed: bool, express: bool = False
-    ) -> list[_Request[T, R]] | None:
-        """Complete a partly filled batch: wait for more until it is full or due.
-
-        Returns ``None`` (having answered its members) once the queue is closed.
-        """
-        if express:
-            self._express_forming = batch
-        else:
-            self._forming = batch
-        waited = False
-        first = True
-        # Per wakeup, look only at the members added since the last one: a batch of n
-        # formed one arrival at a time must cost O(n), not O(n^2) (issue 8: a batch of
-        # 10,000 took ~50 s of loop time to form when every wakeup rescanned it).
-        seen = 0
-        oldest = expires = _INF
-        gone = self._taken_gone
-        while True:
-            now = self._now()
-            if first:  # the worker has just filled it
-                first = False
-            else:
-                size, closed = self._fill(batch, size, now, express)
-            if closed:
-                error = ShuttingDown("the queue is shutting down")
-                for req in batch:
-                    if req.state == _TAKEN:
-                        self._answer(req, None, error)
-                self._end_forming(express)
-                return None
-            if waited and batch and self._taken_gone != gone:
-                # members whose submitters left (cancelled, expired) while we waited
-                gone = self._taken_gone
-                live = [req for req in batch if req.state == _TAKEN]
-                if len(live) != len(batch):
-                    batch[:] = live
-                    seen = 0
-                    oldest = expires = _INF
-                    size = (
-                        len(live)
-                        if self._size_fn is None
-                        else sum(self._size_fn(r.item) for r in live)
-                    )
-                    if not live:
-                        continue
-            if size >= (self._express_max if express else self._max_batch) or (
-                batch and size in self._preferred
-            ):
-                break
-            if batch:
-                for req in batch[seen:] if seen else batch:
-                    if req.queued_at < oldest:
-                        oldest = req.queued_at
-                    if req.expires < expires:
-                        expires = req.expires
-                seen = len(batch)
-                leave_at = oldest + self._max_wait
-                if expires != _INF:
-                    leave_at = min(leave_at, expires - (self._batch_ewma or 0.0))
-                if now >= leave_at:
-                    break
-            else:
-                if self._receive[0].statistics().open_send_channels == 0:
-                    self._end_forming(express)
-                    return None  # closed, and close() answered whatever was queued
-                leave_at = _INF
-            wakeup = trio.Event()
-            if express:
-                self._express_wakeup = wakeup
-            else:
-                self._wakeup = wakeup
-            with trio.move_on_at(leave_at):
-                await wakeup.wait()
-            waited = True
-        self._end_forming(express)
-        return batch
-
-    def _end_forming(self, express: bool) -> None:
-        if express:
-            self._express_forming = []
-        else:
-            self._forming = []
-
-    def _count_skips(self, batch: list[_Request[T, R]]) -> None:
-        max_skips = self._max_skips
-        assert max_skips is not None
-        served = {req.level for req in batch}
-        skips = self._skips
-        waiting = self._waiting
-        starving = False
-        # the express levels have their own lane: passing them over is not starving them
-        for level in self._lower_levels if self._express_below else self._all_levels:
-            if waiting[level] > 0 and level not in served:
-                skips[level] += 1
-                if skips[level] >= max_skips:
-                    starving = True
-            else:
-                skips[level] = 0
-        self._starving = starving
-
-    async def _call(self, batch: list[_Request[T, R]]) -> BaseException | None:
-        """Run ``process_batch`` on ``batch`` and answer its members.
-
-        Returns the batch-level error (members left unanswered for a retry when
-        ``retry_individually``), or ``None``.
+        When it raises, every member gets its own copy of the error, or, with
+        ``retry_individually``, is run again alone: the one place a failed batch's
+        inputs are retried one by one.
         """
         now = self._now
         started = now()
@@ -918,42 +763,27 @@ class PriorityBatchQueue(Generic[T, R]):
             finished = now()
             self._batch_done(len(batch), finished - started, exc)
             if self.config.retry_individually and len(batch) > 1:
-                return exc
-            for req in batch:
-                self._answer(req, None, _clone_error(exc))
+                out: list[R | BaseException] = []
+                for req in batch:
+                    out.extend(await self._process([req]))
+                return out
             self._adaptive.record([finished - req.queued_at for req in batch], False)
-            return exc
+            return [_clone_error(exc) for _ in batch]
         finished = now()
-        duration = finished - started
-        ewma = self._batch_ewma
-        ewma = self._batch_ewma = duration if ewma is None else 0.8 * ewma + 0.2 * duration
-        self._estimate_bound = (self._rounds_bound + 1.0) * ewma
-        self._consecutive_failures = 0
-        if self._on_batch_done is not None:
-            self._on_batch_done(len(batch), duration, None)
-        failed: list[float] | None = None
-        for req, result in zip(batch, results, strict=True):
-            req.state = _DONE
-            if isinstance(result, BaseException):
-                req.error = result
-                if failed is None:
-                    failed = []
-                failed.append(finished - req.queued_at)
-            else:
-                req.value = result
-            task = req.task  # inline req.wake(): this loop is the per-item hot path
-            if task is not None:
-                req.task = None
-                _reschedule(task)
-        self._adaptive.record_batch([finished - req.queued_at for req in batch], failed)
-        return None
+        self._batch_done(len(batch), finished - started, None)
+        times = [finished - req.queued_at for req in batch]
+        failed = [t for t, r in zip(times, results, strict=True) if isinstance(r, BaseException)]
+        self._adaptive.record_batch(times, failed or None)
+        return results
 
     def _batch_done(self, size: int, duration: float, error: BaseException | None) -> None:
-        # (the success path in _call inlines this)
         ewma = self._batch_ewma
-        ewma = self._batch_ewma = duration if ewma is None else 0.8 * ewma + 0.2 * duration
-        # No estimate can exceed this: below it, submit skips estimating.
-        self._estimate_bound = (self._rounds_bound + 1.0) * ewma
+        self._batch_ewma = duration if ewma is None else 0.8 * ewma + 0.2 * duration
+        if duration > 0:
+            rate, ewma = size / duration, self._rate_ewma
+            rate = self._rate_ewma = rate if ewma is None else 0.8 * ewma + 0.2 * rate
+            bound = self._capacity / (rate * self.config.workers)
+            self._estimate_bound = bound + 0.5 * self._batch_ewma
         if error is None:
             self._consecutive_failures = 0
         else:
@@ -962,31 +792,43 @@ class PriorityBatchQueue(Generic[T, R]):
         if self._on_batch_done is not None:
             self._on_batch_done(size, duration, error)
 
+    async def _timer(self) -> None:
+        """Calls ``_schedule`` when an expiry or a held batch (``max_wait``) is due."""
+        while True:
+            self._timer_at = _INF
+            self._schedule(self._now())
+            wakeup = self._timer_wakeup = trio.Event()
+            with trio.move_on_at(self._timer_at):
+                await wakeup.wait()
+
     # ------------------------------------------------------------------ statistics
 
     def statistics(self) -> BatchQueueStatistics:
         """A frozen snapshot of levels, outcomes, batches and the adaptive timeout."""
         adaptive = self._adaptive.statistics(trio.current_time())
-        queued = tuple(self._waiting)
+        levels = self._levels
+        queued = tuple(level.queued for level in levels)
+        counts = self._counts
+        config = self.config
         return BatchQueueStatistics(
-            priority_levels=self._levels,
-            capacities=self._capacities,
+            priority_levels=len(levels),
+            capacities=config.capacities,
             queued=queued,
             total_queued=sum(queued),
-            max_queue_size=self.config.total_capacity,
-            workers=self.config.workers,
-            running_batches=self._running_batches,
-            running_items=self._running_items,
+            max_queue_size=config.total_capacity,
+            workers=config.workers,
+            running_batches=len(self._busy),
+            running_items=sum(len(w.batch or ()) for w in self._busy),
             submitted=self._submitted,
-            completed=self._completed,
-            failed=self._failed,
-            expired=self._expired,
-            cancelled=self._cancelled,
-            cancelled_running=self._cancelled_running,
-            shut_down=self._shut_down,
-            rejected_full=self._rejected_full,
-            rejected_deadline=self._rejected_deadline,
-            invalid=self._invalid,
+            completed=counts["completed"],
+            failed=counts["failed"],
+            expired=counts["expired"],
+            cancelled=counts["cancelled"],
+            cancelled_running=counts["cancelled_running"],
+            shut_down=counts["shut_down"],
+            rejected_full=counts["rejected_full"],
+            rejected_deadline=counts["rejected_deadline"],
+            invalid=counts["invalid"],
             processed=self._processed,
             batches=self._batches,
             batch_failures=self._batch_failures,
@@ -997,8 +839,10 @@ class PriorityBatchQueue(Generic[T, R]):
             p95_response_time=adaptive.p95_response_time,
             avg_response_time=adaptive.avg_response_time,
             success_rate=adaptive.success_rate,
-            max_batch_size=self._max_batch,
-            batch_processing_enabled=self._max_batch > 1,
+            max_batch_size=config.max_batch_size,
+            batch_processing_enabled=config.max_batch_size > 1,
+            waiting_for_space=tuple(len(level.blocked) for level in levels),
+            throughput=self.throughput,
         )
 
     def get_queue_stats(self) -> dict[str, Any]:
@@ -1060,12 +904,9 @@ async def open_batch_queue(
     async with trio.open_nursery() as nursery:
         # the clock's own method: cheaper than trio.current_time() on the hot path
         queue._now = trio.lowlevel.current_clock().current_time
-        queue._workers_left = config.workers + (1 if config.express_level_count else 0)
-        for _ in range(config.workers):
-            nursery.start_soon(queue._worker)
-        if config.express_level_count:
-            nursery.start_soon(queue._worker, True)
-        nursery.start_soon(queue._reaper)
+        for worker in list(queue._idle):
+            nursery.start_soon(queue._work, worker)
+        nursery.start_soon(queue._timer)
         try:
             yield queue
         finally:

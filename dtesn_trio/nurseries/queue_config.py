@@ -34,26 +34,19 @@ class BatchQueueConfig:
       by this many consecutive batches is served first by the next batch.  ``None``
       means strict priority.
     - ``max_batch_size`` counts items, or the sum of ``size_fn(item)`` when a size
-      function is given.  A batch leaves when full, when ``max_wait`` has passed since
-      its oldest item was queued, or at once when nothing more is waiting and its size
-      is one of ``preferred_batch_sizes``.
-    - ``express_levels``: the top levels (``0`` .. ``express_levels - 1``) get an express
-      lane (default ``0``: none): one more worker that batches their requests at once
-      while every shared worker runs a batch of lower ones, instead of letting them wait
-      for that batch to finish; the runtime's engine pauses the lower batch for it (once
-      per batch, so lower work always progresses).  While the lane is idle, the shared
-      workers leave those levels to it as long as lower levels have requests waiting.
-      Measured (the runtime in process, one engine thread, 10x overload, 256 units,
-      12,000-byte inputs; ``python benchmarks/priority.py``): with
-      urgent traffic at 1/15 of capacity, priority 0's p50 fell from 570-640 ms to
-      340-370 ms (its idle latency: 330 ms) and its p99 from 750-840 to 560-690 ms, at
-      20 % fewer answers for the other levels; with urgent traffic at half of capacity
-      the lane is always busy and gains nothing.  Off by default for that reason: turn it
-      on when urgent requests are a small share of the load.
-    - ``express_batch_size``: the express lane's batches, its levels' requests first,
-      then the next levels' (default: half of ``max_batch_size``).  A batch of ten costs
-      the engine about three of one: an express batch of one spends it on one request, a
-      full one makes the urgent request wait for nine others.
+      function is given.  A worker that frees takes whatever is queued, up to
+      ``max_batch_size``, in service order: no request waits for a batch to fill while
+      a worker is idle, and batches grow only while every worker is busy.
+    - ``max_wait`` (default ``0.0``): Triton's ``max_queue_delay``, opt in.  Above zero,
+      an idle worker holds a batch that is not full for up to ``max_wait`` after its
+      oldest member was queued (less when a member's deadline is near), or until its size
+      is one of ``preferred_batch_sizes``.  It trades latency for batch size: set it only
+      where a measurement shows the larger batches pay for the wait.
+    - ``lifo_delay`` (adaptive LIFO, CoDel-style): once the oldest request of a level has
+      waited longer than ``lifo_delay`` plus one mean batch duration (a standing queue,
+      not a burst), that level is served newest first, so the freshest requests meet
+      their deadlines and the stale ones expire at theirs; FIFO again once the backlog
+      is gone.  ``None``: always FIFO.
     - ``retry_individually``: when ``process_batch`` raises, run each member alone so one
       poisoned input does not fail its neighbours.
     - ``close_grace``: seconds in-flight batches get to finish when the queue closes.
@@ -63,11 +56,10 @@ class BatchQueueConfig:
     max_queue_size: int = 10000
     capacity_per_level: tuple[int, ...] | None = None
     max_batch_size: int = 10
-    max_wait: float = 0.1
+    max_wait: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
     workers: int = 2
-    express_levels: int = 0
-    express_batch_size: int | None = None
+    lifo_delay: float | None = 0.1
     default_timeout: float | tuple[float | None, ...] | None = None
     timeout_action: TimeoutAction | tuple[TimeoutAction, ...] = "reject"
     max_skips: int | None = 16
@@ -109,19 +101,8 @@ class BatchQueueConfig:
                     f"(got {size} > {self.max_batch_size})"
                 )
         _checks.integer("queue.workers", self.workers, minimum=1)
-        _checks.integer("queue.express_levels", self.express_levels, minimum=0)
-        if self.express_batch_size is not None:
-            _checks.integer("queue.express_batch_size", self.express_batch_size, minimum=1)
-            if self.express_batch_size > self.max_batch_size:
-                raise ValueError(
-                    "queue.express_batch_size must be <= queue.max_batch_size "
-                    f"(got {self.express_batch_size} > {self.max_batch_size})"
-                )
-        if self.express_levels and self.express_levels >= levels:
-            raise ValueError(
-                "queue.express_levels must be below queue.priority_levels "
-                f"(got {self.express_levels} >= {levels}): the express lane is for the top levels"
-            )
+        if self.lifo_delay is not None:
+            _checks.non_negative("queue.lifo_delay", self.lifo_delay)
         for i, timeout in enumerate(self._per_level("default_timeout", self.default_timeout)):
             if timeout is not None:
                 _checks.positive(f"queue.default_timeout[{i}]", timeout)  # type: ignore[arg-type]
@@ -140,18 +121,6 @@ class BatchQueueConfig:
         )
         _checks.one_of("queue.retry_individually", self.retry_individually, (True, False))
         _checks.non_negative("queue.close_grace", self.close_grace)
-
-    @property
-    def express_batch_limit(self) -> int:
-        """The express lane's batch size, resolved (half of ``max_batch_size``)."""
-        if self.express_batch_size is not None:
-            return self.express_batch_size
-        return max(1, self.max_batch_size // 2)
-
-    @property
-    def express_level_count(self) -> int:
-        """The express lane's levels (0: no express lane)."""
-        return self.express_levels
 
     def _per_level(self, name: str, value: object) -> tuple[object, ...]:
         if isinstance(value, tuple):

@@ -32,12 +32,15 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dtesn_trio._checks import check_priority
+from dtesn_trio.engine import ResolvedEngine
 from dtesn_trio.errors import DTESNError, InvalidRequest, PayloadTooLarge, ShuttingDown
 from dtesn_trio.instrument import memory_statistics
 from dtesn_trio.server.auth import ApiKeyAuth
 from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.errors import (
     BodyTimeout,
+    Gone,
     MalformedRequest,
     NotFound,
     NotReady,
@@ -48,11 +51,7 @@ from dtesn_trio.server.errors import (
 )
 from dtesn_trio.server.gctuning import GCMonitor
 from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
-from dtesn_trio.server.models import (
-    BatchRequest,
-    JobRequest,
-    ProcessRequest,
-)
+from dtesn_trio.server.models import PRIORITY_LEVELS, request_models
 from dtesn_trio.server.openapi import docs_html, openapi_document
 from dtesn_trio.server.requestid import new_request_id, request_id_var
 
@@ -72,6 +71,9 @@ _DRAIN_FACTOR = 8  # ... and at most this many times the limit
 
 class RuntimeLike(Protocol):
     """What the app needs of ``dtesn_trio.runtime.Runtime``."""
+
+    @property
+    def engine(self) -> ResolvedEngine: ...
 
     @property
     def jobs(self) -> Any: ...
@@ -145,19 +147,12 @@ _KNOWN_PATHS = frozenset(
 )
 
 
-def _max_depth(model: Any) -> int | None:
-    """The deepest ``membrane_depth`` the runtime's model accepts (a deeper tree needs
-    more reservoir units than it has), or None if the model is not a dataclass."""
-    if not dataclasses.is_dataclass(model) or isinstance(model, type):
-        return None
-    deepest = None
-    for depth in range(1, 9):
-        try:
-            dataclasses.replace(model, membrane_depth=depth)
-        except (TypeError, ValueError):
-            break
-        deepest = depth
-    return deepest
+def _input_schema(engine: ResolvedEngine) -> dict[str, Any] | None:
+    """The engine's input schema, or the one of its ``input_type`` (None: any JSON)."""
+    if engine.input_schema is not None or engine.input_type is Any:
+        return engine.input_schema
+    schema: dict[str, Any] = msgspec.json.schema(engine.input_type)
+    return None if "$defs" in schema else schema
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -196,14 +191,18 @@ class AppState:
         self.requests = 0
         self._drain_deadline = math.inf
         self._scopes: set[trio.CancelScope] = set()
-        self._process_decoder = msgspec.json.Decoder(ProcessRequest)
-        self._batch_decoder = msgspec.json.Decoder(BatchRequest)
-        self._job_decoder = msgspec.json.Decoder(JobRequest)
-        model = getattr(getattr(runtime, "config", None), "model", None)
-        input_dim = getattr(model, "input_dim", None)
-        self.input_dim: int | None = input_dim if isinstance(input_dim, int) else None
+        engine = runtime.engine
+        requests = request_models(engine.input_type)
+        process_model, batch_model, job_model = requests
+        self._process_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(process_model)
+        self._batch_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(batch_model)
+        self._job_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(job_model)
         document = openapi_document(
-            config, input_dim=self.input_dim, max_membrane_depth=_max_depth(model)
+            config,
+            input_schema=_input_schema(engine),
+            output_schema=engine.output_schema,
+            options={name: dict(engine.options_schema.get(name, {})) for name in engine.options},
+            requests=requests,
         )
         self._openapi = _encoder.encode(document)
         self._docs = docs_html(document)
@@ -280,12 +279,16 @@ class AppState:
                     field=field,
                 )
             return
+        if not isinstance(value, list) or not value:
+            return
         if len(value) > limit:
             raise InvalidRequest(
                 f"{field} has more than {limit} rows (got {len(value)})", field=field
             )
+        if not isinstance(value[0], list):
+            return
         width = len(value[0])
-        if width == 0 or any(len(row) != width for row in value):
+        if width == 0 or any(not isinstance(row, list) or len(row) != width for row in value):
             raise InvalidRequest(
                 f"{field} must be a rectangular T x D array with D >= 1", field=field
             )
@@ -334,6 +337,7 @@ class AppState:
 
     async def _process(self, body: bytes) -> bytes:
         req = self._decode(body, self._process_decoder)
+        check_priority(req.priority, PRIORITY_LEVELS)
         self._check_input(req.input, "input")
         deadline = self._deadline(req.deadline_ms)
         start = time.perf_counter()
@@ -354,6 +358,7 @@ class AppState:
 
     async def process_batch(self, request: Request) -> Response:
         req = self._decode(await request.body(), self._batch_decoder)
+        check_priority(req.priority, PRIORITY_LEVELS)
         if len(req.inputs) > self.config.max_batch_inputs:
             raise InvalidRequest(
                 f"inputs has more than {self.config.max_batch_inputs} items"
@@ -390,6 +395,7 @@ class AppState:
     async def submit_job(self, request: Request) -> Response:
         jobs = self._jobs()
         req = self._decode(await request.body(), self._job_decoder)
+        check_priority(req.priority, PRIORITY_LEVELS)
         self._check_input(req.input, "input")
         if self.runtime.shutting_down or self.draining:
             raise ShuttingDown("the server is shutting down; submit the job again later")
@@ -399,16 +405,19 @@ class AppState:
                 "the Idempotency-Key header must be 1-255 printable ASCII characters",
                 field="Idempotency-Key",
             )
-        record = await jobs.submit(msgspec.to_builtins(req), idempotency_key=key)
+        # IdempotencyConflict (409) when the key names a job with another payload.
+        record, created = await jobs.enqueue(msgspec.to_builtins(req), idempotency_key=key)
         location = f"/v1/jobs/{record.id}"
         body = {"job_id": record.id, "status": record.status, "location": location}
-        return _json(body, 202, {"location": location})
+        return _json(body, 202 if created else 200, {"location": location})
 
     async def get_job(self, request: Request) -> Response:
         jobs = self._jobs()
         job_id = request.path_params["job_id"]
         record = await jobs.get(job_id) if _JOB_ID.match(job_id) else None
         if record is None:
+            if jobs.issued(job_id):
+                raise Gone(f"job {job_id!r} has expired: {jobs.retention()}", field="job_id")
             raise NotFound(f"no job with id {job_id!r}", field="job_id")
         body: dict[str, Any] = {
             "job_id": record.id,

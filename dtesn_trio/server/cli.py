@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import sys
+import tomllib
 import typing
 from typing import Any
 
@@ -16,7 +18,7 @@ from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.requestid import RequestIDFilter
 from dtesn_trio.settings import SettingsError, load_settings, parse_set_option
 
-__all__ = ["load_serve_config", "serve_command"]
+__all__ = ["load_engine_options", "load_serve_config", "serve_command"]
 
 ENV_ALIASES = {"API_KEYS": "server.api_keys"}
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
@@ -40,6 +42,56 @@ def _settings_class() -> type[Any]:
     return dataclasses.make_dataclass("ServeSettings", fields, frozen=True)
 
 
+_ENGINE = "engine"
+_ENGINE_ENV = "DTESN_ENGINE__"
+
+
+def _read_toml(config_file: str | None) -> dict[str, Any] | None:
+    if config_file is None:
+        return None
+    try:
+        with open(config_file, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError("--config", f"cannot read {config_file}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError("--config", f"{config_file} is not valid TOML: {exc}") from None
+
+
+def _literal(text: str) -> Any:
+    """A ``--set engine.KEY=VALUE`` value: a TOML literal (``3``, ``0.5``, ``true``,
+    ``[1, 2]``, ``"x"``) when it parses as one, else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_engine_options(
+    *,
+    config_file: str | None = None,
+    sets: typing.Sequence[str] = (),
+    environ: typing.Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``engine`` section, free-form: keyword arguments for the ``--engine``
+    factory, from the TOML ``[engine]`` table < ``DTESN_ENGINE__KEY`` < ``--set
+    engine.KEY=VALUE``."""
+    options: dict[str, Any] = {}
+    table = (_read_toml(config_file) or {}).get(_ENGINE, {})
+    if not isinstance(table, dict):
+        raise SettingsError(_ENGINE, "expected a table of factory arguments", source="--config")
+    options.update(table)
+    env = os.environ if environ is None else environ
+    for name in sorted(env):
+        if name.upper().startswith(_ENGINE_ENV):
+            options[name[len(_ENGINE_ENV) :].lower()] = _literal(env[name])
+    for option in sets:
+        key, value = parse_set_option(option)
+        if key.startswith(_ENGINE + "."):
+            options[key.removeprefix(_ENGINE + ".")] = _literal(value)
+    return options
+
+
 def load_serve_config(
     *,
     config_file: str | None = None,
@@ -48,16 +100,23 @@ def load_serve_config(
     environ: typing.Mapping[str, str] | None = None,
 ) -> tuple[Any, ServerConfig]:
     """``(RuntimeConfig, ServerConfig)`` from a TOML file < ``DTESN_*`` < ``--set`` <
-    the named flags (``{"server.port": 9000}``).  Raises ``SettingsError``."""
+    the named flags (``{"server.port": 9000}``).  The ``engine`` section is left out:
+    see ``load_engine_options``.  Raises ``SettingsError``."""
     from dtesn_trio.runtime import RuntimeConfig
 
     cls = _settings_class()
-    overrides: list[tuple[str, Any]] = [parse_set_option(s) for s in sets]
+    data = _read_toml(config_file)
+    if data is not None:
+        data = {k: v for k, v in data.items() if k != _ENGINE}
+    env = os.environ if environ is None else environ
+    env = {k: v for k, v in env.items() if not k.upper().startswith(_ENGINE_ENV)}
+    pairs = [parse_set_option(s) for s in sets]
+    overrides: list[tuple[str, Any]] = [p for p in pairs if not p[0].startswith(_ENGINE + ".")]
     overrides += [(k, v) for k, v in (flags or {}).items() if v is not None]
     settings = load_settings(
         cls,
-        toml_path=config_file,
-        environ=environ,
+        toml_data=data,
+        environ=env,
         overrides=overrides,
         aliases=ENV_ALIASES,
     )
@@ -78,14 +137,14 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-async def _serve_main(runtime_config: Any, server_config: ServerConfig) -> int:
+async def _serve_main(runtime_config: Any, server_config: ServerConfig, engine: Any = None) -> int:
     """Serve until signalled; the exit status: 0 after a graceful stop, 130 after a
     second signal cut the drain short."""
     from dtesn_trio.runtime import open_runtime
     from dtesn_trio.server.serve import ServerInfo, serve
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_runtime(runtime_config) as rt:
+        async with open_runtime(runtime_config, engine=engine) as rt:
             stop = trio.Event()
             stopped = trio.Event()
             forced = False
@@ -136,6 +195,14 @@ async def _serve_main(runtime_config: Any, server_config: ServerConfig) -> int:
     help="TOML config file.",
 )
 @click.option(
+    "--engine",
+    "engine_spec",
+    default=None,
+    metavar="MODULE:FACTORY",
+    help="Serve the engine FACTORY(**engine options) returns (default: DTESN), e.g."
+    " examples.sklearn_digits:factory; options: --set engine.KEY=VALUE.",
+)
+@click.option(
     "--set",
     "sets",
     multiple=True,
@@ -152,6 +219,7 @@ def serve_command(
     host: str | None,
     port: int | None,
     config_file: str | None,
+    engine_spec: str | None,
     sets: tuple[str, ...],
     log_level: str,
 ) -> None:
@@ -166,9 +234,22 @@ def serve_command(
             sets=sets,
             flags={"server.host": host, "server.port": port},
         )
+        options = load_engine_options(config_file=config_file, sets=sets)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     _setup_logging(log_level)
-    status = trio.run(_serve_main, runtime_config, server_config)
+    engine = None
+    if engine_spec is not None:
+        from dtesn_trio.engine import load_engine
+
+        try:
+            engine = load_engine(engine_spec, options)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    elif options:
+        raise click.UsageError(
+            f"engine options ({', '.join(sorted(options))}) need --engine MODULE:FACTORY"
+        )
+    status = trio.run(_serve_main, runtime_config, server_config, engine)
     if status:
         sys.exit(status)

@@ -48,6 +48,13 @@ class NotFound(DTESNError):
     http_status = 404
 
 
+class Gone(DTESNError):
+    """A job this deployment stored and the retention policy has since deleted."""
+
+    code = "expired"
+    http_status = 410
+
+
 class MethodNotAllowed(DTESNError):
     code = "method_not_allowed"
     http_status = 405

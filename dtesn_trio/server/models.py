@@ -2,11 +2,13 @@
 
 Requests reject unknown fields (``forbid_unknown_fields``) and carry the hard limits
 (priority 0-4, 1 <= ``deadline_ms`` <= one hour, 1-100 batch inputs); the server config
-may only lower them.
+may only lower them.  The structs here take DTESN's input (text or a ``T x D`` array);
+``request_models(input_type)`` makes the same three for another engine's input type.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 import msgspec
@@ -27,6 +29,7 @@ __all__ = [
     "ProcessRequest",
     "ProcessResponse",
     "StatsResponse",
+    "request_models",
 ]
 
 TextInput = Annotated[
@@ -38,7 +41,16 @@ NumericInput = Annotated[
     msgspec.Meta(min_length=1, description="A T x D array of numbers driving the root."),
 ]
 Input = TextInput | NumericInput
-Priority = Annotated[int, msgspec.Meta(ge=0, le=4, description="0 is the most urgent.")]
+PRIORITY_LEVELS = 5
+# The range is checked by the app with ``_checks.check_priority`` (one message for every
+# layer); ``extra_json_schema`` keeps it in the OpenAPI document.
+Priority = Annotated[
+    int,
+    msgspec.Meta(
+        description="0 is the most urgent.",
+        extra_json_schema={"minimum": 0, "maximum": PRIORITY_LEVELS - 1},
+    ),
+]
 DeadlineMs = Annotated[
     int,
     msgspec.Meta(
@@ -104,7 +116,7 @@ class Timings(msgspec.Struct, kw_only=True):
 class ProcessResponse(msgspec.Struct, kw_only=True):
     """The outcome of one input: the engine's result and how it was obtained."""
 
-    result: dict[str, Any]
+    result: Any
     cache_hit: bool
     priority: int
     batch_size: int
@@ -157,3 +169,31 @@ class StatsResponse(msgspec.Struct, kw_only=True):
 
 class HealthResponse(msgspec.Struct, kw_only=True):
     status: str
+
+
+_DTESN_MODELS = (ProcessRequest, BatchRequest, JobRequest)
+
+
+@functools.cache
+def request_models(input_type: Any = Input) -> tuple[type[Any], type[Any], type[Any]]:
+    """``(ProcessRequest, BatchRequest, JobRequest)`` whose ``input`` is ``input_type``
+    (any type msgspec decodes: the body is validated against it before the engine's
+    ``decode``); the structs above for DTESN's ``Input``."""
+    if input_type == Input:
+        return _DTESN_MODELS
+    common: list[Any] = [
+        ("priority", Priority, 2),
+        ("deadline_ms", DeadlineMs | None, None),
+        ("membrane_depth", MembraneDepth | None, None),
+        ("use_cache", bool, True),
+    ]
+    batch = Annotated[list[input_type], msgspec.Meta(min_length=1, max_length=MAX_BATCH_INPUTS)]
+    options: dict[str, Any] = {"kw_only": True, "forbid_unknown_fields": True}
+    process = msgspec.defstruct("ProcessRequest", [("input", input_type), *common], **options)
+    batch_model = msgspec.defstruct("BatchRequest", [("inputs", batch), *common], **options)
+    job = msgspec.defstruct(
+        "JobRequest",
+        [("input", input_type), *(f for f in common if f[0] != "deadline_ms")],
+        **options,
+    )
+    return process, batch_model, job

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import html
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -42,6 +45,9 @@ _ERRORS = {
     "401": "API key missing or wrong",
     "404": "No such job (or durable jobs are disabled)",
     "408": "The body did not arrive within server.body_timeout (connection closed)",
+    "409": "Idempotency-Key already used for a job with another payload (error.field names"
+    " the header); a repeat with the same payload answers 200 with the first job",
+    "410": "The job existed and was deleted by the retention policy (code expired)",
     "413": "Body over the configured limit",
     "422": "A field has the wrong type or value (error.field names it)",
     "429": "Rate limited; see Retry-After",
@@ -56,7 +62,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
     (
         "post",
         "/v1/process",
-        "Process one input through the DTESN engine",
+        "Process one input through the engine",
         ProcessRequest,
         "200",
         ProcessResponse,
@@ -78,7 +84,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         JobRequest,
         "202",
         JobAccepted,
-        ("400", "401", "408", "413", "422", "503", "500"),
+        ("400", "401", "408", "409", "413", "422", "503", "500"),
     ),
     (
         "get",
@@ -87,7 +93,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         None,
         "200",
         JobResponse,
-        ("401", "404", "503", "500"),
+        ("401", "404", "410", "503", "500"),
     ),
     ("get", "/v1/stats", "Runtime statistics", None, "200", StatsResponse, ("401", "500")),
     ("get", "/healthz", "Alive", None, "200", HealthResponse, ()),
@@ -97,53 +103,74 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
 _PUBLIC = frozenset({"/healthz", "/readyz"})
 
 
-def _limit_input(schema: dict[str, Any], config: ServerConfig, input_dim: int | None) -> None:
-    text, numeric = schema["anyOf"]
-    text["maxLength"] = config.max_input_length
-    numeric["maxItems"] = config.max_input_length
-    if input_dim is not None:
-        numeric["items"]["minItems"] = numeric["items"]["maxItems"] = input_dim
+def _limit_input(schema: dict[str, Any], config: ServerConfig) -> None:
+    """The server's ``max_input_length`` on a top-level string or array input."""
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string":
+            option["maxLength"] = min(option.get("maxLength", math.inf), config.max_input_length)
+        elif option.get("type") == "array":
+            option["maxItems"] = min(option.get("maxItems", math.inf), config.max_input_length)
 
 
 def _apply_limits(
     schemas: dict[str, Any],
     config: ServerConfig,
-    input_dim: int | None,
-    max_membrane_depth: int | None,
+    input_schema: dict[str, Any] | None,
+    options: Mapping[str, dict[str, Any]] | None,
 ) -> None:
-    """The models carry the hard ceilings; this server's config (and its model's input
-    width) may be tighter, and the document says exactly what this server accepts."""
+    """The models carry the hard ceilings; this server's config and its engine (its
+    input's schema, the request options it takes) may be tighter, and the document says
+    exactly what this server accepts."""
     for name in ("ProcessRequest", "JobRequest", "BatchRequest"):
         props = schemas[name]["properties"]
         if "input" in props:
-            _limit_input(props["input"], config, input_dim)
+            if input_schema is not None:
+                props["input"] = copy.deepcopy(input_schema)
+            _limit_input(props["input"], config)
         if "inputs" in props:
-            _limit_input(props["inputs"]["items"], config, input_dim)
+            if input_schema is not None:
+                props["inputs"]["items"] = copy.deepcopy(input_schema)
+            _limit_input(props["inputs"]["items"], config)
             props["inputs"]["maxItems"] = config.max_batch_inputs
         if "deadline_ms" in props:
             for option in props["deadline_ms"]["anyOf"]:
                 if option.get("type") == "integer":
                     option["maximum"] = config.max_deadline_ms
-        if max_membrane_depth is not None:
-            for option in props["membrane_depth"]["anyOf"]:
-                if option.get("type") == "integer":
-                    option["maximum"] = max_membrane_depth
+        if options is None:
+            continue
+        for field in _OPTION_FIELDS:
+            if field not in options:
+                props.pop(field, None)
+            elif options[field]:
+                props[field] = {"anyOf": [dict(options[field]), {"type": "null"}], "default": None}
+
+
+_OPTION_FIELDS = ("membrane_depth",)  # request fields that are engine options
 
 
 def openapi_document(
     config: ServerConfig,
     *,
-    input_dim: int | None = None,
-    max_membrane_depth: int | None = None,
+    input_schema: dict[str, Any] | None = None,
+    output_schema: dict[str, Any] | None = None,
+    options: Mapping[str, dict[str, Any]] | None = None,
+    requests: tuple[type[Any], type[Any], type[Any]] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of an app with ``config`` over a model whose numeric
-    inputs have ``input_dim`` columns and which accepts depths up to
-    ``max_membrane_depth``."""
+    """The OpenAPI 3.1 document of an app with ``config`` over an engine whose input has
+    ``input_schema``, whose encoded output has ``output_schema``, and which takes the
+    request ``options`` (name -> JSON Schema; ``None``: the models' as they are), with
+    the request models ``requests`` (``models.request_models``; default DTESN's)."""
+    swap: dict[Any, Any] = {}
+    if requests is not None:
+        swap = dict(zip((ProcessRequest, BatchRequest, JobRequest), requests, strict=True))
+    models = tuple(swap.get(m, m) for m in _MODELS)
     refs, schemas = msgspec.json.schema_components(
-        _MODELS, ref_template="#/components/schemas/{name}"
+        models, ref_template="#/components/schemas/{name}"
     )
-    _apply_limits(schemas, config, input_dim, max_membrane_depth)
-    ref = {model: r for model, r in zip(_MODELS, refs, strict=True)}
+    _apply_limits(schemas, config, input_schema, options)
+    if output_schema is not None:
+        schemas["ProcessResponse"]["properties"]["result"] = copy.deepcopy(output_schema)
+    ref = {model: r for model, r in zip(_MODELS, refs, strict=True)}  # by DTESN's models
     error_ref = ref[ErrorBody]
     secured = bool(config.api_keys)
     paths: dict[str, dict[str, Any]] = {}
@@ -179,10 +206,18 @@ def openapi_document(
                     "in": "header",
                     "required": False,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                    "description": "Submitting again with the same key (e.g. a UUID) returns"
-                    " the job stored the first time instead of adding one",
+                    "description": "Submitting again with the same key (e.g. a UUID) and"
+                    " the same body returns the job stored the first time (200) instead of"
+                    " adding one; another body under the key is a 409",
                 }
             ]
+            op["responses"]["200"] = {
+                "description": "The job stored the first time with this Idempotency-Key",
+                "content": {"application/json": {"schema": ref[response]}},
+                "headers": {
+                    "Location": {"schema": {"type": "string"}, "description": "The job's URL"}
+                },
+            }
         if ok == "202":
             op["responses"][ok]["headers"] = {
                 "Location": {"schema": {"type": "string"}, "description": "The job's URL"}
@@ -220,7 +255,8 @@ def openapi_document(
         "info": {
             "title": "dtesn-trio",
             "version": __version__,
-            "description": "Deep tree echo state network processing on a Trio runtime.",
+            "description": "A batched model served on a Trio runtime (by default: a deep tree"
+            " echo state network).",
         },
         "paths": paths,
         "components": {"schemas": schemas},

@@ -1,5 +1,5 @@
-"""The process executor: same results as threads, preemption across processes, a dead
-worker fails only its call, and nothing outlives the block."""
+"""The process executor: same results as threads, a dead worker fails only its call,
+and nothing outlives the block."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def cpu_ticks(pid: int) -> int:
 
 
 def processor(model: DTESNModel, **kw: object) -> DTESNProcessor:
-    config = ProcessorConfig(worker_threads=1, express_threads=1, executor="process")
+    config = ProcessorConfig(worker_threads=2, executor="process")
     return DTESNProcessor(model, config, **kw)  # type: ignore[arg-type]
 
 
@@ -68,8 +68,8 @@ async def test_results_equal_the_thread_executors_and_workers_end_with_the_block
     with trio.fail_after(60):
         async with proc.open():
             workers = child_pids() - before
-            assert len(workers) == 2  # one per worker thread and express thread
-            batch = await proc.process_batch(inputs, priority=2)
+            assert len(workers) == 2  # one per worker thread
+            batch = await proc.process_batch(inputs)
             one = await proc.process("hello world")
     want = model.process_batch(inputs)
     for got, exp in zip(batch, want, strict=True):
@@ -84,56 +84,10 @@ async def test_results_equal_the_thread_executors_and_workers_end_with_the_block
     assert (st.executor, st.completed_requests, st.worker_deaths) == ("process", 4, 0)
 
 
-async def test_express_workers_can_start_on_first_use() -> None:
-    model = DTESNModel(SMALL)
-    before = child_pids()
-    proc = processor(model)
-    with trio.fail_after(60):
-        async with proc.open(warm_express=False):
-            assert len(child_pids() - before) == 1  # the worker thread's process only
-            await proc.process("x", priority=0, express=True)  # a free worker: no express
-            assert proc.statistics().express_calls == 0
-    assert not (child_pids() - before)
-
-
-async def test_priority_0_preempts_a_batch_in_another_process() -> None:
-    model = DTESNModel(SMALL)
-    proc = processor(model)
-    long_inputs = [bytes([65 + i]) * 20_000 for i in range(4)]
-    urgent = [b"urgent" * 1000, b"URGENT" * 1000]
-    order: list[str] = []
-
-    async def bulk() -> None:
-        results = await proc.process_batch(long_inputs, priority=4)
-        order.append("bulk")
-        for got, exp in zip(results, model.process_batch(long_inputs), strict=True):
-            np.testing.assert_array_equal(got.features, exp.features)
-
-    with trio.fail_after(60):
-        async with proc.open(), trio.open_nursery() as nursery:
-            workers = child_pids()
-            idle = {pid: cpu_ticks(pid) for pid in workers}
-            nursery.start_soon(bulk)
-            await wait_until(lambda: proc.statistics().computing == ((4, 1),))
-            # the bulk batch is past its first steps once its worker has burnt CPU on it
-            await wait_until(lambda: any(cpu_ticks(p) > idle[p] + 5 for p in workers))
-            results = await proc.process_batch(urgent, priority=0, express=True)
-            order.append("urgent")
-    for got, exp in zip(results, model.process_batch(urgent), strict=True):
-        np.testing.assert_array_equal(got.features, exp.features)
-    assert order == ["urgent", "bulk"]
-    st = proc.statistics()
-    assert st.express_calls == 1
-    assert st.preemptions == 1
-    assert st.paused_seconds > 0
-
-
 async def test_a_killed_worker_fails_its_call_only_and_is_replaced() -> None:
     model = DTESNModel(SMALL)
     before = child_pids()
-    proc = DTESNProcessor(
-        model, ProcessorConfig(worker_threads=1, express_threads=0, executor="process")
-    )
+    proc = DTESNProcessor(model, ProcessorConfig(worker_threads=1, executor="process"))
     with trio.fail_after(60):
         async with proc.open():
             (worker,) = child_pids() - before
@@ -148,7 +102,7 @@ async def test_a_killed_worker_fails_its_call_only_and_is_replaced() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(kill_when_computing)
                 with pytest.raises(EngineError, match="worker process died"):
-                    await proc.process_batch([b"a" * 200_000, b"b" * 200_000], priority=3)
+                    await proc.process_batch([b"a" * 200_000, b"b" * 200_000])
             # the next call runs on a fresh worker
             result = await proc.process("after")
             np.testing.assert_array_equal(result.features, model.process_one("after").features)
@@ -157,7 +111,7 @@ async def test_a_killed_worker_fails_its_call_only_and_is_replaced() -> None:
                 await proc.process("")
     st = proc.statistics()
     assert (st.worker_deaths, st.failed_requests, st.completed_requests) == (1, 3, 1)
-    assert proc.statistics().computing == ()
+    assert proc.statistics().busy_threads == 0
 
 
 async def test_a_cancelled_call_is_not_abandoned_mid_batch() -> None:
@@ -169,14 +123,14 @@ async def test_a_cancelled_call_is_not_abandoned_mid_batch() -> None:
     results: list[DTESNResult] = []
 
     async def call() -> None:
-        results.extend(await proc.process_batch(inputs, priority=1))
+        results.extend(await proc.process_batch(inputs))
 
     with trio.fail_after(60):
         async with proc.open():
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(call)
-                    await wait_until(lambda: bool(proc.statistics().computing))
+                    await wait_until(lambda: proc.statistics().busy_threads > 0)
                     scope.cancel()  # while the batch is in its worker
             assert scope.cancel_called
             after = await proc.process("next")  # the same worker, free and sane
@@ -184,7 +138,7 @@ async def test_a_cancelled_call_is_not_abandoned_mid_batch() -> None:
         np.testing.assert_array_equal(got.features, exp.features)
     np.testing.assert_array_equal(after.features, model.process_one("next").features)
     st = proc.statistics()
-    assert (st.completed_requests, st.worker_deaths, st.computing) == (3, 0, ())
+    assert (st.completed_requests, st.worker_deaths, st.busy_threads) == (3, 0, 0)
 
 
 async def test_cancelling_the_block_mid_call_ends_every_worker() -> None:
@@ -194,15 +148,15 @@ async def test_cancelling_the_block_mid_call_ends_every_worker() -> None:
     with trio.fail_after(60), trio.CancelScope() as outer:
         async with proc.open(), trio.open_nursery() as nursery:
             nursery.start_soon(
-                functools.partial(proc.process_batch, [b"e" * 60_000, b"f" * 60_000], priority=2)
+                functools.partial(proc.process_batch, [b"e" * 60_000, b"f" * 60_000])
             )
-            await wait_until(lambda: bool(proc.statistics().computing))
+            await wait_until(lambda: proc.statistics().busy_threads > 0)
             outer.cancel()  # the whole block, with a batch in a worker
     # (the batch itself is not abandoned: its worker finishes it, then the block ends)
     assert outer.cancel_called
     assert not (child_pids() - before)  # every worker ended with the block
     st = proc.statistics()
-    assert st.computing == ()
+    assert st.busy_threads == 0
     assert st.concurrent_requests == 0
 
 

@@ -31,7 +31,7 @@ async def pg_pool(server: PostgresServer) -> AsyncIterator[ConnectionPool[Postgr
 @pytest.fixture
 async def fresh(postgres_server: PostgresServer) -> PostgresServer:
     async with pg_pool(postgres_server) as pool, pool.connection() as conn:
-        await conn.execute("DROP TABLE IF EXISTS dtesn_jobs, dtesn_schema")
+        await conn.execute("DROP TABLE IF EXISTS dtesn_jobs, dtesn_schema, dtesn_meta")
     return postgres_server
 
 
@@ -75,7 +75,7 @@ async def test_concurrent_claimers_take_each_job_exactly_once(fresh: PostgresSer
     assert counts == {"queued": 0, "running": 0, "succeeded": 60, "failed": 0}
 
 
-async def test_expired_lease_is_claimed_again_and_old_owner_cannot_finish(
+async def test_leases_run_on_the_server_clock_and_old_owner_cannot_finish(
     fresh: PostgresServer,
 ) -> None:
     with trio.fail_after(30):
@@ -87,18 +87,30 @@ async def test_expired_lease_is_claimed_again_and_old_owner_cannot_finish(
             first = await store.claim("dead-owner", now, 5.0)
             assert first is not None
             assert first.attempts == 1
-            assert await store.claim("other", now + 1.0, 5.0) is None  # lease still held
-            second = await store.claim("other", now + 6.0, 5.0)
+            assert first.lease_expires is not None
+            assert first.started_at is not None
+            assert first.lease_expires - first.started_at == pytest.approx(5.0)
+            # An instance whose clock is an hour ahead does not see the lease run out:
+            # the host time it passes is not what PostgreSQL compares.
+            assert await store.claim("other", now + 3600.0, 5.0) is None
+            assert await store.renew(first.id, "dead-owner", now - 3600.0, 5.0)
+            async with pool.connection() as conn:  # 10 s of the server's time pass
+                await conn.execute("UPDATE dtesn_jobs SET lease_expires = lease_expires - 10")
+            second = await store.claim("other", now - 3600.0, 5.0)
             assert second is not None
             assert second.id == first.id
             assert second.attempts == 2
-            assert not await store.renew(first.id, "dead-owner", now + 100)
-            assert not await store.finish(first.id, "dead-owner", now + 7, result={})
-            assert await store.finish(first.id, "other", now + 7, error={"code": "x"})
+            assert not await store.renew(first.id, "dead-owner", now, 100.0)
+            assert not await store.finish(first.id, "dead-owner", now, result={})
+            assert await store.finish(first.id, "other", now - 3600.0, error={"code": "x"})
             record = await store.get(first.id)
+            async with pool.connection() as conn:
+                server_now = await conn.fetchval("SELECT extract(epoch from now())::float8")
     assert record is not None
     assert record.status == "failed"
     assert record.error == {"code": "x"}
+    assert record.finished_at is not None
+    assert abs(record.finished_at - server_now) < 60  # the server's time, not now - 3600
 
 
 async def test_recover_and_release(fresh: PostgresServer) -> None:
@@ -114,8 +126,8 @@ async def test_recover_and_release(fresh: PostgresServer) -> None:
             assert a is not None
             assert b is not None
             assert await store.recover(lambda owner: owner == "gone") == 1
-            assert await store.release(b.id, "alive", now + 10.0)
-            assert await store.next_available() == 0.0
+            assert await store.release(b.id, "alive", now, 10.0)
+            assert await store.next_delay(now + 3600.0) == 0.0  # a: runnable at once
             counts = await store.counts()
     assert counts["queued"] == 3
 

@@ -390,7 +390,7 @@ async def test_store_finish_only_for_the_lease_owner(tmp_path: Path) -> None:
             )
             assert await store.claim("other", now=11.0, lease_seconds=5.0) is None
             assert not await store.finish("f" * 32, "other", 12.0, result={"x": 1})
-            assert await store.renew("f" * 32, "me", 20.0)
+            assert await store.renew("f" * 32, "me", 15.0, 5.0)
             # the lease ran out: another claimer takes the job, and the first can no
             # longer record anything
             taken = await store.claim("other", now=21.0, lease_seconds=5.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import itertools
 import weakref
@@ -394,7 +393,7 @@ async def test_cancelled_while_running_leaves_the_batch_alone(
 ) -> None:
     engine = Engine()
     results: dict[int, int] = {}
-    async with open_batch_queue(engine, cfg(max_batch_size=3)) as queue:
+    async with open_batch_queue(engine, cfg(max_batch_size=3, max_wait=0.1)) as queue:
         engine.hold()
 
         async def one(i: int) -> None:
@@ -428,7 +427,7 @@ async def test_engine_failure_reaches_every_member_and_the_callback(
             errors.append(exc)
 
     async with open_batch_queue(
-        engine, cfg(max_batch_size=3), on_batch_done=lambda *a: heard.append(a)
+        engine, cfg(max_batch_size=3, max_wait=0.1), on_batch_done=lambda *a: heard.append(a)
     ) as queue:
         async with trio.open_nursery() as nursery:
             for i in range(3):
@@ -448,7 +447,9 @@ async def test_retry_individually_isolates_a_poisoned_input(
     engine = Engine()
     engine.poison = {2}
     outcomes: dict[int, object] = {}
-    async with open_batch_queue(engine, cfg(max_batch_size=3, retry_individually=True)) as queue:
+    async with open_batch_queue(
+        engine, cfg(max_batch_size=3, max_wait=0.1, retry_individually=True)
+    ) as queue:
 
         async def one(i: int) -> None:
             try:
@@ -469,7 +470,7 @@ async def test_retry_individually_isolates_a_poisoned_input(
 
 async def test_per_item_errors_go_to_their_own_item(autojump_clock: trio.testing.MockClock) -> None:
     engine = Engine()
-    async with open_batch_queue(engine, cfg(max_batch_size=2)) as queue:
+    async with open_batch_queue(engine, cfg(max_batch_size=2, max_wait=0.1)) as queue:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(queue.submit, 1)
             with pytest.raises(ValueError, match="bad"):
@@ -689,142 +690,155 @@ async def test_waiting_for_space_respects_the_deadline(
     assert stats.queued == (0,)
 
 
-# ---------------------------------------------------------------- the express lane
+# ---------------------------------------------------------------- scheduling under load
 
 
-@pytest.mark.parametrize("express_levels", [1, 0])
-async def test_express_lane_runs_priority_0_while_every_worker_is_busy(
-    autojump_clock: trio.testing.MockClock, express_levels: int
-) -> None:
-    engine = Engine()
-    engine.duration = 1.0
-    config = cfg(max_batch_size=4, max_wait=0.1, workers=1, express_levels=express_levels)
-    async with open_batch_queue(engine, config) as queue:
-        t0 = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            for i in range(4):  # a full batch of priority 3: the only worker runs it
-                nursery.start_soon(functools.partial(queue.submit, i, priority=3))
-            await trio.sleep(0.2)
-            nursery.start_soon(functools.partial(queue.submit, 10, priority=0))
-            await trio.sleep(0.05)
-            nursery.start_soon(functools.partial(queue.submit, 11, priority=3))
-            nursery.start_soon(functools.partial(queue.submit, 12, priority=4))
-    calls = [(t, sorted(items)) for t, items in engine.calls]
-    if express_levels:
-        # priority 0 is batched by the express lane and runs beside the busy worker; the
-        # lane fills its batch (half of max_batch_size) with the next levels in order
-        assert calls == [(t0, [0, 1, 2, 3]), (t0 + 0.2 + 0.05, [10, 11]), (t0 + 1.0, [12])]
-    else:
-        assert calls == [(t0, [0, 1, 2, 3]), (t0 + 1.0, [10, 11, 12])]
-    assert queue.statistics().completed == 7
-
-
-async def test_express_batch_fills_in_priority_order_and_counts_no_skips(
+async def test_a_lone_request_starts_at_once_on_an_idle_queue(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     engine = Engine()
-    engine.hold()
-    config = cfg(
-        max_batch_size=6,
-        express_batch_size=3,
-        max_wait=0.0,
-        workers=1,
-        express_levels=2,
-        max_skips=1,
-    )
-    async with open_batch_queue(engine, config) as queue, trio.open_nursery() as nursery:
-        for item in range(6):  # the only worker holds a full batch of level 4
-            nursery.start_soon(functools.partial(queue.submit, item, priority=4))
-        await trio.testing.wait_all_tasks_blocked()
-        for item, priority in ((10, 3), (11, 2), (12, 4)):  # no express level yet
-            nursery.start_soon(functools.partial(queue.submit, item, priority=priority))
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(engine.calls) == 1
-        nursery.start_soon(functools.partial(queue.submit, 13, priority=1))
-        await trio.testing.wait_all_tasks_blocked()
-        # level 1 woke the express lane: 13 first, then 11 (level 2), then 10
-        assert engine.calls[-1][1] == [13, 11, 10]
-        assert queue.statistics().running_batches == 2
-        engine.release()
-    assert engine.calls[-1][1] == [12]
-    assert queue.statistics().completed == 10
+    async with open_batch_queue(engine, BatchQueueConfig()) as queue:  # the defaults
+        t0 = trio.current_time()
+        assert await queue.submit(4) == 40
+        assert trio.current_time() == t0
+    assert engine.calls == [(t0, [4])]
 
 
-async def test_close_answers_the_express_lanes_forming_batch(
+async def test_a_batch_forms_only_while_every_worker_is_busy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = Engine()
+    engine.duration = 1.0
+    async with open_batch_queue(engine, cfg(workers=2, max_batch_size=10)) as queue:
+        t0 = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for item in (100, 200):  # one worker each, at once
+                nursery.start_soon(queue.submit, item)
+                await trio.testing.wait_all_tasks_blocked()
+            for i in range(1, 6):  # t0 + 0.1 .. 0.5, both workers busy
+                await trio.sleep_until(t0 + i / 10)
+                nursery.start_soon(queue.submit, i)
+    assert engine.calls == [(t0, [100]), (t0, [200]), (t0 + 1.0, [1, 2, 3, 4, 5])]
+
+
+@pytest.mark.parametrize("lifo_delay", [0.1, None])
+async def test_under_a_standing_queue_the_fresh_request_runs_and_the_stale_one_expires(
+    autojump_clock: trio.testing.MockClock, lifo_delay: float | None
+) -> None:
+    engine = Engine()
+    engine.duration = 1.0
+    config = cfg(workers=1, max_batch_size=1, lifo_delay=lifo_delay)
+    outcomes: dict[str, object] = {}
+
+    async def one(name: str, item: int, deadline: float) -> None:
+        try:
+            outcomes[name] = (await queue.submit(item, deadline=deadline), trio.current_time())
+        except (DeadlineExceeded, Overloaded) as exc:
+            outcomes[name] = (type(exc).__name__, trio.current_time())
+
+    async with open_batch_queue(engine, config) as queue:
+        t0 = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.submit, 0)  # runs t0 .. t0 + 1
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(queue.submit, 1)  # runs t0 + 1 .. t0 + 2
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(one, "stale", 2, t0 + 2.5)
+            await trio.sleep_until(t0 + 1.5)
+            nursery.start_soon(one, "fresh", 3, t0 + 2.5)
+    if lifo_delay is not None:
+        # at t0 + 2 the stale request has waited 2 s (> lifo_delay + one batch): the
+        # level is served newest first; the stale one expires at its deadline
+        assert engine.calls[2] == (t0 + 2.0, [3])
+        assert outcomes == {"fresh": (30, t0 + 3.0), "stale": ("DeadlineExceeded", t0 + 2.5)}
+        assert 2 not in engine.processed
+    else:
+        # FIFO: the stale one runs, and the fresh one cannot start by its deadline
+        assert engine.calls[2] == (t0 + 2.0, [2])
+        assert outcomes == {"fresh": ("Overloaded", t0 + 1.5), "stale": (20, t0 + 3.0)}
+
+
+async def test_the_start_by_estimate_refuses_only_what_cannot_be_met(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = Engine()
+    engine.duration = 1.0
+    config = cfg(workers=1, max_batch_size=2, lifo_delay=None)
+    async with open_batch_queue(engine, config) as queue:
+        await queue.submit(0)  # one batch of one item in 1 s: 1 item/s
+        await queue.submit(0)
+        assert queue.throughput == pytest.approx(1.0)
+        async with trio.open_nursery() as nursery:
+            for i in (1, 2, 3, 4, 5):  # 1 runs; 2 .. 5 wait (two batches of two)
+                nursery.start_soon(queue.submit, i)
+                await trio.testing.wait_all_tasks_blocked()
+            t = trio.current_time()
+            # four ahead at 1 item/s, plus half a batch: 4.5 s
+            assert queue.estimated_wait(2) == pytest.approx(4.5)
+            with pytest.raises(Overloaded):
+                await queue.submit(9, deadline=t + 4.4)
+            assert trio.current_time() == t
+            # batches of two are faster than the estimate: admitted, starts in time
+            assert await queue.submit(6, deadline=t + 4.5) == 60
+        stats = queue.statistics()
+    assert stats.rejected_deadline == 1
+    assert 9 not in engine.processed
+    assert engine.calls[-1] == (t + 3.0, [6])
+
+
+async def test_cancelled_while_waiting_for_space_counts_once_and_leaves_no_trace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = Engine()
+    config = cfg(priority_levels=1, capacity_per_level=(1,), max_batch_size=1, workers=1)
+    async with open_batch_queue(engine, config) as queue:
+        engine.hold()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: queue.submit(0, priority=0))  # running
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(lambda: queue.submit(1, priority=0))  # queued: level full
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.move_on_after(1.0):
+                await queue.submit(2, priority=0, wait=True)
+            stats = queue.statistics()
+            assert stats.waiting_for_space == (0,)
+            assert stats.queued == (1,)
+            engine.release()
+        stats = queue.statistics()
+    assert engine.processed == [0, 1]
+    assert (stats.cancelled, stats.completed, stats.submitted) == (1, 2, 3)
+
+
+async def test_close_answers_queued_held_and_space_waiting_requests(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     engine = Engine()
     engine.hold()
     outcomes: dict[int, str] = {}
+    config = cfg(priority_levels=2, capacity_per_level=(1, 1), max_batch_size=1, workers=1)
 
-    async def submit(queue: Any, item: int, priority: int) -> None:
+    async def one(item: int, priority: int, wait: bool = False) -> None:
         try:
-            await queue.submit(item, priority=priority)
+            await queue.submit(item, priority=priority, wait=wait)
+            outcomes[item] = "done"
         except ShuttingDown as exc:
             outcomes[item] = str(exc)
 
-    config = cfg(
-        max_batch_size=2,
-        express_batch_size=2,
-        max_wait=10.0,
-        workers=1,
-        close_grace=0.0,
-        express_levels=1,
-    )
-    async with trio.open_nursery() as nursery, open_batch_queue(engine, config) as queue:
-        for item in (0, 1):  # a full batch: the only worker runs it (held)
-            nursery.start_soon(submit, queue, item, 3)
+    async with trio.open_nursery() as outer, open_batch_queue(engine, config) as queue:
+        for item, priority, wait in ((0, 1, False), (1, 1, False), (2, 1, True), (3, 0, False)):
+            outer.start_soon(one, item, priority, wait)
+            await trio.testing.wait_all_tasks_blocked()
+        assert queue.statistics().waiting_for_space == (0, 1)
+        queue.close()
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(submit, queue, 2, 0)
-        await trio.testing.wait_all_tasks_blocked()  # forming, waiting 10 s for more
-        assert queue.statistics().running_items == 2
-    assert outcomes == {
-        0: "the queue shut down mid-batch",
-        1: "the queue shut down mid-batch",
-        2: "the queue is shutting down",
-    }
-    assert [sorted(items) for _, items in engine.calls] == [[0, 1]]  # 2 never ran
-
-
-async def test_cancelled_in_the_express_lanes_forming_batch_is_dropped(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    engine = Engine()
-    engine.hold()
-    config = cfg(max_batch_size=4, max_wait=1.0, workers=1, express_levels=1)
-    async with open_batch_queue(engine, config) as queue, trio.open_nursery() as nursery:
-        for item in (0, 1, 2, 3):  # a full batch: the only worker runs it (held)
-            nursery.start_soon(functools.partial(queue.submit, item, priority=3))
-        await trio.testing.wait_all_tasks_blocked()
-        with trio.move_on_after(0.5):
-            await queue.submit(10, priority=0)
-        t = trio.current_time()
-        nursery.start_soon(functools.partial(queue.submit, 11, priority=0))
-        await trio.sleep(1.0)
-        await trio.testing.wait_all_tasks_blocked()
-        assert engine.calls[-1] == (t + 1.0, [11])  # its own max_wait, without 10
+        assert outcomes == {
+            1: "the queue is shutting down",
+            2: "the queue is shutting down",
+            3: "the queue is shutting down",
+        }
         engine.release()
-    assert sorted(x for _, b in engine.calls for x in b) == [0, 1, 2, 3, 11]
-    st = queue.statistics()
-    assert (st.completed, st.cancelled) == (5, 1)
-
-
-async def test_express_lane_leaves_priority_0_to_a_worker_running_priority_0(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # At half load every request is priority 0: the express lane must not run a second
-    # batch beside the worker's (two small batches sharing the engine would be slower
-    # than one after the other).  It serves only while the workers run lower levels.
-    engine = Engine()
-    engine.duration = 1.0
-    config = cfg(max_batch_size=2, max_wait=0.1, workers=1, express_levels=1)
-    async with open_batch_queue(engine, config) as queue:
-        t0 = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            for item in (0, 1):
-                nursery.start_soon(functools.partial(queue.submit, item, priority=0))
-            await trio.sleep(0.5)
-            nursery.start_soon(functools.partial(queue.submit, 2, priority=0))
-    calls = [(t, sorted(items)) for t, items in engine.calls]
-    assert calls == [(t0, [0, 1]), (t0 + 1.0, [2])]
-    assert queue.statistics().completed == 3
+    assert outcomes[0] == "done"
+    stats = queue.statistics()
+    assert (stats.shut_down, stats.completed) == (3, 1)
+    assert stats.queued == (0, 0)
+    assert stats.waiting_for_space == (0, 0)

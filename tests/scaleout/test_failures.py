@@ -126,25 +126,27 @@ async def test_a_failed_statement_is_not_backend_unavailable(
             assert await conn.fetchval("SELECT 1") == 1
 
 
-async def test_migration_2_adds_finished_by_and_records_the_winner(
+async def test_migrations_add_finished_by_and_record_the_winner(
     postgres_server: PostgresServer,
 ) -> None:
     with trio.fail_after(30):
         async with pg_pool(postgres_server.dsn) as pool:
             async with pool.connection() as conn:
-                await conn.execute("DROP TABLE IF EXISTS dtesn_jobs, dtesn_schema")
+                await conn.execute("DROP TABLE IF EXISTS dtesn_jobs, dtesn_schema, dtesn_meta")
                 # A database of the first release: schema version 1.
                 await conn.execute("CREATE TABLE dtesn_schema (version INTEGER NOT NULL)")
                 await conn.execute(MIGRATIONS[0])
                 await conn.execute("INSERT INTO dtesn_schema (version) VALUES (1)")
             store = PostgresJobStore(pool)
             await store.setup()
-            assert await store.schema_version() == len(MIGRATIONS) == 2
+            assert await store.schema_version() == len(MIGRATIONS) == 3
             now = time.time()
             await store.insert(JobRecord(id="j1", status="queued", payload={}, created_at=now))
             first = await store.claim("slow", now, 1.0)
             assert first is not None
-            second = await store.claim("fast", now + 2.0, 1.0)  # the lease ran out
+            async with pool.connection() as conn:  # the lease ran out (server time)
+                await conn.execute("UPDATE dtesn_jobs SET lease_expires = lease_expires - 2")
+            second = await store.claim("fast", now, 1.0)
             assert second is not None
             assert await store.finish("j1", "fast", now + 2.5, result={"ok": True})
             assert not await store.finish("j1", "slow", now + 3.0, result={"ok": False})

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.lowlevel
 
+from dtesn_trio.errors import IdempotencyConflict
 from dtesn_trio.jobs import JobRecord, JobsConfig, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
 from dtesn_trio.nurseries import ConnectionPoolConfig, SQLiteConnector, open_pool
@@ -36,8 +37,10 @@ async def test_sqlite_insert_of_an_existing_id_writes_nothing(tmp_path: Path) ->
         async with open_pool(SQLiteConnector(str(tmp_path / "j.db")), pool_config) as pool:
             store = SQLiteJobStore(pool)
             await store.setup()
-            assert await store.insert(record("a" * 32, 1))
-            assert not await store.insert(record("a" * 32, 2))
+            assert (await store.insert(record("a" * 32, 1)))[1]
+            again, created = await store.insert(record("a" * 32, 2))
+            assert not created
+            assert again.payload == {"n": 1}
             stored = await store.get("a" * 32)
             assert (await store.counts())["queued"] == 1
     assert stored is not None
@@ -60,14 +63,17 @@ async def test_postgres_same_key_on_two_services_is_one_job(
                 open_job_service(store, echo, config) as b,
             ):
                 first = await a.submit({"n": 1}, idempotency_key="order-42")
-                again = await b.submit({"n": 2}, idempotency_key="order-42")
+                again = await b.submit({"n": 1}, idempotency_key="order-42")
+                with pytest.raises(IdempotencyConflict, match=first.id) as conflict:
+                    await b.submit({"n": 2}, idempotency_key="order-42")
                 other = await b.submit({"n": 3}, idempotency_key="order-43")
                 while not (done := await a.get(first.id)) or not done.finished:  # noqa: ASYNC110
                     await trio.sleep(0.02)
-                late = await a.submit({"n": 4}, idempotency_key="order-42")
+                late = await a.submit({"n": 1}, idempotency_key="order-42")
                 stats = (a.statistics().submitted, b.statistics().submitted)
                 counts = await store.counts()
     assert again.id == first.id != other.id
+    assert conflict.value.field == "Idempotency-Key"
     assert done.result == {"n": 1}
     assert (late.id, late.status, late.result) == (first.id, "succeeded", {"n": 1})
     assert stats == (1, 1)
@@ -84,7 +90,8 @@ async def test_http_idempotency_key(tmp_path: Path) -> None:
                 "/v1/jobs", json={"input": "a"}, headers={"Idempotency-Key": "x" * 256}
             )
             plain = await srv.client.post("/v1/jobs", json={"input": "a"})
-    assert (one.status_code, two.status_code, plain.status_code) == (202, 202, 202)
+    assert (one.status_code, two.status_code, plain.status_code) == (202, 200, 202)
+    assert one.headers["location"] == two.headers["location"]
     assert one.json()["job_id"] == two.json()["job_id"] != plain.json()["job_id"]
     assert bad.status_code == 422
     assert bad.json()["error"]["field"] == "Idempotency-Key"

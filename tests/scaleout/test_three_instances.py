@@ -60,7 +60,7 @@ def _reset_database(pg: PostgresServer) -> None:
         [
             _postgres_bin("psql"),
             *("-h", pg.host, "-p", str(pg.port), "-U", pg.user, "-d", pg.database),
-            *("-c", "DROP TABLE IF EXISTS dtesn_jobs, dtesn_schema"),
+            *("-c", "DROP TABLE IF EXISTS dtesn_jobs, dtesn_schema, dtesn_meta"),
         ],
         env={**os.environ, "PGPASSWORD": pg.password},
         check=True,
@@ -143,7 +143,9 @@ async def test_three_instances_share_one_limit_and_one_job_queue(
                             {"input": f"job {i}", "priority": 3},
                             [(b"idempotency-key", f"scaleout-test-{run_id}-{i}".encode())],
                         )
-                        assert response.status == 202, response.body
+                        # 200: a retry (after the victim died holding the first
+                        # attempt) found the job that attempt had stored.
+                        assert response.status in (200, 202), response.body
                         submitted.append(response.json()["job_id"])
 
                 async with trio.open_nursery() as nursery:

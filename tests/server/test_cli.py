@@ -236,3 +236,44 @@ async def test_second_signal_stops_at_once(tmp_path: Path) -> None:
     assert "stopping gracefully" in output
     assert "stopping now" in output
     assert "dtesn-trio stopped (forced)" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--engine", "no_such_module_here:factory"], "cannot import 'no_such_module_here'"),
+        (["--engine", "examples.sklearn_digits"], "must be package.module:factory"),
+        (["--set", "engine.c=0.5"], "need --engine MODULE:FACTORY"),
+    ],
+)
+def test_a_bad_engine_stops_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], words: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["serve", *args], env={})
+    assert result.exit_code == 2, result.output
+    assert words in result.output
+    assert not (tmp_path / "dtesn-jobs.db").exists()
+
+
+async def test_serve_a_user_engine_the_sklearn_example(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    from examples.sklearn_digits import samples
+
+    images, labels = samples(6)
+    engine = ["--engine", "examples.sklearn_digits:factory", "--set", "engine.c=0.5"]
+    with trio.fail_after(120):
+        async with dtesn_serve(tmp_path, *engine) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                one = await client.post("/v1/process", json={"input": images[3]})
+                batch = await client.post("/v1/process/batch", json={"inputs": images})
+                stats = (await client.get("/v1/stats")).json()
+            server.proc.send_signal(signal.SIGINT)
+            assert await server.proc.wait() == 0
+    assert one.status_code == 200, one.text
+    assert one.json()["result"]["digit"] == labels[3]
+    assert len(one.json()["result"]["probabilities"]) == 10
+    digits = [item["outcome"]["result"]["digit"] for item in batch.json()["results"]]
+    assert digits == labels
+    assert stats["engine"]["name"] == "examples.sklearn_digits.DigitsEngine"
+    assert stats["engine"]["test_accuracy"] > 0.9

@@ -1,4 +1,4 @@
-"""Keep BLAS from oversubscribing the cores while worker threads compute.
+"""Keep BLAS from oversubscribing the cores while worker threads compute (any engine).
 
 OpenBLAS and MKL keep one *process-wide* thread count, so a per-call
 ``threadpool_limits`` context in each worker thread would race: the first thread to

@@ -1,0 +1,205 @@
+"""The engine protocol: a user's engine through the runtime and the server, the contract
+kit on both engines, and the errors a user meets (bad outputs, bad decode, bad
+--engine, an engine that does not pickle)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from dtesn_trio.config import RuntimeConfig
+from dtesn_trio.dtesn import DTESNConfig, DTESNEngine
+from dtesn_trio.engine import load_engine, resolve_engine
+from dtesn_trio.errors import EngineError, InvalidRequest
+from dtesn_trio.executor import ProcessorConfig
+from dtesn_trio.jobs import JobsConfig
+from dtesn_trio.limits import AdmissionConfig
+from dtesn_trio.nurseries import BatchQueueConfig
+from dtesn_trio.runtime import ProcessOutcome, open_runtime
+from dtesn_trio.server import ServerConfig
+from dtesn_trio.testing import check_engine, check_engine_sync
+from tests.server.harness import served
+
+SMALL = DTESNConfig(reservoir_size=64, membrane_depth=2)
+
+
+class Doubler:
+    """The smallest engine: no optional member at all."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def decode(self, payload: Any) -> float:
+        if not isinstance(payload, int | float):
+            raise InvalidRequest("input must be a number", field="input")
+        return float(payload)
+
+    def process_batch(self, items: Sequence[float]) -> list[float]:
+        self.batches.append(len(items))
+        return [2 * x for x in items]
+
+    def encode(self, output: float) -> float:
+        return output
+
+
+class Short(Doubler):
+    def process_batch(self, items: Sequence[float]) -> list[float]:
+        return super().process_batch(items)[1:]
+
+
+class BrokenDecode(Doubler):
+    def decode(self, payload: Any) -> float:
+        raise KeyError("secret internals")
+
+
+class Unpicklable(Doubler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+
+def config(**sections: Any) -> RuntimeConfig:
+    sections.setdefault("queue", BatchQueueConfig(max_wait=0.01))
+    return RuntimeConfig(
+        model=SMALL,
+        admission=AdmissionConfig(max_requests_per_second=1e6, burst_limit=100_000),
+        jobs=JobsConfig(enabled=False),
+        **sections,
+    )
+
+
+async def test_a_plain_engine_is_batched_and_gets_no_cache_or_options() -> None:
+    engine = Doubler()
+    with trio.fail_after(30):
+        async with open_runtime(config(), engine=engine) as rt:
+            assert rt.cache is None  # no cache_key: no result cache
+            answers = await rt.process_batch([1, 2, 3, 4.5])
+            with pytest.raises(InvalidRequest) as bad:
+                await rt.process("x")
+            with pytest.raises(InvalidRequest) as option:
+                await rt.process(1, membrane_depth=2)
+    assert [a.result for a in answers if isinstance(a, ProcessOutcome)] == [2, 4, 6, 9]
+    assert max(engine.batches) > 1  # the four concurrent inputs shared a batch
+    assert bad.value.field == "input"
+    assert option.value.field == "membrane_depth"
+    assert "not an option" in option.value.message
+
+
+async def test_wrong_output_count_is_an_engine_error_naming_the_engine() -> None:
+    with trio.fail_after(30):
+        async with open_runtime(config(), engine=Short()) as rt:
+            answers = await rt.process_batch([1, 2, 3])
+    assert all(isinstance(a, EngineError) for a in answers)
+    with pytest.raises(
+        EngineError, match=r"test_engine\.Short\.process_batch returned 0 outputs for 1 items"
+    ):
+        raise answers[0]  # type: ignore[misc]
+
+
+async def test_a_decode_bug_is_an_engine_error_with_the_cause_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, "dtesn_trio.runtime")
+    with trio.fail_after(30):
+        async with open_runtime(config(), engine=BrokenDecode()) as rt:
+            with pytest.raises(EngineError) as info:
+                await rt.process(1)
+    assert "secret" not in info.value.message
+    assert any(r.exc_info is not None for r in caplog.records)
+    assert "secret internals" in caplog.text
+
+
+async def test_an_unpicklable_engine_with_processes_says_so() -> None:
+    cfg = config(processor=ProcessorConfig(executor="process", worker_threads=1))
+    with pytest.RaisesGroup(pytest.RaisesExc(TypeError, match="needs a picklable engine")):
+        async with open_runtime(cfg, engine=Unpicklable()):
+            pass  # pragma: no cover
+
+
+def test_an_object_without_the_methods_is_not_an_engine() -> None:
+    with pytest.raises(TypeError, match="has no process_batch, encode method"):
+        resolve_engine(type("Half", (), {"decode": lambda self, p: p})())
+
+
+def test_load_engine_errors_say_what_to_fix() -> None:
+    with pytest.raises(ValueError, match=r"must be package\.module:factory"):
+        load_engine("examples.sklearn_digits")
+    with pytest.raises(ValueError, match="cannot import 'no_such_module_here'"):
+        load_engine("no_such_module_here:factory")
+    with pytest.raises(ValueError, match="has no 'nope'"):
+        load_engine("tests.test_engine:nope")
+    with pytest.raises(ValueError, match=r"failed: .*unexpected keyword argument 'bogus'"):
+        load_engine("tests.test_engine:Doubler", {"bogus": 1})
+    assert isinstance(load_engine("tests.test_engine:Doubler"), Doubler)
+
+
+@pytest.mark.slow
+async def test_the_dtesn_engine_passes_the_contract_kit() -> None:
+    samples = ["hello", "a longer input", [[0.1], [0.2], [0.3]]]
+    passed = await check_engine(DTESNEngine(SMALL), samples, bad_samples=["", [[1.0, 2.0]]])
+    assert passed == [
+        "decode",
+        "order",
+        "runtime",
+        "per-input failure",
+        "output count",
+        "cancellation",
+        "pickling",
+    ]
+
+
+@pytest.mark.slow
+async def test_the_sklearn_engine_passes_the_contract_kit() -> None:
+    sklearn_digits = pytest.importorskip("examples.sklearn_digits")
+    images, _ = sklearn_digits.samples(4)
+    engine = sklearn_digits.factory(c=0.5)
+    passed = await check_engine(engine, images, bad_samples=[[1.0] * 3, [99.0] * 64])
+    assert "pickling" in passed
+    assert len(passed) == 7
+
+
+async def test_the_kit_catches_a_batch_out_of_order() -> None:
+    class Backwards(Doubler):
+        def process_batch(self, items: Sequence[float]) -> list[float]:
+            return super().process_batch(items)[::-1]
+
+    with pytest.raises(AssertionError, match="check_engine: order"):
+        await check_engine(Backwards(), [1, 2, 3], processes=False)
+
+
+async def test_the_openapi_document_describes_the_engine(tmp_path: Path) -> None:
+    sklearn_digits = pytest.importorskip("examples.sklearn_digits")
+    engine = sklearn_digits.factory()
+    with trio.fail_after(60):
+        async with (
+            open_runtime(config(), engine=engine) as rt,
+            served(rt, ServerConfig(port=0)) as s,
+        ):
+            doc = (await s.client.get("/openapi.json")).json()
+            images, labels = sklearn_digits.samples(3)
+            r = await s.client.post("/v1/process", json={"input": images[2]})
+            wrong = await s.client.post("/v1/process", json={"input": [1, 2]})
+            depth = await s.client.post(
+                "/v1/process", json={"input": images[0], "membrane_depth": 1}
+            )
+    request = doc["components"]["schemas"]["ProcessRequest"]["properties"]
+    assert request["input"]["minItems"] == request["input"]["maxItems"] == 64
+    assert "membrane_depth" not in request
+    result = doc["components"]["schemas"]["ProcessResponse"]["properties"]["result"]
+    assert result["properties"]["digit"]["maximum"] == 9
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["digit"] == labels[2]
+    assert wrong.status_code == 422
+    assert depth.status_code == 422
+    assert depth.json()["error"]["field"] == "membrane_depth"
+
+
+def test_the_kit_runs_outside_trio_too() -> None:
+    passed = check_engine_sync(Doubler(), [1, 2.5], bad_samples=["x"], processes=False)
+    assert passed[-1] == "cancellation"
