@@ -423,8 +423,12 @@ class DTESNModel:
         sorted_len: npt.NDArray[np.int_],
         record: bool,
         checkpoint: Checkpoint,
+        initial: FloatArray | None = None,
     ) -> tuple[list[FloatArray], list[FloatArray] | None]:
-        """Inputs sorted by length, longest first. State layout ``(units, batch)``."""
+        """Inputs sorted by length, longest first. State layout ``(units, batch)``.
+
+        ``initial``: the padded start states, ``(npad, batch)`` in the same order
+        (default zeros); it is not modified."""
         a = self.config.leak_rate
         s, npad, b = self._s, self._npad, len(encs)
         dim = self.config.input_dim
@@ -439,19 +443,21 @@ class DTESNModel:
                 codes[: e.steps, pos] = np.frombuffer(e.text, dtype=np.uint8)
             byte_u = self._byte_u[codes]  # (T, batch): each step's input value per column
         else:
-            # u[t]: the inputs of step t, (D, batch); zero past an input's end (unused)
-            U = np.zeros((steps, dim, b))
+            # u[t]: the inputs of step t, (batch, D); zero past an input's end (unused).
+            # Each step's drive is the single path's product, rows = inputs instead of
+            # time steps (``_drive``), so the numbers are the single path's.
+            # (NumPy computes a one-row product as a matrix-vector product, whose sums
+            # differ in the last bit: a spare zero row keeps every step a matrix one.)
+            U = np.zeros((steps, max(b, 2), dim))
             for pos, e in enumerate(encs):
                 if e.text is not None:
-                    U[: e.steps, :, pos] = text_values(np.frombuffer(e.text, dtype=np.uint8))[
+                    U[: e.steps, pos, :] = text_values(np.frombuffer(e.text, dtype=np.uint8))[
                         :, None
                     ]
                 else:
                     assert e.values is not None
-                    U[: e.steps, :, pos] = e.values
-            w_in = self._w_in_T.T  # (npad, D)
-            bias = self._bias[:, None]
-        X = np.zeros((npad, b))
+                    U[: e.steps, pos, :] = e.values
+        X = np.zeros((npad, b)) if initial is None else np.array(initial, order="C")
         width = b  # columns still computed; finished inputs are dropped when half are done
         finals: list[FloatArray] = [np.empty(0)] * b
         rec = np.zeros((steps, npad, b)) if record else None
@@ -471,8 +477,9 @@ class DTESNModel:
                 Pt = np.multiply(self._w_sum_col, byte_u[t, :width], out=drive_buf)
                 Pt += self._bias_col
             else:
-                Pt = w_in @ U[t, :, :width]
-                Pt += bias
+                rows = U[t, : max(width, 2)] @ self._w_in_T
+                rows += self._bias
+                Pt = np.ascontiguousarray(rows[:width].T)
             for mat, c0, lo, hi in levels:
                 pre = Pt[lo:hi]
                 _csr_matvecs_add(mat, X[c0:hi], pre)
@@ -596,6 +603,43 @@ class DTESNModel:
         _, rec = self._run_single(enc, True, x0)
         assert rec is not None
         return np.ascontiguousarray(rec[:, self._unit_index])
+
+    def run_states_batch(
+        self, inputs: Sequence[object], *, initial_states: npt.ArrayLike | None = None
+    ) -> list[FloatArray]:
+        """Every step's full state of each input, ``steps_i × reservoir_size``, run as
+        one batch; each equals ``run_states`` of that input (and of its initial state)
+        bit for bit.
+
+        ``initial_states`` (``len(inputs) × reservoir_size``, default zeros) starts each
+        input where an earlier run left it: its last row carries a live series on.
+        """
+        encs = [self._encode(x, f"inputs[{i}]") for i, x in enumerate(inputs)]
+        if not encs:
+            return []
+        b = len(encs)
+        x0 = None
+        if initial_states is not None:
+            given = np.asarray(initial_states, dtype=np.float64)
+            if given.shape != (b, self.config.reservoir_size):
+                raise ValueError(
+                    f"initial_states must have shape ({b}, {self.config.reservoir_size})"
+                    f" (got {given.shape})"
+                )
+            x0 = np.zeros((b, self._npad))
+            x0[:, self._unit_index] = given
+        lengths = np.array([e.steps for e in encs])
+        order = np.argsort(-lengths, kind="stable")
+        initial = None if x0 is None else np.ascontiguousarray(x0[order].T)
+        _, recs = self._run_batch_sparse(
+            [encs[i] for i in order], lengths[order], True, _no_checkpoint, initial
+        )
+        assert recs is not None
+        out: list[FloatArray] = [np.empty(0)] * b
+        for pos, i in enumerate(order):
+            rec = recs[pos]
+            out[i] = np.ascontiguousarray(rec[:, self._unit_index]) if self._padded else rec
+        return out
 
     def features(self, inputs: Sequence[object]) -> FloatArray:
         """Final feature vectors of a batch, ``len(inputs) × reservoir_size``."""
