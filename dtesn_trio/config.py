@@ -17,6 +17,7 @@ from dtesn_trio.jobs import JobsConfig
 from dtesn_trio.limits import AdmissionConfig
 from dtesn_trio.limits.shared_rate import SharedRateLimiterConfig
 from dtesn_trio.nurseries import BatchQueueConfig, ConnectionPoolConfig
+from dtesn_trio.sessions.config import SessionsConfig
 
 __all__ = ["PostgresSettings", "RedisSettings", "RuntimeConfig"]
 
@@ -79,6 +80,7 @@ class RuntimeConfig:
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     shared_limit: SharedRateLimiterConfig = field(default_factory=SharedRateLimiterConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     shutdown_grace: float = 10.0
 
     def __post_init__(self) -> None:

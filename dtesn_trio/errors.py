@@ -15,9 +15,13 @@ __all__ = [
     "EngineError",
     "IdempotencyConflict",
     "InvalidRequest",
+    "ModelNotFound",
     "Overloaded",
     "PayloadTooLarge",
     "RateLimited",
+    "SessionBusy",
+    "SessionLost",
+    "SessionNotFound",
     "ShuttingDown",
     "Unauthorized",
 ]
@@ -85,6 +89,38 @@ class IdempotencyConflict(DTESNError):
     first job is kept; a new job needs a new key."""
 
     code = "idempotency_conflict"
+    http_status = 409
+
+
+class ModelNotFound(DTESNError):
+    """A model reference (``name`` or ``name@version``) names no model or version (404);
+    ``field`` names the request field that held it."""
+
+    code = "model_not_found"
+    http_status = 404
+
+
+class SessionNotFound(DTESNError):
+    """No live session has this id (never opened, ended by ``DELETE``, or idle past
+    its TTL): 404.  ``field`` is ``"session_id"``."""
+
+    code = "session_not_found"
+    http_status = 404
+
+
+class SessionLost(DTESNError):
+    """The session existed on an earlier run of this server and its state was not kept
+    (410): open a new session and replay the series."""
+
+    code = "session_lost"
+    http_status = 410
+
+
+class SessionBusy(DTESNError):
+    """A chunk arrived while the session's previous chunk was still running (409): the
+    chunk was not applied; send it again once the previous answer arrived."""
+
+    code = "session_busy"
     http_status = 409
 
 

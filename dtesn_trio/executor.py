@@ -289,6 +289,37 @@ class Executor:
         self._rate.record(self._clock(), n)
         return outputs
 
+    async def run_local(
+        self, fn: Callable[[Sequence[Any]], Sequence[Any]], items: Sequence[Any]
+    ) -> Sequence[Any]:
+        """``fn(items)`` in a worker thread of this process, under the same two limits
+        as ``run`` and counted with it, whatever ``executor`` says: for work whose state
+        lives in this process (a session's reservoir state)."""
+        n = len(items)
+        self._total += n
+        self._batches += 1
+        self._concurrent += n
+        self._peak = max(self._peak, self._concurrent)
+        try:
+            async with self._slots:
+                started = self._clock()
+                outputs: Sequence[Any] = await trio.to_thread.run_sync(
+                    self._compute, fn, items, limiter=self._threads, abandon_on_cancel=False
+                )
+                elapsed = self._clock() - started
+        except trio.Cancelled:
+            self._cancelled += n
+            raise
+        except BaseException:
+            self._failed += n
+            raise
+        finally:
+            self._concurrent -= n
+        self._completed += n
+        self._busy_time += elapsed * n
+        self._rate.record(self._clock(), n)
+        return outputs
+
     def _compute(self, fn: Callable[[Sequence[Any]], Sequence[Any]], items: Sequence[Any]) -> Any:
         with blas_threads(self._blas):
             return fn(items)

@@ -16,7 +16,7 @@ import dataclasses
 import enum
 import logging
 import sys
-from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,8 +54,24 @@ from dtesn_trio.nurseries import (
     open_pool,
 )
 from dtesn_trio.redis_cache import RedisCache
+from dtesn_trio.sessions import (
+    BuiltinModelSource,
+    ModelSource,
+    PostgresSessionStore,
+    SessionManager,
+    SessionStore,
+    SQLiteSessionStore,
+    open_sessions,
+)
 
-__all__ = ["ProcessOutcome", "Runtime", "RuntimeConfig", "RuntimeStatistics", "open_runtime"]
+__all__ = [
+    "BatchedOutcome",
+    "ProcessOutcome",
+    "Runtime",
+    "RuntimeConfig",
+    "RuntimeStatistics",
+    "open_runtime",
+]
 
 log = logging.getLogger("dtesn_trio.runtime")
 
@@ -78,6 +94,17 @@ class ProcessOutcome:
             "batch_size": self.batch_size,
             "timings": self.timings,
         }
+
+
+@dataclass(frozen=True)
+class BatchedOutcome:
+    """The answer of ``Runtime.submit_batched``: the batch function's output for the
+    item, the size of the batch it ran in, and ``queued_ms`` / ``processing_ms`` /
+    ``total_ms``."""
+
+    output: Any
+    batch_size: int
+    timings: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -106,6 +133,11 @@ class _Work:
     item: Any
     group: Hashable
     enqueued: float
+    run: Callable[[Sequence[Any]], Sequence[Any]] | None = None
+    """Not the engine: this batch function of the caller's (``submit_batched``)."""
+
+
+_LOCAL = object()  # first member of a submit_batched group key: never an engine's key
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +161,8 @@ class Runtime:
     cache: ResultCache | None = None
     queue: PriorityBatchQueue[_Work, _Done] | None = None
     jobs: JobService | None = None
+    sessions: SessionManager | None = None
+    """Live sessions (``sessions.enabled`` and the DTESN engine), else ``None``."""
     shared_limiter: SharedRateLimiter | None = None
     pools: dict[str, ConnectionPool[Any]] = field(default_factory=dict)
     _shutdown_started: trio.Event = field(default_factory=trio.Event)
@@ -230,6 +264,69 @@ class Runtime:
         assert len(answers) == len(inputs)
         return answers
 
+    async def submit_batched(
+        self,
+        item: Any,
+        run: Callable[[Sequence[Any]], Sequence[Any]],
+        *,
+        group: Hashable = None,
+        priority: int = 2,
+        deadline: float | None = None,
+    ) -> BatchedOutcome:
+        """Run ``item`` through admission and the queue as ``process`` runs a request
+        (same limiter, breaker, priorities, deadline rules), batched with the queued
+        items of the same ``group`` by ``run(items) -> outputs`` instead of the engine.
+
+        ``run`` is synchronous, gets the items of one group and returns one output per
+        item (an exception instance fails that item alone); it runs in a worker thread
+        of this process under the executor's limits, even with ``executor =
+        "process"``.  Items of one group must share ``run``.  No result cache.
+        Raises only ``DTESNError``s.
+        """
+        check_priority(priority, self.config.queue.priority_levels)
+        if self._shutdown_started.is_set():
+            raise ShuttingDown("the runtime is shutting down", retry_after=1.0)
+        start = trio.current_time()
+        if deadline is not None and deadline <= start:
+            raise DeadlineExceeded("the deadline had passed before the request started")
+        if self.shared_limiter is not None:
+            await self.shared_limiter.try_acquire()
+        work = _Work(item, (_LOCAL, group), start, run)
+        async with self.admission.throttle_request(priority=priority):
+            if deadline is None:
+                done = await self._submit(work, priority)
+            else:
+                with trio.move_on_at(deadline) as scope:
+                    start_by = await self._start_by(deadline, trio.current_time())
+                    done = await self._submit(work, priority, deadline=start_by)
+                if scope.cancelled_caught:
+                    waited = trio.current_time() - start
+                    raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
+        timings = {
+            "queued_ms": (done.started - work.enqueued) * 1000,
+            "processing_ms": (done.finished - done.started) * 1000,
+            "total_ms": (trio.current_time() - start) * 1000,
+        }
+        return BatchedOutcome(done.output, done.batch_size, timings)
+
+    async def _start_by(self, deadline: float | None, now: float) -> float | None:
+        """The latest start of a request due at ``deadline``; ``Overloaded`` when even
+        that has passed."""
+        assert self.queue is not None
+        run = self.queue.mean_batch_duration
+        if deadline is None or run is None:
+            return deadline
+        # The queue's deadline is for *starting*: a request that starts at its
+        # deadline finishes a batch later, too late, after using the engine (issue 8:
+        # at 10x load 251 of 259 deadlines passed mid-batch, the work thrown away).
+        start_by = deadline - run
+        if start_by <= now:
+            await trio.lowlevel.checkpoint()
+            raise Overloaded(
+                f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
+            )
+        return start_by
+
     async def _admitted(
         self,
         item: Any,
@@ -252,18 +349,7 @@ class Runtime:
         now = trio.current_time()
         group = None if engine.group_key is None else engine.group_key(item)
         work = _Work(item, group, now)
-        start_by = deadline
-        run = self.queue.mean_batch_duration
-        if deadline is not None and run is not None:
-            # The queue's deadline is for *starting*: a request that starts at its
-            # deadline finishes a batch later, too late, after using the engine (issue 8:
-            # at 10x load 251 of 259 deadlines passed mid-batch, the work thrown away).
-            start_by = deadline - run
-            if start_by <= now:
-                await trio.lowlevel.checkpoint()
-                raise Overloaded(
-                    f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
-                )
+        start_by = await self._start_by(deadline, now) if deadline is not None else None
         done = await self._submit(work, priority, deadline=start_by)
         result = engine.encode(done.output)
         if key is not None and self.cache is not None:
@@ -313,7 +399,13 @@ class Runtime:
                 by_key.setdefault(work.group, []).append(i)
             groups = list(by_key.values())
         for idxs in groups:
-            outputs = check_outputs(name, len(idxs), await run([items[i].item for i in idxs]))
+            batch = [items[i].item for i in idxs]
+            local = items[idxs[0]].run
+            if local is None:
+                outputs = check_outputs(name, len(idxs), await run(batch))
+            else:
+                raw = await self.processor.run_local(local, batch)
+                outputs = check_outputs(getattr(local, "__qualname__", "run"), len(idxs), raw)
             finished = trio.current_time()
             for i, output in zip(idxs, outputs, strict=True):
                 out[i] = (
@@ -497,6 +589,7 @@ async def open_runtime(
     *,
     engine: Any = None,
     model: DTESNModel | None = None,
+    models: ModelSource | None = None,
 ) -> AsyncIterator[Runtime]:
     """Build the ownership tree; leaving the block stops all of it, in order.
 
@@ -504,7 +597,9 @@ async def open_runtime(
     :class:`dtesn_trio.engine.Engine`; by default the DTESN engine built from
     ``config.model``.  ``model``, the older form of ``engine=DTESNEngine(model)``: a
     DTESN model built, trained or loaded by the caller; its config must equal
-    ``config.model`` (the cache keys and the validation derive from it).
+    ``config.model`` (the cache keys and the validation derive from it).  ``models``:
+    where sessions find the model a client names (default: only the DTESN engine's
+    own model, as ``default``).
 
     The runtime always runs a failed batch's members again alone (the queue's
     ``retry_individually``), so that one poisoned input fails only itself.
@@ -560,6 +655,19 @@ async def open_runtime(
                 store = await _open_job_store(config, rt.pools, stack)
                 rt.jobs = await stack.enter_async_context(
                     open_job_service(store, rt._run_job, config.jobs)
+                )
+            if config.sessions.enabled and isinstance(resolved.engine, DTESNEngine):
+                session_store: SessionStore | None = None
+                jobs_pool = rt.pools.get("jobs")
+                if jobs_pool is not None:
+                    session_store = (
+                        PostgresSessionStore(jobs_pool)
+                        if config.jobs.backend == "postgres"
+                        else SQLiteSessionStore(jobs_pool)
+                    )
+                source = models if models is not None else BuiltinModelSource(resolved.engine.model)
+                rt.sessions = await stack.enter_async_context(
+                    open_sessions(rt, config.sessions, models=source, store=session_store)
                 )
             rt._ready = True
             try:

@@ -1,0 +1,69 @@
+"""The numbers of a session step: chunks of many sessions of one model, one batch.
+
+``run_steps(items)`` is the batch function the runtime's queue calls (in a worker
+thread): it stacks the sessions' states into one start-state matrix and runs every
+chunk at once with ``DTESNModel.run_states_batch``, so a session carried across chunks
+gives, bit for bit, the states and predictions of one long ``run_states`` /
+``process_one`` over the concatenated chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dtesn_trio.dtesn.encoding import EncodedInput, FloatArray
+from dtesn_trio.dtesn.model import DTESNModel
+
+__all__ = ["StepItem", "StepOutput", "run_steps"]
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class StepItem:
+    """One chunk of one session: its model, the state it starts from, and how many
+    of its first steps fall in the session's washout (no prediction)."""
+
+    model: DTESNModel
+    state: FloatArray
+    chunk: EncodedInput
+    skip: int
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class StepOutput:
+    """The state after the chunk, and the readout's prediction for each step past the
+    washout (``None`` without a fitted readout)."""
+
+    state: FloatArray
+    predictions: FloatArray | None
+
+
+def run_steps(items: Sequence[StepItem]) -> list[StepOutput]:
+    """Run the chunks of ``items`` (which share one model) as one batch."""
+    if not items:
+        return []
+    model = items[0].model
+    if any(item.model is not model for item in items):
+        raise ValueError("run_steps: the items of one batch must share one model")
+    records = model.run_states_batch(
+        [item.chunk for item in items], initial_states=np.stack([item.state for item in items])
+    )
+    readout = model.readout
+    fitted = readout is not None and readout.weights is not None
+    out: list[StepOutput] = []
+    for item, rec in zip(items, records, strict=True):
+        predictions = None
+        if fitted:
+            assert readout is not None
+            rows = rec[item.skip :]
+            if rows.shape[0] == 1:
+                # one row is a matrix-vector product for NumPy, whose sums differ in the
+                # last bit from the matrix product a longer run makes: compute two
+                rows = np.concatenate([rows, rows])
+                predictions = readout.predict_states(rows)[:1]
+            else:
+                predictions = readout.predict_states(rows)
+        out.append(StepOutput(rec[-1].copy(), predictions))
+    return out
