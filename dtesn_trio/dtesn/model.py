@@ -355,7 +355,10 @@ class DTESNModel:
         if enc.text is not None:
             return self._text_table[np.frombuffer(enc.text, dtype=np.uint8)]
         assert enc.values is not None
-        out: FloatArray = enc.values @ self._w_in_T
+        # einsum's loops, not BLAS: each row's drive depends on that row alone (BLAS
+        # sums a row in an order set by its place in a block), so a series run in
+        # chunks or in a batch gets the same bits as run whole
+        out: FloatArray = np.einsum("td,dn->tn", enc.values, self._w_in_T)
         out += self._bias
         return out
 
@@ -446,9 +449,7 @@ class DTESNModel:
             # u[t]: the inputs of step t, (batch, D); zero past an input's end (unused).
             # Each step's drive is the single path's product, rows = inputs instead of
             # time steps (``_drive``), so the numbers are the single path's.
-            # (NumPy computes a one-row product as a matrix-vector product, whose sums
-            # differ in the last bit: a spare zero row keeps every step a matrix one.)
-            U = np.zeros((steps, max(b, 2), dim))
+            U = np.zeros((steps, b, dim))
             for pos, e in enumerate(encs):
                 if e.text is not None:
                     U[: e.steps, pos, :] = text_values(np.frombuffer(e.text, dtype=np.uint8))[
@@ -477,9 +478,9 @@ class DTESNModel:
                 Pt = np.multiply(self._w_sum_col, byte_u[t, :width], out=drive_buf)
                 Pt += self._bias_col
             else:
-                rows = U[t, : max(width, 2)] @ self._w_in_T
+                rows = np.einsum("bd,dn->bn", U[t, :width], self._w_in_T)
                 rows += self._bias
-                Pt = np.ascontiguousarray(rows[:width].T)
+                Pt = np.ascontiguousarray(rows.T)
             for mat, c0, lo, hi in levels:
                 pre = Pt[lo:hi]
                 _csr_matvecs_add(mat, X[c0:hi], pre)

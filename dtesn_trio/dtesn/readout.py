@@ -100,10 +100,16 @@ class RidgeReadout:
 
     # ------------------------------------------------------------------ predicting
     def predict_states(self, states: FloatArray) -> FloatArray:
-        """Outputs for a ``samples × state_size`` matrix."""
+        """Outputs for a ``samples × state_size`` matrix.
+
+        Each row's output depends on that row alone, to the bit: a series predicted in
+        chunks (a session) equals the series predicted whole.
+        """
         if self.weights is None:
             raise RuntimeError("readout is not fitted")
-        out: FloatArray = states @ self.weights[1:] + self.weights[0]
+        # einsum's own loops, not BLAS: BLAS sums a row in an order that depends on
+        # the row's place in its block, so the same state could predict a last bit apart
+        out: FloatArray = np.einsum("ij,jk->ik", states, self.weights[1:]) + self.weights[0]
         return out[:, 0] if self._flat else out
 
     def predict(self, model: DTESNModel, inputs: Sequence[object]) -> FloatArray | list[FloatArray]:

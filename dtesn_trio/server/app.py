@@ -54,6 +54,7 @@ from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
 from dtesn_trio.server.models import PRIORITY_LEVELS, request_models
 from dtesn_trio.server.openapi import docs_html, openapi_document
 from dtesn_trio.server.requestid import new_request_id, request_id_var
+from dtesn_trio.server.sessions_routes import session_routes
 
 __all__ = ["AppState", "RuntimeLike", "ServerStatistics", "create_app"]
 
@@ -692,6 +693,7 @@ def create_app(
         Route("/healthz", state.healthz, methods=["GET"]),
         Route("/readyz", state.readyz, methods=["GET"]),
         Route("/metrics", state.metrics_endpoint, methods=["GET"]),
+        *session_routes(state),
     ]
     if config.docs:
         routes += [

@@ -24,6 +24,7 @@ from dtesn_trio.server.models import (
     ProcessResponse,
     StatsResponse,
 )
+from dtesn_trio.server.sessions_routes import add_session_paths
 
 __all__ = ["docs_html", "openapi_document"]
 
@@ -261,6 +262,7 @@ def openapi_document(
         "paths": paths,
         "components": {"schemas": schemas},
     }
+    add_session_paths(doc, secured=secured, input_schema=input_schema)
     if secured:
         doc["components"]["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearerAuth": []}]

@@ -57,13 +57,6 @@ def run_steps(items: Sequence[StepItem]) -> list[StepOutput]:
         predictions = None
         if fitted:
             assert readout is not None
-            rows = rec[item.skip :]
-            if rows.shape[0] == 1:
-                # one row is a matrix-vector product for NumPy, whose sums differ in the
-                # last bit from the matrix product a longer run makes: compute two
-                rows = np.concatenate([rows, rows])
-                predictions = readout.predict_states(rows)[:1]
-            else:
-                predictions = readout.predict_states(rows)
+            predictions = readout.predict_states(rec[item.skip :])
         out.append(StepOutput(rec[-1].copy(), predictions))
     return out
