@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 import trio
 
 from dtesn_trio.dtesn import DTESNModel
-from dtesn_trio.sessions import StepItem, run_steps
 from dtesn_trio.dtesn.encoding import encode_input
+from dtesn_trio.sessions import StepItem, run_steps
 from tests.sessions.helpers import NUMERIC, session_runtime, trained
 
 TEXTS = [
@@ -76,7 +77,7 @@ async def test_numeric_chunks_equal_one_long_run(tmp_path: Path) -> None:
         ids = [(await manager.open()).session_id for _ in series]
         got: list[list[np.ndarray]] = [[] for _ in series]
         cuts = [0, 1, 9, 25, 26, 41]
-        for a, b in zip(cuts, cuts[1:], strict=False):
+        for a, b in itertools.pairwise(cuts):
 
             async def one(i: int, a: int = a, b: int = b) -> None:
                 part = series[i][a:b]
@@ -104,11 +105,14 @@ async def test_washout_withholds_the_first_predictions_across_chunks(tmp_path: P
         third = await rt.sessions.step(info.session_id, text[16:])
     ref = model.process_one(text).prediction
     assert ref is not None
-    assert first.predictions is not None and first.predictions.shape[0] == 0
+    assert first.predictions is not None
+    assert first.predictions.shape[0] == 0
     assert first.first_prediction is None
-    assert second.first_prediction == 10 and second.predictions is not None
+    assert second.first_prediction == 10
+    assert second.predictions is not None
     assert np.array_equal(second.predictions, ref[10:16])
-    assert third.first_prediction == 16 and third.predictions is not None
+    assert third.first_prediction == 16
+    assert third.predictions is not None
     assert np.array_equal(third.predictions, ref[16:])
     assert third.position == len(text)
 
