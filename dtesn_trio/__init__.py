@@ -31,9 +31,13 @@ from dtesn_trio.errors import (
     EngineError,
     IdempotencyConflict,
     InvalidRequest,
+    ModelNotFound,
     Overloaded,
     PayloadTooLarge,
     RateLimited,
+    SessionBusy,
+    SessionLost,
+    SessionNotFound,
     ShuttingDown,
     Unauthorized,
 )
@@ -66,8 +70,24 @@ from dtesn_trio.nurseries import (
     open_batch_queue,
     open_pool,
 )
-from dtesn_trio.runtime import ProcessOutcome, Runtime, RuntimeStatistics, open_runtime
+from dtesn_trio.runtime import (
+    BatchedOutcome,
+    ProcessOutcome,
+    Runtime,
+    RuntimeStatistics,
+    open_runtime,
+)
 from dtesn_trio.server import ServerConfig, create_app, serve
+from dtesn_trio.sessions import (
+    BuiltinModelSource,
+    ModelSource,
+    ModelVersion,
+    SessionInfo,
+    SessionManager,
+    SessionsConfig,
+    StepResult,
+    open_sessions,
+)
 
 __all__ = [
     "AIMDLimit",
@@ -76,7 +96,9 @@ __all__ = [
     "AdmissionConfig",
     "BackendUnavailable",
     "BatchQueueConfig",
+    "BatchedOutcome",
     "BreakerState",
+    "BuiltinModelSource",
     "CacheConfig",
     "CircuitBreaker",
     "CircuitBreakerConfig",
@@ -104,6 +126,9 @@ __all__ = [
     "LoopMonitor",
     "LoopStatistics",
     "MemoryCache",
+    "ModelNotFound",
+    "ModelSource",
+    "ModelVersion",
     "Overloaded",
     "PayloadTooLarge",
     "PostgresSettings",
@@ -123,7 +148,14 @@ __all__ = [
     "SQLiteConnector",
     "SeedScaleLimit",
     "ServerConfig",
+    "SessionBusy",
+    "SessionInfo",
+    "SessionLost",
+    "SessionManager",
+    "SessionNotFound",
+    "SessionsConfig",
     "ShuttingDown",
+    "StepResult",
     "TCPConnector",
     "Unauthorized",
     "VegasLimit",
@@ -134,6 +166,7 @@ __all__ = [
     "open_job_service",
     "open_pool",
     "open_runtime",
+    "open_sessions",
     "resolve_engine",
     "serve",
 ]

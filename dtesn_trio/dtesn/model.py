@@ -615,10 +615,26 @@ class DTESNModel:
         ``initial_states`` (``len(inputs) × reservoir_size``, default zeros) starts each
         input where an earlier run left it: its last row carries a live series on.
         """
+        recs = self._from_states(inputs, initial_states, True)
+        assert isinstance(recs, list)
+        return recs
+
+    def final_states_batch(
+        self, inputs: Sequence[object], *, initial_states: npt.ArrayLike | None = None
+    ) -> FloatArray:
+        """The last rows of ``run_states_batch`` (``len(inputs) × reservoir_size``),
+        without keeping every step's state."""
+        finals = self._from_states(inputs, initial_states, False)
+        assert isinstance(finals, np.ndarray)
+        return finals
+
+    def _from_states(
+        self, inputs: Sequence[object], initial_states: npt.ArrayLike | None, record: bool
+    ) -> list[FloatArray] | FloatArray:
         encs = [self._encode(x, f"inputs[{i}]") for i, x in enumerate(inputs)]
-        if not encs:
-            return []
         b = len(encs)
+        if not encs:
+            return [] if record else np.zeros((0, self.config.reservoir_size))
         x0 = None
         if initial_states is not None:
             given = np.asarray(initial_states, dtype=np.float64)
@@ -629,12 +645,24 @@ class DTESNModel:
                 )
             x0 = np.zeros((b, self._npad))
             x0[:, self._unit_index] = given
+        if b == 1:  # the single path (the same numbers, less work per step)
+            start = None if x0 is None else x0[0, self._unit_index]
+            xpad, rec = self._run_single(encs[0], record, start)
+            if rec is None:
+                final: FloatArray = xpad[self._unit_index][None, :]
+                return final
+            return [np.ascontiguousarray(rec[:, self._unit_index]) if self._padded else rec]
         lengths = np.array([e.steps for e in encs])
         order = np.argsort(-lengths, kind="stable")
         initial = None if x0 is None else np.ascontiguousarray(x0[order].T)
-        _, recs = self._run_batch_sparse(
-            [encs[i] for i in order], lengths[order], True, _no_checkpoint, initial
+        finals, recs = self._run_batch_sparse(
+            [encs[i] for i in order], lengths[order], record, _no_checkpoint, initial
         )
+        if not record:
+            out_f = np.empty((b, self.config.reservoir_size))
+            for pos, i in enumerate(order):
+                out_f[i] = finals[pos][self._unit_index] if self._padded else finals[pos]
+            return out_f
         assert recs is not None
         out: list[FloatArray] = [np.empty(0)] * b
         for pos, i in enumerate(order):

@@ -63,7 +63,7 @@ access_logger = logging.getLogger("dtesn_trio.access")
 
 T = TypeVar("T")
 
-_INTEGER_FIELDS = ("priority", "deadline_ms", "membrane_depth")
+_INTEGER_FIELDS = ("priority", "deadline_ms", "membrane_depth", "washout")
 _INT_GOT_FLOAT = re.compile(r"Expected `int( \| null)?`, got `float`")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _DRAIN_SECONDS = 2.0  # discarding an over-limit body: at most this long ...

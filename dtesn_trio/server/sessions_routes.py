@@ -20,6 +20,7 @@ from dtesn_trio._checks import check_priority
 from dtesn_trio.server.errors import NotFound
 from dtesn_trio.server.models import PRIORITY_LEVELS, DeadlineMs, ErrorBody, Input, Priority
 from dtesn_trio.sessions import SessionInfo, SessionManager
+from dtesn_trio.sessions.config import MAX_WASHOUT
 
 if TYPE_CHECKING:
     from dtesn_trio.server.app import AppState
@@ -31,6 +32,7 @@ ModelRef = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=200,
+        pattern="^[^@]+(@[0-9]+)?$",
         description="'name' (its active version) or 'name@version'; absent: the built-in"
         " model. The session keeps the version it opened with.",
     ),
@@ -42,7 +44,10 @@ class OpenSessionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
 
     model: ModelRef | None = None
     washout: Annotated[
-        int, msgspec.Meta(ge=0, description="The session's first steps with no prediction.")
+        int,
+        msgspec.Meta(
+            ge=0, le=MAX_WASHOUT, description="The session's first steps with no prediction."
+        ),
     ] = 0
 
 

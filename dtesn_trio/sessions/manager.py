@@ -51,7 +51,7 @@ from dtesn_trio.errors import (
     SessionNotFound,
     ShuttingDown,
 )
-from dtesn_trio.sessions.config import SessionsConfig
+from dtesn_trio.sessions.config import MAX_WASHOUT, SessionsConfig
 from dtesn_trio.sessions.models import ModelSource, ModelVersion
 from dtesn_trio.sessions.stepper import StepItem, StepOutput, run_steps
 from dtesn_trio.sessions.store import SessionSnapshot, SessionStore
@@ -173,11 +173,10 @@ class SessionManager:
         if (
             not isinstance(washout, int)
             or isinstance(washout, bool)
-            or not 0 <= washout <= self.config.max_washout
+            or not 0 <= washout <= MAX_WASHOUT
         ):
             raise InvalidRequest(
-                f"washout must be an integer between 0 and {self.config.max_washout}"
-                f" (got {washout!r})",
+                f"washout must be an integer between 0 and {MAX_WASHOUT} (got {washout!r})",
                 field="washout",
             )
         if self._closed:

@@ -47,16 +47,15 @@ def run_steps(items: Sequence[StepItem]) -> list[StepOutput]:
     model = items[0].model
     if any(item.model is not model for item in items):
         raise ValueError("run_steps: the items of one batch must share one model")
-    records = model.run_states_batch(
-        [item.chunk for item in items], initial_states=np.stack([item.state for item in items])
-    )
+    states = np.stack([item.state for item in items])
     readout = model.readout
-    fitted = readout is not None and readout.weights is not None
+    if readout is None or readout.weights is None:
+        # no predictions to make: only the final states, not every step's
+        finals = model.final_states_batch([item.chunk for item in items], initial_states=states)
+        return [StepOutput(final.copy(), None) for final in finals]
+    records = model.run_states_batch([item.chunk for item in items], initial_states=states)
     out: list[StepOutput] = []
     for item, rec in zip(items, records, strict=True):
-        predictions = None
-        if fitted:
-            assert readout is not None
-            predictions = readout.predict_states(rec[item.skip :])
+        predictions = readout.predict_states(rec[item.skip :])
         out.append(StepOutput(rec[-1].copy(), predictions))
     return out

@@ -134,5 +134,20 @@ def test_run_states_batch_from_given_states_equals_run_states() -> None:
         xs, starts, model.run_states_batch(xs, initial_states=starts), strict=True
     ):
         assert np.array_equal(rec, model.run_states(x, initial_state=start))
+    finals = model.final_states_batch(xs, initial_states=starts)
+    for x, start, final in zip(xs, starts, finals, strict=True):
+        assert np.array_equal(final, model.run_states(x, initial_state=start)[-1])
     with pytest.raises(ValueError, match="initial_states must have shape"):
         model.run_states_batch(xs, initial_states=starts[:2])
+
+
+async def test_a_model_without_readout_carries_the_state_alone(tmp_path: Path) -> None:
+    model = DTESNModel(trained().config)
+    text = b"no readout: the state is all there is"
+    async with session_runtime(tmp_path, model) as rt:
+        assert rt.sessions is not None
+        sid = (await rt.sessions.open()).session_id
+        for i in range(0, len(text), 5):
+            result = await rt.sessions.step(sid, text[i : i + 5])
+            assert result.predictions is None
+    assert np.array_equal(result.state, model.process_one(text).features)
