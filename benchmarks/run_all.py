@@ -90,6 +90,20 @@ SPECS: dict[str, list[Row]] = {
         Row("cpu_batch32_per_s", "cpu_single_per_s", "cpu_speedup"),
         Row("batch_gflops", "peak_gflops"),
     ],
+    # issue 17: live sessions, 16-byte chunks, batched across sessions vs one at a time
+    "sessions": [
+        Row(
+            "sessions_1000_batched_steps_per_s",
+            "sessions_1000_single_steps_per_s",
+            "session_batch_speedup",
+        ),
+        Row(
+            "sessions_100_batched_steps_per_s",
+            "sessions_100_single_steps_per_s",
+            "sessions_100_batch_speedup",
+        ),
+        Row("session_p99_ms"),
+    ],
     "runtime": [
         Row("runtime_per_s", "direct_per_s", "ratio", ">= 0.8"),
         # issue 16: equal parallelism (2 worker processes vs direct calls in 2 processes)

@@ -118,8 +118,8 @@ async def run(quick: bool) -> dict[str, object]:
             await warm_up(rt, manager)
             for n in COUNTS:
                 ids = [(await manager.open()).session_id for _ in range(n)]
-                per_client = (3 if quick else 8) if n >= 100 else (40 if quick else 200)
-                singles = min(n * per_client, 150 if quick else 600)
+                per_client = (4 if quick else 12) if n >= 100 else (100 if quick else 400)
+                singles = min(n * per_client, 300 if quick else 1000)
                 best_b: dict[str, float] | None = None
                 best_s: dict[str, float] | None = None
                 for _ in range(rounds):
@@ -129,7 +129,8 @@ async def run(quick: bool) -> dict[str, object]:
                         best_b = b
                     if best_s is None or s["steps_per_s"] > best_s["steps_per_s"]:
                         best_s = s
-                assert best_b is not None and best_s is not None
+                assert best_b is not None
+                assert best_s is not None
                 out[f"sessions_{n}_batched_steps_per_s"] = round(best_b["steps_per_s"], 1)
                 out[f"sessions_{n}_single_steps_per_s"] = round(best_s["steps_per_s"], 1)
                 out[f"sessions_{n}_batch_speedup"] = round(

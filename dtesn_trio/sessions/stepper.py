@@ -40,13 +40,30 @@ class StepOutput:
     predictions: FloatArray | None
 
 
+_BLOCK = 32
+"""Columns of the state matrix computed together: a wider matrix of the default model's
+states falls out of the CPU's cache, and each column costs more than in a block of 32
+(``benchmarks/sessions.py``)."""
+
+
 def run_steps(items: Sequence[StepItem]) -> list[StepOutput]:
-    """Run the chunks of ``items`` (which share one model) as one batch."""
+    """Run the chunks of ``items`` (which share one model) as one batch (in blocks of
+    ``_BLOCK`` sessions; each session's numbers do not depend on its neighbours)."""
     if not items:
         return []
     model = items[0].model
     if any(item.model is not model for item in items):
         raise ValueError("run_steps: the items of one batch must share one model")
+    if len(items) > _BLOCK:
+        out: list[StepOutput] = []
+        for i in range(0, len(items), _BLOCK):
+            out += _run_block(items[i : i + _BLOCK])
+        return out
+    return _run_block(items)
+
+
+def _run_block(items: Sequence[StepItem]) -> list[StepOutput]:
+    model = items[0].model
     states = np.stack([item.state for item in items])
     readout = model.readout
     if readout is None or readout.weights is None:
@@ -54,7 +71,7 @@ def run_steps(items: Sequence[StepItem]) -> list[StepOutput]:
         finals = model.final_states_batch([item.chunk for item in items], initial_states=states)
         return [StepOutput(final.copy(), None) for final in finals]
     records = model.run_states_batch([item.chunk for item in items], initial_states=states)
-    out: list[StepOutput] = []
+    out = []
     for item, rec in zip(items, records, strict=True):
         predictions = readout.predict_states(rec[item.skip :])
         out.append(StepOutput(rec[-1].copy(), predictions))

@@ -151,3 +151,22 @@ async def test_a_model_without_readout_carries_the_state_alone(tmp_path: Path) -
             result = await rt.sessions.step(sid, text[i : i + 5])
             assert result.predictions is None
     assert np.array_equal(result.state, model.process_one(text).features)
+
+
+def test_a_batch_wider_than_a_block_gives_each_session_its_own_numbers() -> None:
+    model = trained()
+    rng = np.random.default_rng(4)
+    chunks = [
+        bytes(rng.integers(0, 256, int(rng.integers(1, 20)), dtype=np.uint8)) for _ in range(70)
+    ]
+    starts = rng.normal(size=(70, model.config.reservoir_size)) * 0.1
+    items = [
+        StepItem(model, start, encode_input(c, 1), i % 3)
+        for i, (c, start) in enumerate(zip(chunks, starts, strict=True))
+    ]
+    for i, out in enumerate(run_steps(items)):
+        rec = model.run_states(chunks[i], initial_state=starts[i])
+        assert np.array_equal(out.state, rec[-1])
+        assert model.readout is not None
+        assert out.predictions is not None
+        assert np.array_equal(out.predictions, model.readout.predict_states(rec[i % 3 :]))
