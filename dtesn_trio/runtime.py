@@ -124,6 +124,8 @@ class RuntimeStatistics:
     shutting_down: bool
     tasks: int
     """Live Trio tasks in the whole run (a steady count under steady load: no leak)."""
+    sessions: Any = None
+    """The session manager's ``SessionsStatistics`` (None without sessions)."""
 
 
 @dataclass(slots=True)
@@ -470,6 +472,7 @@ class Runtime:
             loop=self.loop_monitor.statistics(),
             shutting_down=self.shutting_down,
             tasks=count_tasks(),
+            sessions=self.sessions.statistics() if self.sessions is not None else None,
         )
 
     def _engine_statistics(self) -> Any:
@@ -513,6 +516,9 @@ class Runtime:
                 "slow_steps": loop.slow_steps,
                 "tasks": count_tasks(),
             },
+            "sessions": (
+                None if self.sessions is None else dataclasses.asdict(self.sessions.statistics())
+            ),
             "ready": self.ready,
             "shutting_down": self.shutting_down,
         }

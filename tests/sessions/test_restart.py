@@ -4,16 +4,26 @@ saved session that cannot be restored answers 410 naming it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from dtesn_trio.config import PostgresSettings
 from dtesn_trio.dtesn import DTESNModel
-from dtesn_trio.errors import ModelNotFound, SessionLost, SessionNotFound
+from dtesn_trio.errors import ModelNotFound, SessionLost, SessionNotFound, ShuttingDown
 from dtesn_trio.jobs import JobsConfig
-from dtesn_trio.sessions import ModelVersion, SessionsConfig
+from dtesn_trio.nurseries import ConnectionPoolConfig, SQLiteConnector, open_pool
+from dtesn_trio.runtime import BatchedOutcome
+from dtesn_trio.sessions import (
+    BuiltinModelSource,
+    ModelVersion,
+    SessionsConfig,
+    SQLiteSessionStore,
+    open_sessions,
+)
 from tests.servers import PostgresServer
 from tests.sessions.helpers import session_runtime, trained
 
@@ -101,3 +111,62 @@ async def test_without_persistence_a_restart_forgets_sessions(tmp_path: Path) ->
         assert rt.sessions is not None
         with pytest.raises(SessionNotFound, match="no live session"):
             rt.sessions.get(sid)
+
+
+class HeldRuntime:
+    """Runs each step on the event loop once ``release`` is set (only what the session
+    manager asks of a runtime): a step can be held in flight across a stop."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.release.set()
+
+    async def submit_batched(self, item: Any, run: Any, **kwargs: Any) -> BatchedOutcome:
+        await self.release.wait()
+        (output,) = run([item])
+        return BatchedOutcome(output, 1, {})
+
+
+async def test_a_chunk_finishing_after_the_save_is_not_applied(tmp_path: Path) -> None:
+    model = trained()
+    source = BuiltinModelSource(model)
+    runtime = HeldRuntime()
+    pool_config = ConnectionPoolConfig(max_connections=2, min_connections=1)
+    refused: list[ShuttingDown] = []
+    with trio.fail_after(30):
+        async with open_pool(SQLiteConnector(str(tmp_path / "s.db")), pool_config) as pool:
+            store = SQLiteSessionStore(pool)
+            async with trio.open_nursery() as outer:
+                async with open_sessions(runtime, models=source, store=store) as manager:
+                    sid = (await manager.open()).session_id
+                    await manager.step(sid, b"answered")
+                    runtime.release = trio.Event()
+
+                    async def late() -> None:
+                        with pytest.raises(ShuttingDown, match="not applied") as caught:
+                            await manager.step(sid, b" in flight at the stop")
+                        refused.append(caught.value)
+
+                    outer.start_soon(late)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert manager.get(sid).busy
+                # saved: now the held chunk's batch finishes
+                runtime.release.set()
+            assert len(refused) == 1
+            async with open_sessions(runtime, models=source, store=store) as manager:
+                info = manager.get(sid)
+                assert info.position == len(b"answered")
+                result = await manager.step(sid, b" again")
+    whole = model.process_one(b"answered again")
+    assert np.array_equal(result.state, whole.features)
+
+
+async def test_the_runtime_reports_its_sessions(tmp_path: Path) -> None:
+    async with session_runtime(tmp_path) as rt:
+        assert rt.sessions is not None
+        sid = (await rt.sessions.open()).session_id
+        await rt.sessions.step(sid, "four")
+        stats = rt.get_stats()["sessions"]
+        assert (stats["live"], stats["opened"], stats["steps"]) == (1, 1, 4)
+        assert rt.statistics().sessions.live == 1
+        assert rt.metrics_snapshot()["sessions"]["live"] == 1
