@@ -103,6 +103,7 @@ SPECS: dict[str, list[Row]] = {
             "sessions_100_batch_speedup",
         ),
         Row("session_p99_ms"),
+        Row("sessions_1000_fifo_p99_ms"),
     ],
     "runtime": [
         Row("runtime_per_s", "direct_per_s", "ratio", ">= 0.8"),
