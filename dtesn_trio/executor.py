@@ -11,8 +11,9 @@ Two limits apply to every call:
   multi-threaded BLAS served zero requests at 64 connections on this project's 2-core
   machine; this is why.
 
-Where it computes (``executor``): in worker *threads* of the server's process (the
-default), or in worker *processes* (``"process"``, on ``trio_parallel``): each with its
+Where it computes (``executor``): in worker *threads* of this process (the default of
+``ProcessorConfig``), or in worker *processes* (``"process"``, on ``trio_parallel``; the
+default of ``dtesn-trio serve``): each with its
 own interpreter and GIL, so the event loop never waits for a GIL-bound engine to let go
 of the GIL.  The processes exist while ``async with executor.open():`` runs
 (``open_runtime`` does it); the engine is pickled once, to a private temporary file,
