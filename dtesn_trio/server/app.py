@@ -195,6 +195,8 @@ class AppState:
         self._scopes: set[trio.CancelScope] = set()
         self.intake = None if config.max_in_flight is None else trio.Semaphore(config.max_in_flight)
         self._waiters: set[trio.CancelScope] = set()
+        # What the lean server calls: the app without its outermost layer (create_app).
+        self.entry: ASGIApp | None = None
         engine = runtime.engine
         requests = request_models(engine.input_type)
         process_model, batch_model, job_model = requests
@@ -741,4 +743,19 @@ def create_app(
         exception_handlers={HTTPException: _http_exception},
     )
     app.state.dtesn = state
+    state.entry = _entry_point(app)
     return app
+
+
+def _entry_point(app: Starlette) -> ASGIApp:
+    """``app`` without Starlette's outermost ``ServerErrorMiddleware``: the guard already
+    answers any exception with a 500 and logs it, so a server that calls this (the lean
+    one) skips a layer and a wrapper around every ``send``."""
+    guard = app.build_middleware_stack().app  # type: ignore[attr-defined]
+    assert isinstance(guard, _Guard)
+
+    async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = app
+        await guard(scope, receive, send)
+
+    return entry
