@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
@@ -21,6 +22,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from dtesn_trio._checks import check_priority
@@ -78,17 +80,27 @@ log = logging.getLogger("dtesn_trio.runtime")
 
 @dataclass(frozen=True)
 class ProcessOutcome:
-    """One request's answer: the engine's encoded output and how it was produced."""
+    """One request's answer: the engine's encoded output and how it was produced.
 
-    result: Any
+    ``result`` is the value of the engine's ``encode``, as JSON would give it back;
+    ``encoded`` is the same as JSON bytes (``msgspec.Raw``, what the server sends).
+    """
+
+    encoded: Any
     cache_hit: bool
     priority: int
     batch_size: int
     timings: dict[str, float]
 
+    @functools.cached_property
+    def result(self) -> Any:
+        encoded = self.encoded
+        return msgspec.json.decode(encoded) if isinstance(encoded, msgspec.Raw) else encoded
+
     def to_dict(self) -> dict[str, Any]:
+        """The answer's body (``result`` as JSON bytes, for ``msgspec`` to encode)."""
         return {
-            "result": self.result,
+            "result": self.encoded,
             "cache_hit": self.cache_hit,
             "priority": self.priority,
             "batch_size": self.batch_size,
@@ -353,7 +365,7 @@ class Runtime:
         work = _Work(item, group, now)
         start_by = await self._start_by(deadline, now) if deadline is not None else None
         done = await self._submit(work, priority, deadline=start_by)
-        result = engine.encode(done.output)
+        result = done.output  # the engine's encode, in JSON bytes (``_run_batch``)
         if key is not None and self.cache is not None:
             await self.cache.set(key, result)
         end = trio.current_time()
@@ -404,8 +416,8 @@ class Runtime:
             batch = [items[i].item for i in idxs]
             local = items[idxs[0]].run
             if local is None:
-                outputs = check_outputs(name, len(idxs), await run(batch))
-            else:
+                outputs = check_outputs(name, len(idxs), await run(batch, encode=True))
+            else:  # submit_batched: the caller's function, its outputs as they are
                 raw = await self.processor.run_local(local, batch)
                 outputs = check_outputs(getattr(local, "__qualname__", "run"), len(idxs), raw)
             finished = trio.current_time()
@@ -424,7 +436,7 @@ class Runtime:
         group = None if self.engine.group_key is None else self.engine.group_key(item)
         work = _Work(item, group, trio.current_time())
         done = await self._submit(work, priority)
-        return {"result": self.engine.encode(done.output), "batch_size": done.batch_size}
+        return {"result": done.output, "batch_size": done.batch_size}
 
     # ---- validation ------------------------------------------------------------
 
