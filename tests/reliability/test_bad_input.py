@@ -116,7 +116,9 @@ def _refusal_problem(status: int, body: Any, response: Any) -> str | None:
     if status >= 500:
         return f"server error {status}: {response.text[:200]}"
     if status == 404 and response.request.method == "GET":
-        return None if response.json()["error"]["code"] == "not_found" else "bad 404"
+        # not_found, or what was not found: session_not_found, model_not_found
+        code = response.json()["error"]["code"]
+        return None if code == "not_found" or code.endswith("_not_found") else "bad 404"
     error = response.json().get("error", {})
     if not error.get("code") or not error.get("message"):
         return f"refusal without code/message: {response.text[:200]}"
