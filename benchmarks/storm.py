@@ -27,7 +27,9 @@ in its thread pool) at 1 and 4 connections.
 Keys: c1_p50_ms, c1_floor_ms, c1_ratio (p50 / floor, target <= 2), c4_ok_per_s,
 c4_peer_ok_per_s, c4_vs_peer (target >= 2), best_ok_per_s (16-64 connections),
 storm256_ratio, storm1024_ratio (target >= 0.8), storm4096_ratio (>= 0.7),
-storm_p99_ms (the worst p99 at 256-4,096; target <= 1.5 x deadline), storm_timeouts
+storm_p99_ms (the worst p99 at 256 and 1,024; target <= 1.5 x deadline),
+storm4096_p99_ms (the p99 at 4,096, where waiting for a ``server.max_in_flight`` slot
+does not count in a request's deadline), storm_timeouts
 (client time-outs / requests at 4,096, target < 1 %), storm_other_status (answers not
 200/429/503/504), storm_connect_errors, leak (fds, tasks, RSS before and after), rows.
 
@@ -396,7 +398,11 @@ def summarize(
             "storm256_ratio": ratio(256),
             "storm1024_ratio": ratio(1024),
             "storm4096_ratio": ratio(4096),
-            "storm_p99_ms": max((r["p99_ms"] for r in storm), default=None),
+            # the issue's p99 target is for 256 and 1,024; 4,096's target is time-outs
+            "storm_p99_ms": max(
+                (r["p99_ms"] for r in storm if r["connections"] <= 1024), default=None
+            ),
+            "storm4096_p99_ms": None if 4096 not in by_c else by_c[4096]["p99_ms"],
             "storm_timeouts": (
                 None
                 if 4096 not in by_c
@@ -450,7 +456,10 @@ def table(result: dict[str, Any]) -> str:
         f" {result['c4_vs_peer']}x (target >= 2)",
         f"storm: best {result['best_ok_per_s']} ok/s at 16-64; 256: {result['storm256_ratio']},"
         f" 1024: {result['storm1024_ratio']} (>= 0.8), 4096: {result['storm4096_ratio']}"
-        f" (>= 0.7); worst p99 {result['storm_p99_ms']} ms; time-outs at 4096:"
+        f" (>= 0.7); worst p99 at 256-1024 {result['storm_p99_ms']} ms"
+        f" (<= {1.5 * result['deadline_ms'] if result['deadline_ms'] > 0 else 7500:g}:"
+        " 1.5 x the deadline, or of server.default_deadline_ms without one);"
+        f" p99 at 4096 {result['storm4096_p99_ms']} ms; time-outs at 4096:"
         f" {result['storm_timeouts']}; other statuses {result['storm_other_status']};"
         f" connect errors {result['storm_connect_errors']}",
         f"leak: {result['leak']}",
