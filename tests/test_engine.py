@@ -128,7 +128,8 @@ async def test_encode_runs_in_the_worker_and_fails_only_its_own_input() -> None:
     assert bytes(ok[0].encoded) == b'{"value":2.0}'  # JSON bytes, sent as they are
     assert ok[0].to_dict()["result"] is ok[0].encoded
     assert isinstance(answers[1], EngineError)
-    assert "encode failed" in answers[1].message and "no 26" in answers[1].message
+    assert "encode failed" in answers[1].message
+    assert "no 26" in answers[1].message
 
 
 async def test_a_decode_bug_is_an_engine_error_with_the_cause_logged(
