@@ -14,7 +14,10 @@ sweep ran counts as "during", however late it ended).  So both figures come from
 same claimers, over the same minutes, through the same background load of a shared
 machine.  ``<backend>_claim_p99_ratio`` = p99 during the sweep / p99 without it
 (target <= 2).  N is 1e5 with ``--quick``, 1e6 without.  One second of claims after the
-fill warms the caches up and is not counted.  The service's scheduled sweeps are off
+fill warms the caches up and is not counted; then 10 s (``--quick``: 4 s) of claims
+before any sweep give ``p99_vs_before_ratio`` = p99 during the sweep / p99 before it,
+which also counts what a sweep leaves for the off phases (dead rows, autovacuum) but
+also any change of the machine's load since.  The service's scheduled sweeps are off
 (``sweep_interval`` far away): only the phases' sweeps run.
 
 PostgreSQL is a throw-away cluster started the way the tests start one
@@ -102,6 +105,7 @@ async def _measure(
     rows: int,
     claimers: int,
     phase: float,
+    before: float,
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """Claims back to back while on and off phases of ``phase`` seconds alternate:
@@ -117,7 +121,7 @@ async def _measure(
         sweep_interval=1e9,
         **overrides,
     )
-    samples: dict[str, list[float]] = {"base": [], "sweep": []}
+    samples: dict[str, list[float]] = {"before": [], "base": [], "sweep": []}
     seconds = {"base": 0.0, "sweep": 0.0}
     label = ["warm"]
 
@@ -144,6 +148,8 @@ async def _measure(
             for k in range(claimers):
                 nursery.start_soon(claimer, k)
             await trio.sleep(1.0)  # warm-up, not counted
+            label[0] = "before"
+            await trio.sleep(before)
             while not phases.done:
                 t0 = time.perf_counter()
                 label[0] = "base"
@@ -190,6 +196,15 @@ async def _measure(
         "sweep_pause": config.sweep_pause,
         "sweep_duty": config.sweep_duty,
     }
+    # Against claims before any sweep: also counts what a sweep leaves behind for the
+    # off phases (dead rows, autovacuum), but also any change of the machine's load.
+    result["before_claims"] = len(samples["before"])
+    result["before_p50_ms"] = round(quantile(samples["before"], 0.5) * 1000, 3)
+    result["before_p99_ms"] = round(quantile(samples["before"], 0.99) * 1000, 3)
+    before_p99 = result["before_p99_ms"]
+    result["p99_vs_before_ratio"] = (
+        round(result["sweep_p99_ms"] / before_p99, 3) if before_p99 else None
+    )
     base_p99 = result["baseline_p99_ms"]
     result["claim_p99_ratio"] = round(result["sweep_p99_ms"] / base_p99, 3) if base_p99 else None
     return result
@@ -256,20 +271,22 @@ async def _postgres(dsn: str) -> AsyncIterator[tuple[JobStore, Any]]:
         yield store, fill
 
 
-async def _run_sqlite(rows: int, claimers: int, phase: float, overrides: Any) -> dict[str, Any]:
+async def _run_sqlite(
+    rows: int, claimers: int, phase: float, before: float, overrides: Any
+) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="dtesn-retention-")
     try:
         async with _sqlite(os.path.join(workdir, "jobs.db")) as (store, fill):
-            return await _measure(store, fill, rows, claimers, phase, overrides)
+            return await _measure(store, fill, rows, claimers, phase, before, overrides)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _run_postgres(
-    dsn: str, rows: int, claimers: int, phase: float, overrides: Any
+    dsn: str, rows: int, claimers: int, phase: float, before: float, overrides: Any
 ) -> dict[str, Any]:
     async with _postgres(dsn) as (store, fill):
-        return await _measure(store, fill, rows, claimers, phase, overrides)
+        return await _measure(store, fill, rows, claimers, phase, before, overrides)
 
 
 def main() -> None:
@@ -287,6 +304,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = args.rows or (100_000 if args.quick else 1_000_000)
     backends = args.backend or ["sqlite", "postgres"]
+    before = 4.0 if args.quick else 10.0
     overrides = {
         name: value
         for name, value in (
@@ -301,7 +319,7 @@ def main() -> None:
 
     sqlite: dict[str, Any] | None = None
     if "sqlite" in backends:
-        sqlite = trio.run(_run_sqlite, rows, args.claimers, args.phase, overrides)
+        sqlite = trio.run(_run_sqlite, rows, args.claimers, args.phase, before, overrides)
     postgres: dict[str, Any] | None = None
     skipped: str | None = None
     if "postgres" not in backends:
@@ -317,7 +335,7 @@ def main() -> None:
             try:
                 pg.start()
                 postgres = trio.run(
-                    _run_postgres, pg.dsn, rows, args.claimers, args.phase, overrides
+                    _run_postgres, pg.dsn, rows, args.claimers, args.phase, before, overrides
                 )
             except RuntimeError as exc:
                 if "not installed" not in str(exc):
@@ -330,7 +348,7 @@ def main() -> None:
     for name, figures in (("sqlite", sqlite), ("postgres", postgres)):
         for key in ("claim_p99_ratio", "baseline_p99_ms", "sweep_p99_ms"):
             result[f"{name}_{key}"] = None if figures is None else figures[key]
-        for key in ("baseline_p50_ms", "sweep_p50_ms"):
+        for key in ("baseline_p50_ms", "sweep_p50_ms", "p99_vs_before_ratio"):
             result[f"{name}_{key}"] = None if figures is None else figures[key]
     result |= {
         "finished_rows": rows,

@@ -9,9 +9,9 @@ retention -- is the server's ``now()``: the ``now`` the protocol passes in (the
 instance's clock) is ignored, so instances whose clocks disagree agree on leases.
 Purging deletes one small batch per statement with ``SKIP LOCKED``, so a sweep never
 waits for a claimer's row nor holds many rows' locks; each batch starts where the last
-one ended (``purge``'s ``after``), so its cost does not grow with the rows deleted so far.  The schema is created and
-migrated at start-up (``setup``), under an advisory lock so that several instances
-starting together migrate once.
+one ended (``purge``'s ``after``), so its cost does not grow with the rows deleted so
+far.  The schema is created and migrated at start-up (``setup``), under an advisory
+lock so that several instances starting together migrate once.
 """
 
 from __future__ import annotations
