@@ -58,6 +58,14 @@ DeadlineMs = Annotated[
     ),
 ]
 MembraneDepth = Annotated[int, msgspec.Meta(ge=1, le=8)]
+ModelRef = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=80,
+        description="A registered model: 'name' (its active version) or 'name@version'.",
+    ),
+]
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -72,6 +80,7 @@ class ProcessRequest(_Request):
     deadline_ms: DeadlineMs | None = None
     membrane_depth: MembraneDepth | None = None
     use_cache: bool = True
+    model: ModelRef | None = None
 
 
 class BatchRequest(_Request):
@@ -82,6 +91,7 @@ class BatchRequest(_Request):
     deadline_ms: DeadlineMs | None = None
     membrane_depth: MembraneDepth | None = None
     use_cache: bool = True
+    model: ModelRef | None = None
 
 
 class JobRequest(_Request):
