@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import trio
 
-from dtesn_trio.dtesn import DTESNConfig, DTESNModel
+from dtesn_trio.dtesn import DTESNModel
 from dtesn_trio.dtesn.tasks import narma10, nrmse
 from dtesn_trio.runtime import Runtime
 from tests.server.harness import served
@@ -74,7 +74,8 @@ async def test_fit_over_http_matches_fit_readout_in_process(runtime: Runtime) ->
     assert listed == {"models": [{"name": "narma", "versions": 1, "active_version": 1}]}
     assert described["active_version"] == 1
     (version,) = described["versions"]
-    assert version["active"] and version["config"] == TINY_MODEL.to_dict()
+    assert version["active"]
+    assert version["config"] == TINY_MODEL.to_dict()
     assert version["fit"]["washout"] == WASHOUT
     assert version["scores"]["train_nrmse"] > 0
 
