@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from dtesn_trio.server.app import AppState
 
 __all__ = [
+    "ActivateResponse",
     "ChunkAccepted",
     "ChunkRequest",
     "FitAccepted",
@@ -154,6 +155,11 @@ class ModelList(msgspec.Struct, kw_only=True):
     models: list[ModelSummary]
 
 
+class ActivateResponse(msgspec.Struct, kw_only=True):
+    name: str
+    active_version: int
+
+
 _fit = msgspec.json.Decoder(FitRequest)
 _chunk = msgspec.json.Decoder(ChunkRequest)
 _search = msgspec.json.Decoder(SearchRequest)
@@ -172,12 +178,12 @@ def model_routes(state: AppState) -> list[Route]:
     def name_of(request: Request) -> str:
         return check_name(request.path_params["name"])
 
-    async def submit(payload: dict[str, Any]) -> Response:
+    async def submit(payload: dict[str, Any], **extra: Any) -> Response:
         if state.runtime.shutting_down or state.draining:
             raise ShuttingDown("the server is shutting down; submit again later")
         record = await state._jobs().submit(payload)
         location = f"/v1/jobs/{record.id}"
-        body = {"job_id": record.id, "status": record.status, "location": location}
+        body = {"job_id": record.id, **extra, "status": record.status, "location": location}
         return _json(body, 202, {"location": location})
 
     async def fit(request: Request) -> Response:
@@ -227,8 +233,7 @@ def model_routes(state: AppState) -> list[Route]:
         if not req.last:
             return _json(body)
         payload = {"kind": FIT_CHUNKS, "fit_id": upload, "name": name, "upload": upload}
-        answer = await submit(payload)
-        return answer
+        return await submit(payload, **progress)
 
     async def search(request: Request) -> Response:
         models = registry()
