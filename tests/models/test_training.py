@@ -3,6 +3,7 @@ a fit that survives a restart mid-job, a search that resumes from its stored tri
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 import trio
 
-from dtesn_trio.dtesn import DTESNModel
 from dtesn_trio.dtesn.tasks import narma10, nrmse
 from dtesn_trio.models.training import FIT, SEARCH, run_job
 from dtesn_trio.runtime import Runtime
@@ -90,7 +90,7 @@ async def test_chunked_fit_equals_the_one_shot_fit(runtime: Runtime) -> None:
             chunks = r.headers["location"]
             assert chunks == f"/v1/models/chunked/fit/{r.json()['job_id']}/chunks"
             cuts = [0, 30, 200, 333, SPLIT]  # the washout ends inside the second chunk
-            for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+            for i, (a, b) in enumerate(itertools.pairwise(cuts)):
                 last = b == SPLIT
                 part = {"inputs": u[a:b].tolist(), "targets": y[a:b].tolist(), "last": last}
                 r = await s.client.post(chunks, json=part)
@@ -154,7 +154,6 @@ async def test_a_job_run_again_after_storing_its_version_adds_none(runtime: Runt
 
 
 async def test_search_keeps_every_trial_and_resumes_from_stored_ones(runtime: Runtime) -> None:
-    u, y = narma10(STEPS, seed=0)
     assert runtime.models is not None
     space = {"input_scaling": [0.1, 1.0], "alpha": [1e-6, 1e-2]}
     with trio.fail_after(60):
@@ -196,11 +195,3 @@ async def test_search_keeps_every_trial_and_resumes_from_stored_ones(runtime: Ru
     # the stored score of trial 3 was kept, not computed again: it wins
     assert resumed["scores"]["best_trial"] == 3
     assert resumed["scores"]["trials"][3]["validation_nrmse"] == 1e-9
-
-
-def test_in_process_fit_readout_is_what_the_api_fit_does() -> None:
-    # the comparison the HTTP test makes, checked without the server: same numbers
-    u, y = narma10(STEPS, seed=0)
-    a = DTESNModel(TINY_MODEL)
-    a.fit_readout([u[:SPLIT]], [y[:SPLIT]], mode="per_step", washout=WASHOUT)
-    assert a.readout is not None
