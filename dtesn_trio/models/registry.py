@@ -133,7 +133,10 @@ class ModelRegistry:
 
     def reservoir(self, config: DTESNConfig) -> DTESNModel:
         """The reservoir of ``config`` without a readout, built once (synchronous:
-        call it in a worker thread).  Shared: never attach a readout to it."""
+        call it in a worker thread).  Shared: never attach a readout to it; the
+        server's own config uses the engine's model (only its reservoir is read)."""
+        if config == self.base_config:
+            return self._default()
         with self._lock:
             model = self._reservoirs.get(config)
             if model is None:
