@@ -29,10 +29,18 @@ from dtesn_trio.errors import DTESNError, InvalidRequest
 from dtesn_trio.models.store import ModelStore
 from dtesn_trio.models.version import ModelVersion, VersionInfo, readout_from_npz, readout_to_npz
 
-__all__ = ["DEFAULT_MODEL", "ModelRegistry", "UnknownModel", "check_name", "parse_ref"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelRegistry",
+    "UnknownModel",
+    "check_name",
+    "parse_ref",
+    "parse_version",
+]
 
 DEFAULT_MODEL = "default"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
 
 class UnknownModel(DTESNError):
@@ -45,7 +53,7 @@ class UnknownModel(DTESNError):
 def check_name(name: str, field: str = "name") -> str:
     """``name`` if it is a valid model name (1-64 of letters, digits, ``_.-``; not the
     reserved ``default``), else ``InvalidRequest``."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidRequest(
             f"model name must be 1-64 letters, digits, '_', '.' or '-' (got {name!r})",
             field=field,
@@ -55,16 +63,29 @@ def check_name(name: str, field: str = "name") -> str:
     return name
 
 
+def parse_version(text: str, field: str = "version") -> int:
+    """A version number (1 and up) from text, else ``InvalidRequest``."""
+    if not _VERSION.fullmatch(text):
+        raise InvalidRequest(f"version must be an integer >= 1 (got {text!r})", field=field)
+    return int(text)
+
+
 def parse_ref(ref: str, field: str = "model") -> tuple[str, int | None]:
     """``"name"`` -> ``(name, None)``; ``"name@3"`` -> ``(name, 3)``."""
     name, at, version = ref.partition("@")
-    if at and not (version.isdigit() and int(version) >= 1):
+    if at and not _VERSION.fullmatch(version):
         raise InvalidRequest(
             f"model must be 'name' or 'name@version' with a version >= 1 (got {ref!r})",
             field=field,
         )
-    if name != DEFAULT_MODEL or at:
-        check_name(name, field)
+    if name == DEFAULT_MODEL:
+        if at:
+            raise UnknownModel(
+                f"the built-in model {DEFAULT_MODEL!r} has no versions: leave the version out",
+                field=field,
+            )
+        return name, None
+    check_name(name, field)
     return name, int(version) if at else None
 
 

@@ -187,11 +187,13 @@ class ModelStore:
                     f"SELECT {_INFO} FROM dtesn_models WHERE fit_id = ?", fit_id
                 )
             info = _info(rows[0])
+            # The name's first version, not this one: a writer that numbered a later
+            # version may get here before the writer of the first.
             await self._sql.rows(
-                "INSERT INTO dtesn_model_active (name, version) VALUES (?, ?)"
+                "INSERT INTO dtesn_model_active (name, version)"
+                " SELECT name, MIN(version) FROM dtesn_models WHERE name = ? GROUP BY name"
                 " ON CONFLICT (name) DO NOTHING",
                 name,
-                info.version,
             )
             return info
         raise BackendUnavailable(f"could not number a new version of {name!r}: too many writers")

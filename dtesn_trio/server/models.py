@@ -61,8 +61,7 @@ MembraneDepth = Annotated[int, msgspec.Meta(ge=1, le=8)]
 ModelRef = Annotated[
     str,
     msgspec.Meta(
-        min_length=1,
-        max_length=80,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[1-9][0-9]{0,8})?$",
         description="A registered model: 'name' (its active version) or 'name@version'.",
     ),
 ]

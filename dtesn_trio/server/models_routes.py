@@ -20,8 +20,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dtesn_trio.errors import InvalidRequest, ShuttingDown
-from dtesn_trio.models import ModelRegistry, check_name
 from dtesn_trio.models.fitting import training_set
+from dtesn_trio.models.registry import ModelRegistry, check_name, parse_version
 from dtesn_trio.models.search import plan_trials
 from dtesn_trio.models.training import FIT, FIT_CHUNKS, SEARCH, add_chunk, check_alphas
 from dtesn_trio.server.errors import NotFound
@@ -275,11 +275,9 @@ def model_routes(state: AppState) -> list[Route]:
     async def activate(request: Request) -> Response:
         models = registry()
         name = name_of(request)
-        text = request.path_params["version"]
-        if not text.isdigit() or int(text) < 1:
-            raise InvalidRequest(f"version must be an integer >= 1 (got {text!r})", field="version")
-        await models.activate(name, int(text))
-        return _json({"name": name, "active_version": int(text)})
+        version = parse_version(request.path_params["version"])
+        await models.activate(name, version)
+        return _json({"name": name, "active_version": version})
 
     return [
         Route("/v1/models", list_models, methods=["GET"]),

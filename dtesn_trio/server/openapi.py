@@ -179,6 +179,13 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
     ("get", "/readyz", "Ready: pools up, not shutting down", None, "200", HealthResponse, ("503",)),
 )
 
+_PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "job_id": {"type": "string"},
+    "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+    "job": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    "version": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
+}
+
 _PUBLIC = frozenset({"/healthz", "/readyz"})
 
 
@@ -272,7 +279,7 @@ def openapi_document(
         names = re.findall(r"{(\w+)}", path)
         if names:
             op["parameters"] = [
-                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": n, "in": "path", "required": True, "schema": _PATH_PARAMETERS[n]}
                 for n in names
             ]
         if path == "/v1/jobs" and method == "post":
