@@ -336,7 +336,8 @@ class Runtime:
         """A durable job: already accepted, so it skips admission but not the queue.
         Training jobs (fit, search) go to the model registry."""
         if payload.get("kind") in JOB_KINDS and self.models is not None:
-            return await run_job(self.models, payload)
+            enqueue = None if self.jobs is None else self.jobs.enqueue
+            return await run_job(self.models, payload, enqueue)
         priority = payload.get("priority", 4)
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
         group = None if self.engine.group_key is None else self.engine.group_key(item)

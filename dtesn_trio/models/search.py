@@ -5,28 +5,48 @@ The space maps a parameter -- a ``DTESNConfig`` field among ``SEARCHABLE`` or
 ``alpha`` -- to the list of values to try.  ``grid``: the cartesian product in order
 (the first ``trials`` of it); ``random``: ``trials`` distinct points drawn with
 ``seed``.  Each trial fits on the first ``1 - validation`` of the data and is scored
-(NRMSE) on the rest; its score is stored as soon as it is known, so a search run
-again after a crash resumes at the first trial without one.  Trials that differ only
-in ``alpha`` share one run of the reservoir.  The best trial is fitted again on all of
-the data and stored as the new version.
+(NRMSE) on the rest; trials that differ only in ``alpha`` form one group, which runs
+the reservoir once.
+
+With the job service (``enqueue``), each group is a durable job of its own
+(``model_search_trial``, idempotency key ``search:<id>:<group>``), claimed by any
+instance's claimers, several at once; the search job itself only submits them and is
+put back in the queue (``TrialsPending``, a transient refusal: no attempt counted, no
+claimer held) until every trial's score is stored.  A group whose job failed scores
+its trials as failed (no NRMSE).  Without it (``enqueue=None``) the groups run in
+order inside the search.  Either way a score is stored once known, so nothing scored
+is computed again after a crash.  The best trial is fitted again on all of the data
+and stored as the new version, every trial's score in its ``scores``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import trio
 
 from dtesn_trio.dtesn import DTESNConfig
-from dtesn_trio.errors import InvalidRequest
+from dtesn_trio.errors import DTESNError, InvalidRequest, Overloaded
 from dtesn_trio.models.fitting import TrainingSet, _rows, _split, fit_readout, training_set
 from dtesn_trio.models.registry import ModelRegistry
 from dtesn_trio.models.version import VersionInfo
 
-__all__ = ["SEARCHABLE", "plan_trials", "run_search"]
+__all__ = ["SEARCHABLE", "SEARCH_TRIAL", "TrialsPending", "plan_trials", "run_search", "run_trials"]
+
+SEARCH_TRIAL = "model_search_trial"
+_PENDING_RETRY = 0.25
+
+Enqueue = Callable[..., Awaitable[tuple[Any, bool]]]
+
+
+class TrialsPending(Overloaded):
+    """The search's trial jobs are not all scored yet: the search job goes back to the
+    queue for ``retry_after`` seconds (the job service's transient refusal)."""
+
 
 SEARCHABLE = (
     "spectral_radius",
@@ -96,40 +116,79 @@ def _score(
     return out
 
 
-async def run_search(registry: ModelRegistry, payload: dict[str, Any]) -> VersionInfo:
-    """Run (or resume) the search of ``payload``; the new version."""
-    base = payload["config"]
-    data = training_set(payload["inputs"], payload["targets"], payload["mode"])
-    planned = plan_trials(payload["space"], payload["strategy"], payload["trials"], payload["seed"])
-    search_id = payload["fit_id"]
-    done = await registry.store.trials(search_id)
-    default_alpha = payload["alpha"]
-    # group the trials by config: one reservoir run scores all alphas of a config
+def _groups(planned: list[dict[str, Any]]) -> list[list[int]]:
+    """Trial indices by config (alpha aside), in the order of ``planned``."""
     groups: dict[str, list[int]] = {}
     for i, params in enumerate(planned):
         cfg = {k: v for k, v in params.items() if k != "alpha"}
         groups.setdefault(repr(sorted(cfg.items())), []).append(i)
-    for idxs in groups.values():
-        todo = [i for i in idxs if i not in done]
-        if not todo:
-            continue
+    return list(groups.values())
+
+
+async def run_trials(registry: ModelRegistry, payload: dict[str, Any]) -> dict[str, Any]:
+    """Score one group of a search's trials (``payload["group"]``) and store each."""
+    planned = plan_trials(payload["space"], payload["strategy"], payload["trials"], payload["seed"])
+    search_id = payload["search_id"]
+    done = await registry.store.trials(search_id)
+    todo = [i for i in payload["group"] if i not in done]
+    if todo:
+        data = training_set(payload["inputs"], payload["targets"], payload["mode"])
         cfg = {k: v for k, v in planned[todo[0]].items() if k != "alpha"}
-        config = registry.config_for({**base, **cfg}, field="space")
-        alphas = [float(planned[i].get("alpha", default_alpha)) for i in todo]
-        scored = await trio.to_thread.run_sync(
-            _score, registry, config, data, payload["washout"], payload["validation"], alphas
-        )
+        alphas = [float(planned[i].get("alpha", payload["alpha"])) for i in todo]
+        try:
+            config = registry.config_for({**payload["config"], **cfg}, field="space")
+            scored = await trio.to_thread.run_sync(
+                _score, registry, config, data, payload["washout"], payload["validation"], alphas
+            )
+        except (DTESNError, ValueError, np.linalg.LinAlgError):
+            scored = [math.inf] * len(todo)  # a config that cannot be built or fitted
         for i, score in zip(todo, scored, strict=True):
             await registry.store.add_trial(search_id, i, planned[i], score)
-            done[i] = (planned[i], score)
+    return {"search_id": search_id, "trials": payload["group"]}
+
+
+async def run_search(
+    registry: ModelRegistry, payload: dict[str, Any], enqueue: Enqueue | None = None
+) -> VersionInfo:
+    """Run (or resume) the search of ``payload``; the new version.  Raises
+    ``TrialsPending`` while trial jobs submitted through ``enqueue`` are unscored."""
+    base = payload["config"]
+    planned = plan_trials(payload["space"], payload["strategy"], payload["trials"], payload["seed"])
+    search_id = payload["fit_id"]
+    done = await registry.store.trials(search_id)
+    pending = [g for g in _groups(planned) if any(i not in done for i in g)]
+    waiting = False
+    for number, group in enumerate(_groups(planned)):
+        if group not in pending:
+            continue
+        child = {**payload, "kind": SEARCH_TRIAL, "search_id": search_id, "group": group}
+        child["fit_id"] = f"{search_id}:{number}"
+        if enqueue is None:
+            await run_trials(registry, child)
+            continue
+        record, _ = await enqueue(child, idempotency_key=f"search:{search_id}:{number}")
+        if record.status == "failed":  # its trials cannot be scored: say so
+            for i in group:
+                await registry.store.add_trial(search_id, i, planned[i], math.inf)
+        else:
+            waiting = True
+    if waiting:
+        raise TrialsPending(
+            f"{len(pending)} trial groups of search {search_id} are not scored yet",
+            retry_after=_PENDING_RETRY,
+        )
+    done = await registry.store.trials(search_id)
     trials = [
         {"trial": i, "params": planned[i], "validation_nrmse": None if math.isinf(s) else s}
         for i, (_, s) in sorted(done.items())
     ]
     best_i = min(done, key=lambda i: done[i][1])
+    if math.isinf(done[best_i][1]):
+        raise InvalidRequest("every trial of the search failed to fit", field="space")
     best = planned[best_i]
+    data = training_set(payload["inputs"], payload["targets"], payload["mode"])
     config = registry.config_for({**base, **{k: v for k, v in best.items() if k != "alpha"}})
-    alpha = float(best.get("alpha", default_alpha))
+    alpha = float(best.get("alpha", payload["alpha"]))
 
     def refit() -> tuple[Any, dict[str, Any]]:
         return fit_readout(

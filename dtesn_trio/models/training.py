@@ -26,6 +26,7 @@ from dtesn_trio.dtesn.encoding import encode_input
 from dtesn_trio.errors import DTESNError, InvalidRequest
 from dtesn_trio.models.fitting import Accumulator, fit_readout, training_set
 from dtesn_trio.models.registry import ModelRegistry, UnknownModel
+from dtesn_trio.models.search import SEARCH_TRIAL, Enqueue, run_search, run_trials
 from dtesn_trio.models.version import VersionInfo
 
 __all__ = ["FIT", "FIT_CHUNKS", "JOB_KINDS", "SEARCH", "ChunkConflict", "add_chunk", "run_job"]
@@ -33,7 +34,7 @@ __all__ = ["FIT", "FIT_CHUNKS", "JOB_KINDS", "SEARCH", "ChunkConflict", "add_chu
 FIT = "model_fit"
 FIT_CHUNKS = "model_fit_chunks"
 SEARCH = "model_search"
-JOB_KINDS = frozenset({FIT, FIT_CHUNKS, SEARCH})
+JOB_KINDS = frozenset({FIT, FIT_CHUNKS, SEARCH, SEARCH_TRIAL})
 
 
 class ChunkConflict(DTESNError):
@@ -54,20 +55,23 @@ def _result(info: VersionInfo) -> dict[str, Any]:
     }
 
 
-async def run_job(registry: ModelRegistry, payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one training job (see the module docstring); its JSON result."""
+async def run_job(
+    registry: ModelRegistry, payload: dict[str, Any], enqueue: Enqueue | None = None
+) -> dict[str, Any]:
+    """Run one training job (see the module docstring); its JSON result.  ``enqueue``:
+    the job service's, for a search's trial jobs (None: trials run in the search)."""
+    kind = payload["kind"]
+    if kind == SEARCH_TRIAL:
+        return await run_trials(registry, payload)
     done = await registry.store.by_fit(payload["fit_id"])
     if done is not None:
         return _result(done)
-    kind = payload["kind"]
     if kind == FIT:
         info = await _fit(registry, payload)
     elif kind == FIT_CHUNKS:
         info = await _solve(registry, payload)
     else:
-        from dtesn_trio.models.search import run_search
-
-        info = await run_search(registry, payload)
+        info = await run_search(registry, payload, enqueue)
     return _result(info)
 
 

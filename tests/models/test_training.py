@@ -166,6 +166,10 @@ async def test_search_keeps_every_trial_and_resumes_from_stored_ones(runtime: Ru
             job = await wait_job(s.client, r.headers["location"])
             assert job["status"] == "succeeded", job
             scores = job["result"]["scores"]
+            assert runtime.jobs is not None
+            # the search and one trial job per input_scaling (its alphas share a run)
+            counts = await runtime.jobs.counts()
+            assert counts == {"queued": 0, "running": 0, "succeeded": 3, "failed": 0}
             # the same search, with trial 3 already scored (as by a run that crashed)
             payload = {
                 "kind": SEARCH,
