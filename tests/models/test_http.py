@@ -147,3 +147,68 @@ async def test_bad_requests_name_what_was_wrong(runtime: Runtime) -> None:
             r = await s.client.post("/v1/models/m/versions/7/activate")
             assert (r.status_code, r.json()["error"]["field"]) == (404, "version")
             assert (await s.client.get("/v1/models/nope")).status_code == 404
+
+
+async def test_sequences_fit_final_and_per_step_like_fit_readout(runtime: Runtime) -> None:
+    rng = np.random.default_rng(3)
+    seqs = [rng.uniform(0, 0.5, size=(int(n), 1)) for n in rng.integers(20, 40, size=12)]
+    final_targets = [float(s.mean()) for s in seqs]
+    step_targets = [np.cumsum(s[:, 0]) for s in seqs]
+    local = DTESNModel(TINY_MODEL)
+    local.fit_readout(seqs, final_targets, mode="final")
+    want_final = local.process_one(seqs[0]).prediction
+    local.fit_readout(seqs, step_targets, mode="per_step", washout=5)
+    want_steps = local.process_one(seqs[1]).prediction
+    as_lists = [s.tolist() for s in seqs]
+    with trio.fail_after(60):
+        async with served(runtime) as s:
+            r = await s.client.post(
+                "/v1/models/final/fit",
+                json={"inputs": as_lists, "targets": final_targets, "mode": "final"},
+            )
+            assert r.status_code == 202, r.text
+            assert (await wait_job(s.client, r.headers["location"]))["status"] == "succeeded"
+            body = {
+                "inputs": as_lists,
+                "targets": [t.tolist() for t in step_targets],
+                "washout": 5,
+            }
+            r = await s.client.post("/v1/models/steps/fit", json=body)
+            assert (await wait_job(s.client, r.headers["location"]))["status"] == "succeeded"
+            r = await s.client.post(
+                "/v1/process/batch", json={"inputs": as_lists[:2], "model": "final"}
+            )
+            got_final = r.json()["results"][0]["outcome"]["result"]["prediction"]
+            r = await s.client.post("/v1/process", json={"input": as_lists[1], "model": "steps"})
+            got_steps = r.json()["result"]["prediction"]
+    assert want_final is not None
+    assert want_steps is not None
+    np.testing.assert_allclose(got_final, want_final, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got_steps, want_steps, rtol=0, atol=1e-12)
+
+
+async def test_bad_chunks_name_what_was_wrong(runtime: Runtime) -> None:
+    u, y = narma10(100, seed=0)
+    with trio.fail_after(60):
+        async with served(runtime) as s:
+            r = await s.client.post("/v1/models/c/fit", json={"chunked": True, "alpha": [1, 2]})
+            assert (r.status_code, r.json()["error"]["field"]) == (422, "alpha")
+            r = await s.client.post(
+                "/v1/models/c/fit", json={"chunked": True, "inputs": u.tolist()}
+            )
+            assert (r.status_code, r.json()["error"]["field"]) == (422, "inputs")
+            r = await s.client.post("/v1/models/c/fit", json={"chunked": True})
+            chunks = r.headers["location"]
+            part = {"inputs": u.tolist(), "targets": y[:-1].tolist()}
+            r = await s.client.post(chunks, json=part)
+            assert (r.status_code, r.json()["error"]["field"]) == (422, "targets")
+            ok = await s.client.post(chunks, json={"inputs": u.tolist(), "targets": y.tolist()})
+            assert ok.json()["chunks"] == 1
+            wide = {"inputs": u.tolist(), "targets": np.stack([y, y], axis=1).tolist()}
+            r = await s.client.post(chunks, json=wide)
+            assert (r.status_code, r.json()["error"]["field"]) == (422, "targets")
+            elsewhere = chunks.replace("/models/c/", "/models/d/")
+            r = await s.client.post(elsewhere, json=part)
+            assert (r.status_code, r.json()["error"]["field"]) == (404, "job")
+            r = await s.client.post("/v1/models/c/fit/" + "0" * 32 + "/chunks", json=part)
+            assert r.status_code == 404
