@@ -50,15 +50,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 sys.path.append(str(_HERE))
 
-try:
-    import fastapi  # noqa: F401
-    import httpx
-    import uvicorn  # noqa: F401
-except ImportError as exc:
-    sys.exit(
-        f"benchmarks/storm.py needs the bench extra ({exc.name} is missing): pip install -e '.[bench]'"
-    )
+from _deps import require, require_program  # noqa: E402
 
+require("fastapi", "uvicorn", "httpx")
+
+import httpx  # noqa: E402
 import trio  # noqa: E402
 from _servers import (  # noqa: E402
     Server,
@@ -142,12 +138,7 @@ HEALTHZ_LUA = LUA.replace(
 
 
 def _wrk() -> str:
-    path = shutil.which("wrk")
-    if path is None:
-        sys.exit(
-            "benchmarks/storm.py needs wrk (Debian: apt-get install wrk; scripts/test installs it)"
-        )
-    return path
+    return require_program("wrk", "apt-get install wrk (scripts/test installs it)")
 
 
 async def run_wrk(

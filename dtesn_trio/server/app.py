@@ -158,12 +158,14 @@ def _input_schema(engine: ResolvedEngine) -> dict[str, Any] | None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServerStatistics:
-    """The HTTP layer of one app: requests being handled, handled in all (answered or
-    not), and whether the drain of a graceful stop has begun."""
+    """The HTTP layer of one app: requests being handled (``waiting`` of them for a
+    ``server.max_in_flight`` slot), handled in all (answered or not), and whether the
+    drain of a graceful stop has begun."""
 
     in_flight: int
     requests: int
     draining: bool
+    waiting: int = 0
 
 
 class AppState:
@@ -192,6 +194,10 @@ class AppState:
         self.requests = 0
         self._drain_deadline = math.inf
         self._scopes: set[trio.CancelScope] = set()
+        self.intake = None if config.max_in_flight is None else trio.Semaphore(config.max_in_flight)
+        self._waiters: set[trio.CancelScope] = set()
+        # What the lean server calls: the app without its outermost layer (create_app).
+        self.entry: ASGIApp | None = None
         engine = runtime.engine
         requests = request_models(engine.input_type)
         process_model, batch_model, job_model = requests
@@ -209,7 +215,7 @@ class AppState:
         self._docs = docs_html(document)
 
     def statistics(self) -> ServerStatistics:
-        return ServerStatistics(self.in_flight, self.requests, self.draining)
+        return ServerStatistics(self.in_flight, self.requests, self.draining, len(self._waiters))
 
     # ------------------------------------------------------------------ draining
 
@@ -226,6 +232,30 @@ class AppState:
         self._drain_deadline = deadline
         for scope in self._scopes:
             scope.deadline = min(scope.deadline, deadline)
+        for scope in self._waiters:
+            scope.cancel()
+
+    async def enter_intake(self) -> None:
+        """Take a ``server.max_in_flight`` slot, waiting in arrival order (the caller
+        releases it).  Raises ``ShuttingDown`` when a drain begins before it is free."""
+        intake = self.intake
+        assert intake is not None
+        try:
+            intake.acquire_nowait()  # a free slot means nobody waits: still in order
+            return
+        except trio.WouldBlock:
+            pass
+        with trio.CancelScope() as scope:
+            if not self.draining:
+                self._waiters.add(scope)
+                try:
+                    await intake.acquire()
+                    return
+                finally:
+                    self._waiters.discard(scope)
+        raise ShuttingDown(
+            "the server is shutting down; this request had not started", retry_after=1.0
+        )
 
     async def _drainable(self, fn: Callable[[], Awaitable[T]]) -> T:
         with trio.CancelScope(deadline=self._drain_deadline) as scope:
@@ -525,6 +555,8 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         state = self.state
+        intake = state.intake
+        method: str = scope["method"]
         offered_id = authorization = content_length = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -615,10 +647,17 @@ class _Guard:
                     and int(content_length) > limit
                 ):
                     raise too_large(limit)
-                if path == "/v1/process" and scope["method"] == "POST":
-                    await state.process_asgi(await read_body(), guarded_send)
-                else:
-                    await self.app(scope, limited_receive, guarded_send)
+                gated = intake is not None and method == "POST" and path.startswith("/v1/")
+                if gated:
+                    await state.enter_intake()
+                try:
+                    if path == "/v1/process" and method == "POST":
+                        await state.process_asgi(await read_body(), guarded_send)
+                    else:
+                        await self.app(scope, limited_receive, guarded_send)
+                finally:
+                    if intake is not None and gated:
+                        intake.release()
             except DTESNError as exc:
                 if started:
                     logger.warning("%s after the response started: %r", path, exc)
@@ -724,4 +763,19 @@ def create_app(
         exception_handlers={HTTPException: _http_exception},
     )
     app.state.dtesn = state
+    state.entry = _entry_point(app)
     return app
+
+
+def _entry_point(app: Starlette) -> ASGIApp:
+    """``app`` without Starlette's outermost ``ServerErrorMiddleware``: the guard already
+    answers any exception with a 500 and logs it, so a server that calls this (the lean
+    one) skips a layer and a wrapper around every ``send``."""
+    guard = app.build_middleware_stack().app  # type: ignore[attr-defined]
+    assert isinstance(guard, _Guard)
+
+    async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = app
+        await guard(scope, receive, send)
+
+    return entry

@@ -9,11 +9,13 @@ import signal
 import sys
 import tomllib
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import click
 import trio
 
+from dtesn_trio.executor import ProcessorConfig
 from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.requestid import RequestIDFilter
 from dtesn_trio.settings import SettingsError, load_settings, parse_set_option
@@ -21,6 +23,14 @@ from dtesn_trio.settings import SettingsError, load_settings, parse_set_option
 __all__ = ["load_engine_options", "load_serve_config", "serve_command"]
 
 ENV_ALIASES = {"API_KEYS": "server.api_keys"}
+
+# Where ``serve`` starts from other defaults than ``open_runtime``: the engine computes
+# in worker processes, because the server's event loop holds the GIL while it answers
+# (a storm of clients starved an engine in threads: batches took 25x longer).  An
+# embedding program keeps threads: processes need its ``__main__`` guard.
+SERVE_DEFAULTS: dict[str, Callable[[], Any]] = {
+    "processor": lambda: ProcessorConfig(executor="process"),
+}
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 
@@ -31,7 +41,9 @@ def _settings_class() -> type[Any]:
     hints = typing.get_type_hints(RuntimeConfig)
     fields: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(RuntimeConfig):
-        if f.default is not dataclasses.MISSING:
+        if f.name in SERVE_DEFAULTS:
+            spec = dataclasses.field(default_factory=SERVE_DEFAULTS[f.name])
+        elif f.default is not dataclasses.MISSING:
             spec = dataclasses.field(default=f.default)
         elif f.default_factory is not dataclasses.MISSING:
             spec = dataclasses.field(default_factory=f.default_factory)
