@@ -53,12 +53,57 @@ DTESNInput = _TextInput | _NumericInput
 @dataclass(frozen=True, eq=False, slots=True)
 class DTESNItem:
     """One decoded input and the membrane depth it runs at; ``model`` and ``ref``
-    (``name@version``) when it runs on a registered model version."""
+    (``name@version``) when it runs on a registered model version.
+
+    Pickled (to a worker process), an item on a model version carries the version's
+    config and readout, not the model: the worker builds the model once per version
+    (``_worker_model``) and reuses it for every later item of that version."""
 
     encoded: EncodedInput
     depth: int
     model: DTESNModel | None = None
     ref: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.model is None or self.ref is None:
+            return (DTESNItem, (self.encoded, self.depth))
+        model = self.model
+        return (_unpickle_item, (self.encoded, self.depth, self.ref, model.config, model.readout))
+
+
+_WORKER_MODELS: dict[tuple[str, DTESNConfig, str], DTESNModel] = {}
+_WORKER_RESERVOIRS: dict[DTESNConfig, DTESNModel] = {}
+_WORKER_LOCK = threading.Lock()
+_WORKER_KEEP = 8
+
+
+def _worker_model(ref: str, config: DTESNConfig, readout: Any) -> DTESNModel:
+    """The model of version ``ref`` in this process, built on first use.  Keyed by the
+    readout's weights too: a worker process may outlive the runtime (and database) that
+    sent an earlier ``ref``."""
+    weights = getattr(readout, "weights", None)
+    digest = "" if weights is None else hashlib.blake2b(weights.tobytes()).hexdigest()
+    key = (ref, config, digest)
+    with _WORKER_LOCK:
+        model = _WORKER_MODELS.get(key)
+        if model is None:
+            reservoir = _WORKER_RESERVOIRS.get(config)
+            if reservoir is None:
+                reservoir = _WORKER_RESERVOIRS[config] = DTESNModel(config)
+            model = DTESNModel(config, _membranes=list(reservoir.membranes))
+            model.readout = readout
+            _WORKER_MODELS[key] = model
+            while len(_WORKER_MODELS) > _WORKER_KEEP:
+                del _WORKER_MODELS[next(iter(_WORKER_MODELS))]
+            while len(_WORKER_RESERVOIRS) > _WORKER_KEEP:
+                del _WORKER_RESERVOIRS[next(iter(_WORKER_RESERVOIRS))]
+        return model
+
+
+def _unpickle_item(
+    encoded: EncodedInput, depth: int, ref: str, config: DTESNConfig, readout: Any
+) -> DTESNItem:
+    return DTESNItem(encoded, depth, _worker_model(ref, config, readout), ref)
 
 
 @dataclass(frozen=True)

@@ -212,3 +212,43 @@ async def test_bad_chunks_name_what_was_wrong(runtime: Runtime) -> None:
             assert (r.status_code, r.json()["error"]["field"]) == (404, "job")
             r = await s.client.post("/v1/models/c/fit/" + "0" * 32 + "/chunks", json=part)
             assert r.status_code == 404
+
+
+def test_an_item_on_a_version_pickles_without_its_reservoir() -> None:
+    import pickle
+
+    from dtesn_trio.dtesn import DTESNEngine
+    from dtesn_trio.models import ModelVersion
+
+    u, y = narma10(200, seed=0)
+    model = DTESNModel(TINY_MODEL)
+    model.fit_readout([u], [y], mode="per_step", washout=10)
+    item = DTESNEngine(TINY_MODEL).decode(u.tolist(), model=ModelVersion("m", 1, model))
+    blob = pickle.dumps(item)
+    again = pickle.loads(blob)
+    assert len(blob) < len(pickle.dumps(model)) / 10
+    assert again.ref == "m@1"
+    assert again.model is not model
+    assert pickle.loads(blob).model is again.model  # built once per process
+    a, b = model.process_one(u).prediction, again.model.process_one(u).prediction
+    assert a is not None
+    assert b is not None
+    assert np.array_equal(a, b)
+
+
+async def test_versions_run_in_worker_processes(tmp_path: Path) -> None:
+    from dtesn_trio.executor import ProcessorConfig
+
+    u, y = narma10(STEPS, seed=0)
+    local = DTESNModel(TINY_MODEL)
+    local.fit_readout([u[:SPLIT]], [y[:SPLIT]], alpha=1e-6, mode="per_step", washout=WASHOUT)
+    expected = local.process_one(u).prediction
+    processor = ProcessorConfig(executor="process", worker_threads=1)
+    with trio.fail_after(120):
+        async with open_test_runtime(tmp_path, processor=processor) as rt, served(rt) as s:
+            await fit(s.client, "p")
+            body = {"input": u.tolist(), "model": "p", "use_cache": False}
+            first = (await s.client.post("/v1/process", json=body)).json()
+            second = (await s.client.post("/v1/process", json=body)).json()
+    assert first["result"]["prediction"] == second["result"]["prediction"]
+    np.testing.assert_allclose(first["result"]["prediction"], expected, rtol=0, atol=1e-12)
