@@ -10,7 +10,7 @@ store in a temporary folder) is driven over HTTP with httpx.
   series through ``POST /v1/process`` with ``model``); ``inprocess_nrmse``: the same
   with ``DTESNModel.fit_readout`` and ``process_one`` here; ``nrmse_diff`` (target
   <= 1e-9).  ``api_overhead_ratio``: seconds from the fit's POST to its job's success /
-  seconds of ``fit_readout`` on a built model (same run).
+  seconds of ``fit_readout`` on a built model (the best of 3 each, alternating).
 - **chunked**: a series of ``chunked_steps`` (1e6; 1e5 with ``--quick``, on a 256-unit
   reservoir) posted in chunks of 10,000 steps, each a NARMA10 stretch of its own seed
   (one long NARMA10 run diverges now and then); ``chunked_peak_rss_mb`` is the
@@ -52,6 +52,7 @@ from _deps import require  # noqa: E402
 
 STEPS, SPLIT, WASHOUT, ALPHA = 4000, 3000, 100, 1e-6
 CHUNK = 10_000
+REPEATS = 3
 SEARCH_SPACE = {
     "input_scaling": [0.05, 0.1, 0.2, 0.5, 1.0],
     "spectral_radius": [0.8, 0.9, 0.95, 1.0, 1.1],
@@ -83,17 +84,19 @@ async def bench_fit(client: Any) -> dict[str, Any]:
 
     u, y = narma10(STEPS, seed=0)
     model = DTESNModel(DTESNConfig())
-    started = time.perf_counter()
-    model.fit_readout([u[:SPLIT]], [y[:SPLIT]], alpha=ALPHA, mode="per_step", washout=WASHOUT)
-    inprocess_s = time.perf_counter() - started
+    body = {"inputs": u[:SPLIT].tolist(), "targets": y[:SPLIT].tolist(), "washout": WASHOUT}
+    inprocess_s = api_s = float("inf")
+    for _ in range(REPEATS):  # the best of a few, alternating: the machine is shared
+        started = time.perf_counter()
+        model.fit_readout([u[:SPLIT]], [y[:SPLIT]], alpha=ALPHA, mode="per_step", washout=WASHOUT)
+        inprocess_s = min(inprocess_s, time.perf_counter() - started)
+        started = time.perf_counter()
+        r = await client.post("/v1/models/narma/fit", json={**body, "alpha": ALPHA})
+        r.raise_for_status()
+        job = await wait_job(client, r.headers["location"])
+        api_s = min(api_s, time.perf_counter() - started)
     local = model.process_one(u).prediction
     assert local is not None
-    body = {"inputs": u[:SPLIT].tolist(), "targets": y[:SPLIT].tolist(), "washout": WASHOUT}
-    started = time.perf_counter()
-    r = await client.post("/v1/models/narma/fit", json={**body, "alpha": ALPHA})
-    r.raise_for_status()
-    job = await wait_job(client, r.headers["location"])
-    api_s = time.perf_counter() - started
     got = await predict(client, u, job["result"]["model"])
     api, ours = nrmse(got[SPLIT:], y[SPLIT:]), nrmse(local[SPLIT:], y[SPLIT:])
     return {
