@@ -102,14 +102,34 @@ async def _fit(registry: ModelRegistry, payload: dict[str, Any]) -> VersionInfo:
 
 
 async def add_chunk(
-    registry: ModelRegistry, upload_id: str, name: str, inputs: Any, targets: Any
+    registry: ModelRegistry,
+    upload_id: str,
+    name: str,
+    inputs: Any,
+    targets: Any,
+    index: int | None = None,
 ) -> dict[str, Any]:
     """Apply one chunk of the chunked fit ``upload_id`` and store the accumulator;
-    returns ``{"chunks", "steps"}`` so far."""
+    returns ``{"chunks", "steps"}`` so far.  ``index`` (0, 1, ...: the chunk's place,
+    optional) makes a resent chunk harmless: one already applied is not applied again
+    (the progress is returned as it is), one that comes too early is refused."""
     found = await registry.store.upload(upload_id)
     if found is None or found[0] != name:
-        raise UnknownModel(f"no chunked fit {upload_id!r} of model {name!r}", field="job")
+        raise UnknownModel(
+            f"no chunked fit {upload_id!r} of model {name!r} (a fit whose last chunk"
+            f" arrived is solved: its version is listed by GET /v1/models/{name})",
+            field="job",
+        )
     _, spec, state, chunks = found
+    if index is not None and index > chunks:
+        raise ChunkConflict(
+            f"chunk {index} came before chunk {chunks}: send chunk {chunks} first",
+            field="index",
+        )
+    if index is not None and index < chunks:
+        assert state is not None
+        steps = await trio.to_thread.run_sync(lambda: Accumulator.from_bytes(state).steps)
+        return {"chunks": chunks, "steps": steps}
     config = DTESNConfig.from_dict(spec["config"])
     data = training_set(inputs, targets, "per_step")
     encoded = encode_input(data.inputs[0], config.input_dim, field="inputs")

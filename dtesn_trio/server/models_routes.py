@@ -88,11 +88,14 @@ class FitRequest(_Body):
 
 
 class ChunkRequest(_Body):
-    """The next chunk of a chunked fit: its steps continue the reservoir's state."""
+    """The next chunk of a chunked fit: its steps continue the reservoir's state.
+    ``index`` (optional, from 0): a chunk already applied is not applied again (200, the
+    progress so far), one sent before its predecessor is refused (409)."""
 
     inputs: _Data
     targets: _Targets
     last: bool = False
+    index: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class SearchRequest(_Body):
@@ -228,7 +231,7 @@ def model_routes(state: AppState) -> list[Route]:
         name = name_of(request)
         upload = request.path_params["job"]
         req = state._decode(await request.body(), _chunk)
-        progress = await add_chunk(models, upload, name, req.inputs, req.targets)
+        progress = await add_chunk(models, upload, name, req.inputs, req.targets, req.index)
         body = {"job_id": upload, **progress, "status": "receiving"}
         if not req.last:
             return _json(body)

@@ -202,8 +202,13 @@ async def test_bad_chunks_name_what_was_wrong(runtime: Runtime) -> None:
             part = {"inputs": u.tolist(), "targets": y[:-1].tolist()}
             r = await s.client.post(chunks, json=part)
             assert (r.status_code, r.json()["error"]["field"]) == (422, "targets")
-            ok = await s.client.post(chunks, json={"inputs": u.tolist(), "targets": y.tolist()})
-            assert ok.json()["chunks"] == 1
+            good = {"inputs": u.tolist(), "targets": y.tolist(), "index": 0}
+            ok = await s.client.post(chunks, json=good)
+            assert (ok.json()["chunks"], ok.json()["steps"]) == (1, 100)
+            resent = await s.client.post(chunks, json=good)  # its answer was lost, say
+            assert (resent.status_code, resent.json()["chunks"]) == (200, 1)
+            early = await s.client.post(chunks, json={**good, "index": 2})
+            assert (early.status_code, early.json()["error"]["field"]) == (409, "index")
             wide = {"inputs": u.tolist(), "targets": np.stack([y, y], axis=1).tolist()}
             r = await s.client.post(chunks, json=wide)
             assert (r.status_code, r.json()["error"]["field"]) == (422, "targets")
