@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -32,6 +33,7 @@ from dtesn_trio.models.version import ModelVersion, VersionInfo, readout_from_np
 __all__ = [
     "DEFAULT_MODEL",
     "ModelRegistry",
+    "ModelRegistryStatistics",
     "UnknownModel",
     "check_name",
     "parse_ref",
@@ -89,6 +91,15 @@ def parse_ref(ref: str, field: str = "model") -> tuple[str, int | None]:
     return name, int(version) if at else None
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRegistryStatistics:
+    """Built models held in memory, and versions built since the registry was made."""
+
+    versions_cached: int
+    reservoirs_cached: int
+    loads: int
+
+
 class ModelRegistry:
     """See the module docstring.  ``default``: the server's built-in model (version 0);
     ``base_config``: the config a fit starts from (its ``config`` overrides fields)."""
@@ -110,6 +121,10 @@ class ModelRegistry:
         self._versions: OrderedDict[tuple[str, int], ModelVersion] = OrderedDict()
         self._reservoirs: OrderedDict[DTESNConfig, DTESNModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._loads = 0
+
+    def statistics(self) -> ModelRegistryStatistics:
+        return ModelRegistryStatistics(len(self._versions), len(self._reservoirs), self._loads)
 
     # ---------------------------------------------------------------- resolving
 
@@ -140,6 +155,7 @@ class ModelRegistry:
             raise UnknownModel(f"model {name!r} has no version {version}", field="model")
         info, blob = found
         model = await trio.to_thread.run_sync(self._build, info, blob)
+        self._loads += 1
         resolved = ModelVersion(name, version, model, info)
         self._versions[(name, version)] = resolved
         while len(self._versions) > self._cache_size:

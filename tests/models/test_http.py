@@ -100,6 +100,8 @@ async def test_versions_activation_and_cache_keyed_by_version(runtime: Runtime) 
             assert r.status_code == 200, r.text
             after = (await s.client.post("/v1/process", json=body)).json()
             pinned = (await s.client.post("/v1/process", json={**body, "model": "m@1"})).json()
+    assert runtime.models is not None
+    assert runtime.models.statistics().loads == 2  # each version built once
     assert not after["cache_hit"]
     assert after["result"]["prediction"] != first["result"]["prediction"]
     assert pinned["result"]["prediction"] == first["result"]["prediction"]
