@@ -29,7 +29,14 @@ from dtesn_trio.dtesn.encoding import FloatArray
 from dtesn_trio.dtesn.tasks import nrmse
 from dtesn_trio.errors import InvalidRequest
 
-__all__ = ["Accumulator", "TrainingSet", "fit_readout", "training_set"]
+__all__ = [
+    "Accumulator",
+    "TrainingSet",
+    "fit_readout",
+    "split_rows",
+    "state_rows",
+    "training_set",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +124,7 @@ def training_set(inputs: Any, targets: Any, mode: str) -> TrainingSet:
     return TrainingSet(list(inputs), arrays, mode, False)
 
 
-def _rows(
+def state_rows(
     model: DTESNModel, data: TrainingSet, washout: int
 ) -> tuple[list[FloatArray], list[FloatArray]]:
     """States and targets per input, as ``RidgeReadout.fit`` builds them."""
@@ -141,13 +148,13 @@ def fit_readout(
     """The fitted readout (not attached) and its scores: ``train_nrmse``, and with
     several alphas ``alpha`` (the best), ``validation_nrmse`` and ``alphas`` (each
     alpha with its validation NRMSE)."""
-    xs, ys = _rows(model, data, washout)
+    xs, ys = state_rows(model, data, washout)
     if sum(x.shape[0] for x in xs) == 0:
         raise InvalidRequest(f"washout {washout} leaves no step to fit on", field="washout")
     scores: dict[str, Any] = {}
     best = alphas[0]
     if len(alphas) > 1:
-        (x_fit, y_fit), (x_val, y_val) = _split(xs, ys, data, validation)
+        (x_fit, y_fit), (x_val, y_val) = split_rows(xs, ys, data, validation)
         tried: list[tuple[float, float]] = []
         for alpha in alphas:
             ro = RidgeReadout(alpha=alpha, mode=data.mode).fit_states(x_fit, y_fit)
@@ -169,7 +176,7 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _split(
+def split_rows(
     xs: list[FloatArray], ys: list[FloatArray], data: TrainingSet, validation: float
 ) -> tuple[tuple[FloatArray, FloatArray], tuple[FloatArray, FloatArray]]:
     if data.single or data.mode == "final":

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "default"
+MAX_FIT_RESERVOIR = 4096  # the largest reservoir a request may fit (beyond the server's)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
@@ -185,9 +186,17 @@ class ModelRegistry:
     def config_for(self, overrides: dict[str, Any] | None, field: str = "config") -> DTESNConfig:
         """``base_config`` with ``overrides``; ``InvalidRequest`` naming a bad field."""
         try:
-            return DTESNConfig.from_dict({**self.base_config.to_dict(), **(overrides or {})})
+            config = DTESNConfig.from_dict({**self.base_config.to_dict(), **(overrides or {})})
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(f"{field}: {exc}", field=field) from None
+        # a fit holds a reservoir_size^2 matrix: a request must not ask for gigabytes
+        largest = max(self.base_config.reservoir_size, MAX_FIT_RESERVOIR)
+        if config.reservoir_size > largest:
+            raise InvalidRequest(
+                f"{field}: reservoir_size must be <= {largest} (got {config.reservoir_size})",
+                field=field,
+            )
+        return config
 
     # ---------------------------------------------------------------- versions
 

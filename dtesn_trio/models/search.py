@@ -31,7 +31,7 @@ import trio
 
 from dtesn_trio.dtesn import DTESNConfig
 from dtesn_trio.errors import DTESNError, InvalidRequest, Overloaded
-from dtesn_trio.models.fitting import TrainingSet, _rows, _split, fit_readout, training_set
+from dtesn_trio.models.fitting import TrainingSet, fit_readout, split_rows, state_rows, training_set
 from dtesn_trio.models.registry import ModelRegistry
 from dtesn_trio.models.version import VersionInfo
 
@@ -106,8 +106,8 @@ def _score(
     from dtesn_trio.dtesn.tasks import nrmse
 
     model = registry.reservoir(config)
-    xs, ys = _rows(model, data, washout)
-    (x_fit, y_fit), (x_val, y_val) = _split(xs, ys, data, validation)
+    xs, ys = state_rows(model, data, washout)
+    (x_fit, y_fit), (x_val, y_val) = split_rows(xs, ys, data, validation)
     out = []
     for alpha in alphas:
         ro = RidgeReadout(alpha=alpha, mode=data.mode).fit_states(x_fit, y_fit)

@@ -125,6 +125,12 @@ async def test_bad_requests_name_what_was_wrong(runtime: Runtime) -> None:
             422,
             "config",
         ),
+        (
+            "/v1/models/m/fit",
+            {"inputs": u.tolist(), "targets": y.tolist(), "config": {"reservoir_size": 10**6}},
+            422,
+            "config",
+        ),
         ("/v1/models/bad name/fit", {"inputs": u.tolist(), "targets": y.tolist()}, 422, "name"),
         ("/v1/process", {"input": "abc", "model": "nope"}, 404, "model"),
         ("/v1/process", {"input": "abc", "model": "m@x"}, 422, "model"),
