@@ -50,6 +50,7 @@ from dtesn_trio.server.errors import (
     validation_error,
 )
 from dtesn_trio.server.gctuning import GCMonitor
+from dtesn_trio.server.http1 import COMPLETE_BODY
 from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
 from dtesn_trio.server.models import PRIORITY_LEVELS, request_models
 from dtesn_trio.server.models_routes import model_routes
@@ -627,6 +628,18 @@ class _Guard:
             body_done = True
             raise body_timeout()
 
+        async def whole_body() -> bytes:
+            # the lean server hands over a body that came with the head: no receive()
+            nonlocal body_done
+            extensions = scope.get("extensions")
+            body: bytes | None = None if extensions is None else extensions.get(COMPLETE_BODY)
+            if body is None:
+                return await read_body()
+            body_done = True
+            if len(body) > limit:
+                raise too_large(limit)
+            return body
+
         def body_timeout() -> BodyTimeout:
             return BodyTimeout(
                 f"the request body did not arrive within {state.config.body_timeout:g}s"
@@ -652,7 +665,7 @@ class _Guard:
                     await state.enter_intake()
                 try:
                     if path == "/v1/process" and method == "POST":
-                        await state.process_asgi(await read_body(), guarded_send)
+                        await state.process_asgi(await whole_body(), guarded_send)
                     else:
                         await self.app(scope, limited_receive, guarded_send)
                 finally:

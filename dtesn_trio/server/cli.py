@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 import tomllib
@@ -140,6 +141,28 @@ def load_serve_config(
     return runtime_config, settings.server
 
 
+_NOFILE_CAP = 1 << 20
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft open-file limit to the hard one (as Go's runtime does): a socket is
+    a file, and the common soft default of 1,024 would refuse the 1,025th connection
+    (EMFILE) however much memory is free."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _NOFILE_CAP if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_CAP)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            logging.getLogger("dtesn_trio.server").warning(
+                "could not raise the open-file limit from %d: %s", soft, exc
+            )
+            return
+    logging.getLogger("dtesn_trio.server").info(
+        "open-file limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    )
+
+
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -262,6 +285,7 @@ def serve_command(
         raise click.UsageError(
             f"engine options ({', '.join(sorted(options))}) need --engine MODULE:FACTORY"
         )
+    _raise_open_file_limit()
     status = trio.run(_serve_main, runtime_config, server_config, engine)
     if status:
         sys.exit(status)
