@@ -159,6 +159,15 @@ SPECS: dict[str, list[Row]] = {
         Row("runtime_identity_per_s", "queue_identity_per_s", "runtime_vs_queue", ">= 0.8"),
         Row("sklearn_batched_per_s", "sklearn_single_per_s", "sklearn_batch_speedup"),
     ],
+    # issue 17: training through the API
+    "fit": [
+        Row("api_nrmse", "inprocess_nrmse", target="<= 1e-9", checked="nrmse_diff"),
+        Row("api_fit_s", "inprocess_fit_s", "api_overhead_ratio"),
+        Row("chunked_peak_rss_mb"),
+        Row("chunked_rss_growth_mb"),
+        Row("search_nrmse", target="<= 0.15"),
+        Row("search_trials", target="<= 30"),
+    ],
     # issue 18
     "jobs_retention": [
         Row("sqlite_sweep_p99_ms", "sqlite_baseline_p99_ms", "sqlite_claim_p99_ratio", "<= 2"),

@@ -45,6 +45,13 @@ from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_servi
 from dtesn_trio.jobs.postgres import PostgresJobStore
 from dtesn_trio.limits import Admission, AdmissionConfig, BreakerState
 from dtesn_trio.limits.shared_rate import SharedRateLimiter
+from dtesn_trio.models import (
+    JOB_KINDS,
+    ModelRegistry,
+    postgres_model_store,
+    run_job,
+    sqlite_model_store,
+)
 from dtesn_trio.nurseries import (
     ConnectionPool,
     ConnectionPoolConfig,
@@ -141,6 +148,8 @@ class Runtime:
     cache: ResultCache | None = None
     queue: PriorityBatchQueue[_Work, _Done] | None = None
     jobs: JobService | None = None
+    models: ModelRegistry | None = None
+    """Named, versioned models (with durable jobs, on the DTESN engine only)."""
     shared_limiter: SharedRateLimiter | None = None
     pools: dict[str, ConnectionPool[Any]] = field(default_factory=dict)
     _shutdown_started: trio.Event = field(default_factory=trio.Event)
@@ -337,7 +346,11 @@ class Runtime:
         return out
 
     async def _run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A durable job: already accepted, so it skips admission but not the queue."""
+        """A durable job: already accepted, so it skips admission but not the queue.
+        Training jobs (fit, search) go to the model registry."""
+        if payload.get("kind") in JOB_KINDS and self.models is not None:
+            enqueue = None if self.jobs is None else self.jobs.enqueue
+            return await run_job(self.models, payload, enqueue)
         priority = payload.get("priority", 4)
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
         group = None if self.engine.group_key is None else self.engine.group_key(item)
@@ -504,6 +517,19 @@ async def _open_job_store(
     return SQLiteJobStore(pools["jobs"])
 
 
+async def _open_registry(
+    config: RuntimeConfig, pool: ConnectionPool[Any], engine: DTESNEngine
+) -> ModelRegistry:
+    """The model registry, in the job store's database (set up before the claimers
+    start: a training job may be the first they claim)."""
+    if config.jobs.backend == "postgres":
+        store = postgres_model_store(pool)
+    else:
+        store = sqlite_model_store(pool)
+    await store.setup()
+    return ModelRegistry(store, lambda: engine.model, engine.config)
+
+
 @asynccontextmanager
 async def open_runtime(
     config: RuntimeConfig | None = None,
@@ -571,6 +597,8 @@ async def open_runtime(
             )
             if config.jobs.enabled:
                 store = await _open_job_store(config, rt.pools, stack)
+                if isinstance(resolved.engine, DTESNEngine):
+                    rt.models = await _open_registry(config, rt.pools["jobs"], resolved.engine)
                 rt.jobs = await stack.enter_async_context(
                     open_job_service(store, rt._run_job, config.jobs)
                 )

@@ -60,6 +60,7 @@ from dtesn_trio.server.http1 import COMPLETE_BODY
 from dtesn_trio.server.intake import LifoSlots
 from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
 from dtesn_trio.server.models import PRIORITY_LEVELS, request_models
+from dtesn_trio.server.models_routes import model_routes
 from dtesn_trio.server.openapi import docs_html, openapi_document
 from dtesn_trio.server.requestid import new_request_id, request_id_var
 
@@ -345,6 +346,20 @@ class AppState:
             )
         return trio.current_time() + deadline_ms / 1000
 
+    async def _model_options(self, req: Any) -> dict[str, Any]:
+        """The engine option of the request's ``model`` (resolved now: the request runs
+        on that version however activations change while it runs), or none."""
+        ref = getattr(req, "model", None)
+        if ref is None:
+            return {}
+        models = getattr(self.runtime, "models", None)
+        if models is None:
+            raise InvalidRequest(
+                "model needs the model registry (durable jobs on, the DTESN engine)",
+                field="model",
+            )
+        return {"options": {"model": await models.resolve(ref)}}
+
     def _jobs(self) -> Any:
         jobs = self.runtime.jobs
         if jobs is None:
@@ -382,6 +397,7 @@ class AppState:
         deadline = self._deadline(req.deadline_ms)
         start = time.perf_counter()
         runtime = self.runtime
+        extra = await self._model_options(req)
 
         async def call() -> Any:
             return await runtime.process(
@@ -390,6 +406,7 @@ class AppState:
                 deadline=deadline,
                 membrane_depth=req.membrane_depth,
                 use_cache=req.use_cache,
+                **extra,
             )
 
         outcome = await self._drainable(call, deadline)
@@ -410,6 +427,7 @@ class AppState:
         deadline = self._deadline(req.deadline_ms)
         start = time.perf_counter()
         runtime = self.runtime
+        extra = await self._model_options(req)
 
         async def call() -> list[Any]:
             return await runtime.process_batch(
@@ -418,6 +436,7 @@ class AppState:
                 deadline=deadline,
                 membrane_depth=req.membrane_depth,
                 use_cache=req.use_cache,
+                **extra,
             )
 
         outcomes = await self._drainable(call, deadline)
@@ -745,6 +764,7 @@ def create_app(
         Route("/healthz", state.healthz, methods=["GET"]),
         Route("/readyz", state.readyz, methods=["GET"]),
         Route("/metrics", state.metrics_endpoint, methods=["GET"]),
+        *model_routes(state),
     ]
     if config.docs:
         routes += [
