@@ -92,7 +92,10 @@ class LoopMonitor(trio.abc.Instrument):
         self._record(step, task.name)
 
     async def run(
-        self, interval: float = 0.01, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        interval: float = 0.01,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Watch the loop from a task until cancelled (see the module docstring).
 
