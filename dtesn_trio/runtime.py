@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import math
 import sys
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -104,12 +105,13 @@ class _Work:
     """One queued request, as the batch workers see it; ``batch`` is filled in by the
     batch that ran it (one record per batch, shared by its members)."""
 
-    __slots__ = ("batch", "enqueued", "group", "item")
+    __slots__ = ("batch", "cost", "enqueued", "group", "item")
 
-    def __init__(self, item: Any, group: Hashable, enqueued: float) -> None:
+    def __init__(self, item: Any, group: Hashable, enqueued: float, cost: int = 1) -> None:
         self.item = item
         self.group = group
         self.enqueued = enqueued
+        self.cost = cost  # its share of the batch budget (queue.max_batch_size)
         self.batch: tuple[int, float, float] = (0, enqueued, enqueued)
         """(size, started, finished) of the batch that ran it."""
 
@@ -262,8 +264,7 @@ class Runtime:
                     return ProcessOutcome(hit, True, priority, 0, timings)
         queue = self.queue
         assert queue is not None
-        group = None if engine.group_key is None else engine.group_key(item)
-        work = _Work(item, group, start)
+        work = self._work(item, start)
         start_by = deadline
         if deadline is not None:
             run = queue.mean_batch_duration
@@ -348,10 +349,16 @@ class Runtime:
         """A durable job: already accepted, so it skips admission but not the queue."""
         priority = payload.get("priority", 4)
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
-        group = None if self.engine.group_key is None else self.engine.group_key(item)
-        work = _Work(item, group, trio.current_time())
+        work = self._work(item, self._now())
         output = await self._submit(work, priority)
         return {"result": self.engine.encode(output), "batch_size": work.batch[0]}
+
+    def _work(self, item: Any, now: float) -> _Work:
+        engine = self.engine
+        group = None if engine.group_key is None else engine.group_key(item)
+        if engine.cost is None:
+            return _Work(item, group, now)
+        return _Work(item, group, now, _cost_units(engine.name, engine.cost(item)))
 
     # ---- validation ------------------------------------------------------------
 
@@ -369,7 +376,8 @@ class Runtime:
         options: Mapping[str, Any] | None,
     ) -> Any:
         """The engine's item for ``data``, or ``InvalidRequest``; a ``decode`` that
-        raises anything else is the engine's bug: ``EngineError``, logged."""
+        raises anything else (another ``DTESNError`` too) is the engine's bug:
+        ``EngineError``, logged with its traceback."""
         if type(priority) is not int or not 0 <= priority < self._levels:
             check_priority(priority, self._levels)  # raises, naming the field
         if depth is not None:
@@ -378,7 +386,7 @@ class Runtime:
             if not options:
                 return self.engine.decode_fn(data)
             return self.engine.decode(data, options)
-        except DTESNError:
+        except InvalidRequest:
             raise
         except Exception as exc:
             log.error("the engine's decode failed on one input: %r", exc, exc_info=exc)
@@ -464,6 +472,17 @@ def _engine_admission(config: AdmissionConfig) -> AdmissionConfig:
 
     breaker = dataclasses.replace(config.breaker, ignore_exception=ignore_backend)
     return dataclasses.replace(config, breaker=breaker)
+
+
+def _cost_units(name: str, cost: object) -> int:
+    """An engine's ``cost(item)`` as whole units of the batch budget (at least 1)."""
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost):
+        raise EngineError(f"{name}.cost returned {cost!r}, not a finite number")
+    return max(1, math.ceil(cost))
+
+
+def _work_cost(work: _Work) -> int:
+    return work.cost
 
 
 def _engine_failure(exc: BaseException) -> DTESNError:
@@ -579,7 +598,13 @@ async def open_runtime(
                     rt.cache = MemoryCache(config.cache)
             queue_config = dataclasses.replace(config.queue, retry_individually=True)
             rt.queue = await stack.enter_async_context(
-                open_batch_queue(rt._run_batch, queue_config, breaker_status=rt._breaker_status)
+                open_batch_queue(
+                    rt._run_batch,
+                    queue_config,
+                    # the engine's cost counts toward queue.max_batch_size (else 1 an item)
+                    size_fn=None if resolved.cost is None else _work_cost,
+                    breaker_status=rt._breaker_status,
+                )
             )
             if config.jobs.enabled:
                 store = await _open_job_store(config, rt.pools, stack)
