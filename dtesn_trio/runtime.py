@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 import math
 import sys
@@ -22,6 +23,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from dtesn_trio._checks import check_priority
@@ -64,17 +66,27 @@ log = logging.getLogger("dtesn_trio.runtime")
 
 @dataclass(frozen=True)
 class ProcessOutcome:
-    """One request's answer: the engine's encoded output and how it was produced."""
+    """One request's answer: the engine's encoded output and how it was produced.
 
-    result: Any
+    ``result`` is the value of the engine's ``encode``, as JSON would give it back;
+    ``encoded`` is the same as JSON bytes (``msgspec.Raw``, what the server sends).
+    """
+
+    encoded: Any
     cache_hit: bool
     priority: int
     batch_size: int
     timings: dict[str, float]
 
+    @functools.cached_property
+    def result(self) -> Any:
+        encoded = self.encoded
+        return msgspec.json.decode(encoded) if isinstance(encoded, msgspec.Raw) else encoded
+
     def to_dict(self) -> dict[str, Any]:
+        """The answer's body (``result`` as JSON bytes, for ``msgspec`` to encode)."""
         return {
-            "result": self.result,
+            "result": self.encoded,
             "cache_hit": self.cache_hit,
             "priority": self.priority,
             "batch_size": self.batch_size,
@@ -297,7 +309,7 @@ class Runtime:
             # The engine raised for this input alone (the queue ran it alone after its
             # batch failed: queue.retry_individually, which the runtime turns on).
             raise _engine_failure(exc) from None
-        result = engine.encode(output)
+        result = output  # the engine's encode, in JSON bytes (``_run_batch``)
         if key is not None and cache is not None:
             if isinstance(cache, MemoryCache):
                 cache.set_nowait(key, result)
@@ -339,7 +351,9 @@ class Runtime:
             if work.group != first:
                 break
         else:  # one group: the common case, one call
-            outputs = check_outputs(name, size, await run([work.item for work in items]))
+            outputs = check_outputs(
+                name, size, await run([work.item for work in items], encode=True)
+            )
             info = (size, started, now())
             for work in items:
                 work.batch = info
@@ -349,7 +363,9 @@ class Runtime:
         for i, work in enumerate(items):
             by_key.setdefault(work.group, []).append(i)
         for idxs in by_key.values():
-            outputs = check_outputs(name, len(idxs), await run([items[i].item for i in idxs]))
+            outputs = check_outputs(
+                name, len(idxs), await run([items[i].item for i in idxs], encode=True)
+            )
             info = (size, started, now())
             for i, output in zip(idxs, outputs, strict=True):
                 items[i].batch = info
@@ -362,7 +378,7 @@ class Runtime:
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
         work = self._work(item, self._now())
         output = await self._submit(work, priority)
-        return {"result": self.engine.encode(output), "batch_size": work.batch[0]}
+        return {"result": output, "batch_size": work.batch[0]}
 
     def _work(self, item: Any, now: float) -> _Work:
         engine = self.engine
