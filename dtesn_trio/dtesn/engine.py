@@ -5,7 +5,9 @@ text or a ``T × input_dim`` array (the one place numeric input is encoded) into
 :class:`DTESNItem` with its membrane depth (the request option ``membrane_depth``,
 default the model's); ``group_key`` is that depth (one model per call); ``cache_key``
 hashes the input with the model's config at that depth and, at the model's own depth,
-its readout's weights; ``cost`` is the input's length in steps; ``encode`` is the
+its readout's weights; ``cost`` is the input's length in units of
+``STEPS_PER_COST_UNIT`` steps (so short inputs count one item each toward
+``queue.max_batch_size`` and a long one as several); ``encode`` is the
 result's JSON.
 
 The request option ``model`` runs the input on a registered model version instead
@@ -48,6 +50,9 @@ _NumericInput = Annotated[
 ]
 DTESNInput = _TextInput | _NumericInput
 """What a request's ``input`` may be (the server validates it before ``decode``)."""
+
+STEPS_PER_COST_UNIT = 256
+"""Steps of input per unit of ``DTESNEngine.cost``: one batch-budget unit."""
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -258,7 +263,7 @@ class DTESNEngine:
         return h.hexdigest()
 
     def cost(self, item: DTESNItem) -> int:
-        return item.encoded.steps
+        return -(-item.encoded.steps // STEPS_PER_COST_UNIT)
 
     def process_batch(self, items: Sequence[DTESNItem]) -> list[DTESNResult]:
         """One set of matrix products per time step for the items of each depth."""
