@@ -10,6 +10,8 @@ Re-exported here, in one library:
 - the parts, usable alone: admission and its limiters, breaker and rate limiter
   (:mod:`dtesn_trio.limits`), the connection pool and the priority batch queue
   (:mod:`dtesn_trio.nurseries`), the result cache, durable jobs (:mod:`dtesn_trio.jobs`);
+- named, versioned models trained through durable jobs: ``ModelRegistry``,
+  ``ModelVersion`` (:mod:`dtesn_trio.models`);
 - the errors (one hierarchy, ``DTESNError``) and the configs of every section;
 - the HTTP layer: ``create_app``, ``serve``.
 
@@ -59,6 +61,7 @@ from dtesn_trio.limits import (
     SeedScaleLimit,
     VegasLimit,
 )
+from dtesn_trio.models import ModelRegistry, ModelVersion
 from dtesn_trio.nurseries import (
     BatchQueueConfig,
     ConnectionPool,
@@ -81,7 +84,6 @@ from dtesn_trio.server import ServerConfig, create_app, serve
 from dtesn_trio.sessions import (
     BuiltinModelSource,
     ModelSource,
-    ModelVersion,
     SessionInfo,
     SessionManager,
     SessionsConfig,
@@ -127,6 +129,7 @@ __all__ = [
     "LoopStatistics",
     "MemoryCache",
     "ModelNotFound",
+    "ModelRegistry",
     "ModelSource",
     "ModelVersion",
     "Overloaded",

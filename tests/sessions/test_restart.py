@@ -81,8 +81,9 @@ class OnlyOther:
     """A model source that no longer has the built-in model (a registry after the
     version was deleted)."""
 
-    def resolve(self, ref: str | None) -> ModelVersion:
-        raise ModelNotFound(f"model {ref} does not exist any more", field="model")
+    async def resolve(self, ref: str | None) -> ModelVersion:
+        await trio.lowlevel.checkpoint()
+        raise ModelNotFound(f"model {ref or 'default'} does not exist any more", field="model")
 
 
 async def test_a_session_that_cannot_be_restored_is_410_naming_it(tmp_path: Path) -> None:
@@ -94,7 +95,7 @@ async def test_a_session_that_cannot_be_restored_is_410_naming_it(tmp_path: Path
     async with session_runtime(tmp_path, model, models=OnlyOther()) as rt:
         assert rt.sessions is not None
         with pytest.raises(
-            SessionLost, match=rf"session '{sid}'.*default@0 does not exist"
+            SessionLost, match=rf"session '{sid}'.*model default does not exist"
         ) as lost:
             await rt.sessions.step(sid, SERIES[5:])
         assert (lost.value.http_status, lost.value.field) == (410, "session_id")
