@@ -31,8 +31,8 @@ ModelRef = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
-        max_length=200,
-        pattern="^[^@]+(@[0-9]+)?$",
+        max_length=74,
+        pattern="^(default@0|[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[1-9][0-9]{0,8})?)$",
         description="'name' (its active version) or 'name@version'; absent: the built-in"
         " model. The session keeps the version it opened with.",
     ),
