@@ -98,9 +98,29 @@ _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 class _Request(Generic[T, R]):
     # The submitter parks on the request itself (``wait_task_rescheduled``) and
     # ``_move`` reschedules it: what trio.Event does, without an Event per request.
-    __slots__ = ("error", "expires", "item", "level", "queued_at", "soft", "state", "task", "value")
+    __slots__ = (
+        "error",
+        "expires",
+        "item",
+        "level",
+        "queue",
+        "queued_at",
+        "soft",
+        "state",
+        "task",
+        "value",
+    )
 
-    def __init__(self, item: T, level: int, queued_at: float, expires: float, soft: float) -> None:
+    def __init__(
+        self,
+        queue: PriorityBatchQueue[T, R],
+        item: T,
+        level: int,
+        queued_at: float,
+        expires: float,
+        soft: float,
+    ) -> None:
+        self.queue = queue
         self.item = item
         self.level = level
         self.queued_at = queued_at
@@ -110,6 +130,13 @@ class _Request(Generic[T, R]):
         self.value: R | None = None
         self.error: BaseException | None = None
         self.task: trio.lowlevel.Task | None = None  # set while its submitter is parked
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        # its submitter was cancelled while parked
+        self.task = None
+        queue = self.queue
+        queue._schedule(queue._now(), left=self)
+        return _SUCCEEDED
 
 
 _Box = OrderedDict[_Request[T, R], None]
@@ -337,17 +364,11 @@ class PriorityBatchQueue(Generic[T, R]):
                         retry_after=estimate,
                     ),
                 )
-        req: _Request[T, R] = _Request(item, priority, now, expires, soft)
+        req: _Request[T, R] = _Request(self, item, priority, now, expires, soft)
         self._schedule(now, arrived=req)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            req.task = None
-            self._schedule(self._now(), left=req)
-            return _SUCCEEDED
-
         req.task = trio.lowlevel.current_task()
         try:
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            await trio.lowlevel.wait_task_rescheduled(req.abort)
         except BaseException:
             self._counts["cancelled"] += 1
             raise
@@ -404,24 +425,22 @@ class PriorityBatchQueue(Generic[T, R]):
         then expires what is due, admits requests waiting for space, hands batches to
         idle workers and sets the timer.  Wakes every task it answers or feeds.
         """
-        levels = self._levels
-        freed = False  # whether a level may have room for a blocked request
         if finished is not None:
             batch = finished.batch
             if batch is not None:
                 self._busy.discard(finished)
                 finished.batch = None
-                freed = True
+                move = self._move
                 if results is None:
                     error = ShuttingDown("the queue shut down mid-batch")
                     for req in batch:
-                        self._move(req, _DONE, None, error)
+                        move(req, _DONE, None, error)
                 else:
                     for req, result in zip(batch, results, strict=True):
                         if isinstance(result, BaseException):
-                            self._move(req, _DONE, None, result)
+                            move(req, _DONE, None, result)
                         else:
-                            self._move(req, _DONE, result, None)
+                            move(req, _DONE, result)
             elif stopping:
                 self._idle.remove(finished)
             if not stopping:
@@ -429,23 +448,29 @@ class PriorityBatchQueue(Generic[T, R]):
             elif not self._idle and not self._busy:
                 self._workers_done.set()
         if left is not None:
-            if left.state == _RUNNING:
+            state = left.state
+            if state == _RUNNING:
                 self._counts["cancelled_running"] += 1
-            elif left.state != _DONE:
-                freed = left.state != _BLOCKED
+            elif state != _DONE:
                 self._move(left, _DONE)
+                if state != _BLOCKED:
+                    self._admit(self._levels[left.level], now)
         if arrived is not None:
-            level = levels[arrived.level]
+            level = self._levels[arrived.level]
             full = level.blocked or len(level.waiting) + len(level.delayed) >= level.capacity
             self._move(arrived, _BLOCKED if full else _QUEUED)
-            at = min(arrived.expires, arrived.soft)
+            expires, soft = arrived.expires, arrived.soft
+            at = expires if expires < soft else soft
             if at != _INF:
+                # the expiry index: entries of requests that left go from either end
                 index = level.expiring
+                while index and not _NEW < index[-1].state < _RUNNING:
+                    index.pop()
+                while index and not _NEW < index[0].state < _RUNNING:
+                    index.popleft()
                 if index and min(index[-1].expires, index[-1].soft) > at:
-                    self._push(at, arrived)
+                    self._push(at, arrived)  # out of the level's order (a shorter timeout)
                 else:
-                    while index and not _NEW < index[0].state < _RUNNING:
-                        index.popleft()  # keep it short: served heads go as we add
                     index.append(arrived)
                     if len(index) > 2 * level.capacity + 1024:  # (LIFO leaves holes)
                         level.expiring = deque(r for r in index if _NEW < r.state < _RUNNING)
@@ -454,24 +479,15 @@ class PriorityBatchQueue(Generic[T, R]):
         if closing and not self._closed:
             self._closed = True
             error = ShuttingDown("the queue is shutting down")
-            for level in levels:
+            for level in self._levels:
                 for box in (level.blocked, level.waiting, level.delayed):
                     for req in list(box):
                         self._move(req, _DONE, None, error)
         if now >= self._due:
-            freed |= self._expire_due(now)
+            self._expire_due(now)
         self._hold = _INF
         idle = self._idle
-        while True:
-            if freed:
-                for level in levels:
-                    blocked = level.blocked
-                    while blocked and level.queued < level.capacity:
-                        req = next(iter(blocked))
-                        self._move(req, _DELAYED if req.soft <= now else _QUEUED)
-                freed = False
-            if not idle:
-                break
+        while idle:
             batch = self._cut(now)
             if batch is None:
                 break
@@ -481,19 +497,21 @@ class PriorityBatchQueue(Generic[T, R]):
             n = len(batch)
             self._processed += n
             self._batches += 1
-            self._batch_sizes[n] = self._batch_sizes.get(n, 0) + 1
+            sizes = self._batch_sizes
+            sizes[n] = sizes.get(n, 0) + 1
             task = worker.task
             if task is not None:
                 worker.task = None
                 _reschedule(task)
-            freed = True
         if self._closed:
             for worker in idle:  # nothing is left to hand out: let them end
                 task = worker.task
                 if task is not None:
                     worker.task = None
                     _reschedule(task)
-        at = min(self._hold, self._due)
+        at = self._due
+        if self._hold < at:
+            at = self._hold
         if at < self._timer_at:
             self._timer_at = at
             wakeup = self._timer_wakeup
@@ -533,9 +551,17 @@ class PriorityBatchQueue(Generic[T, R]):
             heapq.heapify(heap)
             self._heap_limit = max(1024, 2 * len(heap))
 
-    def _expire_due(self, now: float) -> bool:
+    def _admit(self, level: _Level[T, R], now: float) -> None:
+        """Move requests waiting for space into ``level`` (oldest first) while it has
+        room: called wherever a queued request of the level leaves."""
+        blocked = level.blocked
+        while blocked and len(level.waiting) + len(level.delayed) < level.capacity:
+            req = next(iter(blocked))
+            self._move(req, _DELAYED if req.soft <= now else _QUEUED)
+
+    def _expire_due(self, now: float) -> None:
         """Answer the waiting requests whose expiry has come and delay those whose
-        "delay" timeout has; return whether any level lost a queued request."""
+        "delay" timeout has; admit requests waiting for the room that frees."""
         due: list[_Request[T, R]] = []
         for level in self._levels:
             index = level.expiring
@@ -566,7 +592,10 @@ class PriorityBatchQueue(Generic[T, R]):
             if req.expires != _INF:
                 self._push(req.expires, req)
         self._due = self._next_due()
-        return freed
+        if freed:
+            for level in self._levels:
+                if level.blocked:
+                    self._admit(level, now)
 
     def _next_due(self) -> float:
         """The earliest expiry or "delay" time of a waiting request (dropping the index
@@ -611,8 +640,9 @@ class PriorityBatchQueue(Generic[T, R]):
         return min(oldest + self.config.max_wait, self._next_due() - (self._batch_ewma or 0.0))
 
     def _cut(self, now: float) -> list[_Request[T, R]] | None:
-        """The next batch, moved to RUNNING; ``None`` when nothing is queued or (with
-        ``max_wait``) the batch is not due yet (then ``_hold`` says when it is)."""
+        """The next batch, moved to RUNNING (requests waiting for space take the room it
+        frees); ``None`` when nothing is queued or (with ``max_wait``) the batch is not
+        due yet (then ``_hold`` says when it is)."""
         config = self.config
         levels = self._levels
         max_batch = config.max_batch_size
@@ -631,18 +661,21 @@ class PriorityBatchQueue(Generic[T, R]):
                 if now < due:
                     self._hold = due
                     return None
-                hold = False
+            hold = False
         batch: list[_Request[T, R]] = []
-        served: list[int] = []
         size = 0
-        for i in self._service_order():
+        order = self._service_order()
+        last = -1  # the level the batch filled at (-1: it took everything queued)
+        for i in order:
             level = levels[i]
             waiting = level.waiting
-            if not waiting and not level.delayed:
+            delayed = level.delayed
+            if not waiting and not delayed:
                 continue
-            served.append(i)
-            first = reversed(waiting) if waiting and self._lifo(level, now) else waiting
-            for box in (first, level.delayed):
+            for box in (
+                reversed(waiting) if waiting and self._lifo(level, now) else waiting,
+                delayed,
+            ):
                 if size_fn is None:
                     batch.extend(itertools.islice(box, max_batch - size))
                     size = len(batch)
@@ -657,8 +690,9 @@ class PriorityBatchQueue(Generic[T, R]):
                         if size >= max_batch:
                             break
                 if size >= max_batch:
+                    last = i
                     break
-            if size >= max_batch:
+            if last >= 0:
                 break
         if not batch:
             return None
@@ -668,18 +702,31 @@ class PriorityBatchQueue(Generic[T, R]):
             if now < due:
                 self._hold = due
                 return None
-        max_skips = config.max_skips
-        if max_skips is not None:
-            self._starving = None
-            for i, level in enumerate(levels):
-                if i not in served and (level.waiting or level.delayed):
-                    level.skips += 1
-                    if level.skips >= max_skips and self._starving is None:
-                        self._starving = i  # the next batch serves it first
-                elif level.skips:
-                    level.skips = 0
+        move = self._move
         for req in batch:
-            self._move(req, _RUNNING)
+            move(req, _RUNNING)
+        # The levels it took from: their requests waiting for space take the room, and
+        # their skip counts start again.  A level the batch filled before reaching in
+        # the service order is passed over if it has requests (``max_skips``).
+        max_skips = config.max_skips
+        starving = None
+        passed = False
+        for i in order:
+            level = levels[i]
+            if not passed:
+                level.skips = 0
+                if level.blocked:
+                    self._admit(level, now)
+                passed = i == last
+            elif max_skips is None:
+                break
+            elif level.waiting or level.delayed:
+                level.skips += 1
+                if level.skips >= max_skips and starving is None:
+                    starving = i  # the next batch serves it first
+            else:
+                level.skips = 0
+        self._starving = starving
         return batch
 
     # ------------------------------------------------------------------ estimates
@@ -772,8 +819,14 @@ class PriorityBatchQueue(Generic[T, R]):
         finished = now()
         self._batch_done(len(batch), finished - started, None)
         times = [finished - req.queued_at for req in batch]
-        failed = [t for t, r in zip(times, results, strict=True) if isinstance(r, BaseException)]
-        self._adaptive.record_batch(times, failed or None)
+        failed: list[float] | None = None
+        for result in results:
+            if isinstance(result, BaseException):
+                failed = [
+                    t for t, r in zip(times, results, strict=True) if isinstance(r, BaseException)
+                ]
+                break
+        self._adaptive.record_batch(times, failed)
         return results
 
     def _batch_done(self, size: int, duration: float, error: BaseException | None) -> None:
