@@ -294,8 +294,7 @@ class PriorityBatchQueue(Generic[T, R]):
         self._seq = itertools.count()
         self._heap_limit = 1024
         self._due = _INF  # no waiting request expires or is delayed before this time
-        self._hold = _INF  # max_wait: when the batch an idle worker holds is due
-        self._timer_at = _INF
+        self._timer_at = _INF  # the timer task wakes by then (never later than _due)
         self._timer_wakeup: trio.Event | None = None
         self._closed = False
         self._adaptive = AdaptiveTimeout(
@@ -489,6 +488,7 @@ class PriorityBatchQueue(Generic[T, R]):
                         level.expiring = deque(r for r in index if r.state < _NEW)
                 if at < self._due:
                     self._due = at
+                    self._timer_by(at)
         if closing and not self._closed:
             self._closed = True
             error = ShuttingDown("the queue is shutting down")
@@ -498,7 +498,6 @@ class PriorityBatchQueue(Generic[T, R]):
                         self._move(req, _DONE, None, error)
         if now >= self._due:
             self._expire_due(now)
-        self._hold = _INF
         idle = self._idle
         while idle:
             batch = self._cut(now)
@@ -518,9 +517,9 @@ class PriorityBatchQueue(Generic[T, R]):
                 if task is not None:
                     worker.task = None
                     _reschedule(task)
-        at = self._due
-        if self._hold < at:
-            at = self._hold
+
+    def _timer_by(self, at: float) -> None:
+        """Wake the timer task by ``at``: an expiry, or when a held batch is due."""
         if at < self._timer_at:
             self._timer_at = at
             wakeup = self._timer_wakeup
@@ -650,7 +649,7 @@ class PriorityBatchQueue(Generic[T, R]):
     def _cut(self, now: float) -> list[_Request[T, R]] | None:
         """The next batch, moved to RUNNING (requests waiting for space take the room it
         frees); ``None`` when nothing is queued or (with ``max_wait``) the batch is not
-        due yet (then ``_hold`` says when it is)."""
+        due yet (the timer wakes when it is)."""
         config = self.config
         max_batch = config.max_batch_size
         size_fn = self._size_fn
@@ -691,7 +690,7 @@ class PriorityBatchQueue(Generic[T, R]):
                 due = min(r.queued_at for r in batch) + config.max_wait
                 due = min(due, min(r.expires for r in batch) - (self._batch_ewma or 0.0))
             if now < due:
-                self._hold = due
+                self._timer_by(due)
                 return None
         move = self._move
         for req in batch:
@@ -840,7 +839,9 @@ class PriorityBatchQueue(Generic[T, R]):
         """Calls ``_schedule`` when an expiry or a held batch (``max_wait``) is due."""
         while True:
             self._timer_at = _INF
-            self._schedule(self._now())
+            self._schedule(self._now())  # (a batch it holds back sets _timer_at)
+            if self._due < self._timer_at:
+                self._timer_at = self._due
             wakeup = self._timer_wakeup = trio.Event()
             with trio.move_on_at(self._timer_at):
                 await wakeup.wait()
