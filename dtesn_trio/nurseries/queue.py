@@ -80,7 +80,6 @@ _BLOCKED, _QUEUED, _DELAYED, _NEW, _RUNNING, _DONE = range(6)
 _INF = math.inf
 _CHECKPOINT_EVERY = 32  # items a worker may run between two of its own checkpoints
 _OUTCOMES = (
-    "completed",
     "failed",
     "expired",
     "cancelled",
@@ -92,6 +91,8 @@ _OUTCOMES = (
 )
 
 _reschedule = trio.lowlevel.reschedule
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 
 
@@ -103,7 +104,6 @@ class _Request(Generic[T, R]):
         "expires",
         "item",
         "level",
-        "queue",
         "queued_at",
         "soft",
         "state",
@@ -113,14 +113,12 @@ class _Request(Generic[T, R]):
 
     def __init__(
         self,
-        queue: PriorityBatchQueue[T, R],
         item: T,
         level: _Level[T, R],
         queued_at: float,
         expires: float,
         soft: float,
     ) -> None:
-        self.queue = queue
         self.item = item
         self.level = level
         self.queued_at = queued_at
@@ -134,7 +132,7 @@ class _Request(Generic[T, R]):
     def abort(self, _: object) -> trio.lowlevel.Abort:
         # its submitter was cancelled while parked
         self.task = None
-        queue = self.queue
+        queue = self.level.queue
         queue._schedule(queue._now(), left=self)
         return _SUCCEEDED
 
@@ -153,11 +151,13 @@ class _Level(Generic[T, R]):
         "expiring",
         "index_limit",
         "priority",
+        "queue",
         "skips",
         "waiting",
     )
 
-    def __init__(self, priority: int, capacity: int) -> None:
+    def __init__(self, queue: PriorityBatchQueue[T, R], priority: int, capacity: int) -> None:
+        self.queue = queue
         self.priority = priority
         self.capacity = capacity
         self.blocked: _Box[T, R] = OrderedDict()
@@ -277,7 +277,7 @@ class PriorityBatchQueue(Generic[T, R]):
         self._on_batch_done = on_batch_done
         self._breaker_status = breaker_status
         self._levels: tuple[_Level[T, R], ...] = tuple(
-            _Level(i, cap) for i, cap in enumerate(config.capacities)
+            _Level(self, i, cap) for i, cap in enumerate(config.capacities)
         )
         self._timeouts = config.timeouts
         self._starving: _Level[T, R] | None = None  # max_skips: the next batch serves it first
@@ -308,6 +308,7 @@ class PriorityBatchQueue(Generic[T, R]):
         self._now: Callable[[], float] = trio.current_time
         self._counts = dict.fromkeys(_OUTCOMES, 0)
         self._submitted = 0
+        self._completed = 0  # (the other outcomes are counted in _counts)
         self._batch_failures = 0
         self._consecutive_failures = 0
         self._batch_sizes: defaultdict[int, int] = defaultdict(int)
@@ -375,11 +376,11 @@ class PriorityBatchQueue(Generic[T, R]):
                         retry_after=estimate,
                     ),
                 )
-        req: _Request[T, R] = _Request(self, item, level, now, expires, soft)
+        req: _Request[T, R] = _Request(item, level, now, expires, soft)
         self._schedule(now, arrived=req)
-        req.task = trio.lowlevel.current_task()
+        req.task = _current_task()
         try:
-            await trio.lowlevel.wait_task_rescheduled(req.abort)
+            await _wait_task_rescheduled(req.abort)
         except BaseException:
             self._counts["cancelled"] += 1
             raise
@@ -389,7 +390,7 @@ class PriorityBatchQueue(Generic[T, R]):
         # traceback holds the frames of the caller's whole stack.
         req.error = req.value = None
         if error is None:
-            self._counts["completed"] += 1
+            self._completed += 1
             return value  # type: ignore[return-value]
         if isinstance(error, ShuttingDown):
             self._counts["shut_down"] += 1
@@ -867,7 +868,7 @@ class PriorityBatchQueue(Generic[T, R]):
             running_batches=len(busy),
             running_items=sum(len(b) for b in busy),
             submitted=self._submitted,
-            completed=counts["completed"],
+            completed=self._completed,
             failed=counts["failed"],
             expired=counts["expired"],
             cancelled=counts["cancelled"],
