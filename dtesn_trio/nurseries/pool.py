@@ -255,6 +255,13 @@ class ConnectionPool(Generic[C]):
         self._fill_failures = 0
         self._fill_round = 0
         self._fill_round_failed = False
+        # An idle connection's next scan comes no sooner after its last use than this
+        # (resize changes the bounds only).
+        cfg = self._config
+        self._idle_gap = min(
+            cfg.keepalive_interval if cfg.enable_keepalive else math.inf,
+            math.inf if cfg.idle_timeout is None else cfg.idle_timeout,
+        )
 
         self._total_requests = 0
         self._served = 0
@@ -411,7 +418,6 @@ class ConnectionPool(Generic[C]):
         recs = self._records
         idle = recs[_IDLE]
         waiters = self._waiters
-        running = self._state is _RUNNING
         todo: _Todo[C] = []
 
         if record is not None:
@@ -477,12 +483,15 @@ class ConnectionPool(Generic[C]):
                     _serve(waiters.popitem(last=False)[0], record, todo)
                 else:
                     _move(recs, record, _IDLE, todo)
-                    due = self._due(record, n_open > cfg.min_connections)
-                    if due < self._scan_at:
-                        self._wake_at(due)
+                    # (its next scan is no sooner than its expiry or this, see _due)
+                    soonest = min(record.expires_at, record.last_used + self._idle_gap)
+                    if soonest < self._scan_at:
+                        due = self._due(record, n_open > cfg.min_connections)
+                        if due < self._scan_at:
+                            self._wake_at(due)
 
         if arriving is not None:
-            if not running:
+            if self._state is not _RUNNING:
                 stopped = ShuttingDown(f"{self._name} pool is not running ({self._state.value})")
                 _serve(arriving, stopped, todo)
             elif idle and not waiters:
@@ -559,6 +568,7 @@ class ConnectionPool(Generic[C]):
                         rec.stack,
                     )
             missing = cfg.min_connections - self._total()
+            running = self._state is _RUNNING
             # Starting, the pool makes min_connections once (run() fails if one fails).
             first = self._state is _STARTING and self._fill_round == 0
             if missing > 0 and (running or first):
@@ -574,14 +584,15 @@ class ConnectionPool(Generic[C]):
             self._wake_at(deadline)
 
         # Hand idle connections to waiters in order; make connections for the rest.
-        while waiters and idle:
-            rec = next(reversed(idle))
-            _move(recs, rec, _IN_USE, todo)
-            _serve(waiters.popitem(last=False)[0], rec, todo)
-        if running and len(waiters) > len(recs[_CONNECTING]):
-            n = min(len(waiters) - len(recs[_CONNECTING]), cfg.max_connections - self._total())
-            for _ in range(n):
-                _move(recs, _Record(self._generation, 0), _CONNECTING, todo)
+        if waiters:
+            while waiters and idle:
+                rec = next(reversed(idle))
+                _move(recs, rec, _IN_USE, todo)
+                _serve(waiters.popitem(last=False)[0], rec, todo)
+            if self._state is _RUNNING and len(waiters) > len(recs[_CONNECTING]):
+                n = min(len(waiters) - len(recs[_CONNECTING]), cfg.max_connections - self._total())
+                for _ in range(n):
+                    _move(recs, _Record(self._generation, 0), _CONNECTING, todo)
         return todo
 
     def _total(self) -> int:
