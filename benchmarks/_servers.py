@@ -59,6 +59,22 @@ def cpu_seconds_of(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of process ``pid`` and of its live child processes (the engine's
+    worker processes), or None."""
+    total = cpu_seconds_of(pid)
+    if total is None:
+        return None
+    children: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):  # any thread may have started one
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                children.update(int(c) for c in f.read().split())
+    except (OSError, ValueError):
+        return total
+    return total + sum(cpu_seconds_of(c) or 0.0 for c in children)
+
+
 def thread_cpu_seconds(pid: int) -> tuple[float, float] | None:
     """CPU seconds of process ``pid``'s main thread (the event loop) and of all its other
     threads together (the engine's workers), or None."""

@@ -13,7 +13,11 @@ whatever the answer, so a storm of refused clients comes straight back, as retry
 clients do.  wrk and the server share this machine's two cores (the server's CPU is
 reported per row).  A row per connection count: answers per second by status, p50/p99
 of all answers (wrk's histogram: every answer, refusals included), connection errors,
-client time-outs (``--timeout``), the server's CPU.
+client time-outs (``--timeout``), the server's CPU: its own process (the event loop,
+and the engine when it computes in threads) and, beside it, with its worker processes.
+``leak`` compares fds, tasks and RSS before and after the rows; ``cache_mb`` is what
+the result cache holds (its entries times one result's JSON), so
+``rss_growth_beyond_cache_pct`` is the growth the cache does not explain.
 
 The floor for one client is the engine's single-input time (measured here, in this
 process, on the same model) plus a `GET /healthz` round trip (wrk, one connection).
@@ -23,7 +27,9 @@ in its thread pool) at 1 and 4 connections.
 Keys: c1_p50_ms, c1_floor_ms, c1_ratio (p50 / floor, target <= 2), c4_ok_per_s,
 c4_peer_ok_per_s, c4_vs_peer (target >= 2), best_ok_per_s (16-64 connections),
 storm256_ratio, storm1024_ratio (target >= 0.8), storm4096_ratio (>= 0.7),
-storm_p99_ms (the worst p99 at 256-4,096; target <= 1.5 x deadline), storm_timeouts
+storm_p99_ms (the worst p99 at 256 and 1,024; target <= 1.5 x deadline),
+storm4096_p99_ms (the p99 at 4,096, where waiting for a ``server.max_in_flight`` slot
+does not count in a request's deadline), storm_timeouts
 (client time-outs / requests at 4,096, target < 1 %), storm_other_status (answers not
 200/429/503/504), storm_connect_errors, leak (fds, tasks, RSS before and after), rows.
 
@@ -50,15 +56,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 sys.path.append(str(_HERE))
 
-try:
-    import fastapi  # noqa: F401
-    import httpx
-    import uvicorn  # noqa: F401
-except ImportError as exc:
-    sys.exit(
-        f"benchmarks/storm.py needs the bench extra ({exc.name} is missing): pip install -e '.[bench]'"
-    )
+from _deps import require, require_program  # noqa: E402
 
+require("fastapi", "uvicorn", "httpx")
+
+import httpx  # noqa: E402
 import trio  # noqa: E402
 from _servers import (  # noqa: E402
     Server,
@@ -68,6 +70,7 @@ from _servers import (  # noqa: E402
     rss_bytes,
     start_dtesn,
     start_peer,
+    tree_cpu_seconds,
 )
 
 CONNECTIONS = (1, 4, 16, 64, 256, 1024, 4096)
@@ -142,12 +145,7 @@ HEALTHZ_LUA = LUA.replace(
 
 
 def _wrk() -> str:
-    path = shutil.which("wrk")
-    if path is None:
-        sys.exit(
-            "benchmarks/storm.py needs wrk (Debian: apt-get install wrk; scripts/test installs it)"
-        )
-    return path
+    return require_program("wrk", "apt-get install wrk (scripts/test installs it)")
 
 
 async def run_wrk(
@@ -286,6 +284,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             }
             for i, c in enumerate(conns):
                 cpu0 = cpu_seconds_of(pid)
+                tree0 = tree_cpu_seconds(pid)
                 raw = await run_wrk(
                     f"{server.url}/v1/process",
                     c,
@@ -297,8 +296,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     client_timeout=args.timeout,
                 )
                 cpu1 = cpu_seconds_of(pid)
+                tree1 = tree_cpu_seconds(pid)
                 cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
                 row = row_of(raw, c, cpu)
+                if tree0 is not None and tree1 is not None:
+                    row["cpu_with_workers"] = round((tree1 - tree0) / row["seconds"], 2)
                 rows.append(row)
                 if not args.json:
                     print(_row_line("ours", row), flush=True)
@@ -306,11 +308,23 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             # the client closed every connection: wait for the server to see it
             after = await settle(server, client, fds=leak_before["fds"] + 1)
             cache = after.get("cache") or {}
+            entries = cache.get("size", cache.get("entries")) or 0
+            # what one cached result holds: its JSON (the cache keeps the bytes)
+            probe = await client.post(
+                f"{server.url}/v1/process", json={"input": "leak-probe-" + "x" * 53}
+            )
+            result_bytes = len(json.dumps(probe.json()["result"], separators=(",", ":")))
+            rss_after = round((rss_bytes(pid) or 0) / 1e6, 1)
+            cache_mb = round(entries * result_bytes / 1e6, 1)
             leak_after = {
                 "fds": fds_of(pid),
                 "tasks": after.get("loop", {}).get("tasks"),
-                "rss_mb": round((rss_bytes(pid) or 0) / 1e6, 1),
-                "cache_entries": cache.get("size", cache.get("entries")),
+                "rss_mb": rss_after,
+                "cache_entries": entries,
+                "cache_mb": cache_mb,
+                "rss_growth_beyond_cache_pct": round(
+                    100 * (rss_after - cache_mb - leak_before["rss_mb"]) / leak_before["rss_mb"], 1
+                ),
             }
         finally:
             await server.stop()
@@ -384,7 +398,11 @@ def summarize(
             "storm256_ratio": ratio(256),
             "storm1024_ratio": ratio(1024),
             "storm4096_ratio": ratio(4096),
-            "storm_p99_ms": max((r["p99_ms"] for r in storm), default=None),
+            # the issue's p99 target is for 256 and 1,024; 4,096's target is time-outs
+            "storm_p99_ms": max(
+                (r["p99_ms"] for r in storm if r["connections"] <= 1024), default=None
+            ),
+            "storm4096_p99_ms": None if 4096 not in by_c else by_c[4096]["p99_ms"],
             "storm_timeouts": (
                 None
                 if 4096 not in by_c
@@ -409,6 +427,8 @@ def summarize(
 def _row_line(who: str, r: dict[str, Any]) -> str:
     statuses = " ".join(f"{s}:{v:g}" for s, v in r["per_s_by_status"].items())
     cpu = "-" if r["server_cpu"] is None else f"{r['server_cpu']:.2f}"
+    if r.get("cpu_with_workers") is not None:
+        cpu += f" (with workers {r['cpu_with_workers']:.2f})"
     prio = f" ok by priority {r['ok_by_priority']}" if r["ok_by_priority"] else ""
     return (
         f"{who:5} {r['connections']:>5} conns  {r['ok_per_s']:>7.1f} ok/s  "
@@ -436,7 +456,10 @@ def table(result: dict[str, Any]) -> str:
         f" {result['c4_vs_peer']}x (target >= 2)",
         f"storm: best {result['best_ok_per_s']} ok/s at 16-64; 256: {result['storm256_ratio']},"
         f" 1024: {result['storm1024_ratio']} (>= 0.8), 4096: {result['storm4096_ratio']}"
-        f" (>= 0.7); worst p99 {result['storm_p99_ms']} ms; time-outs at 4096:"
+        f" (>= 0.7); worst p99 at 256-1024 {result['storm_p99_ms']} ms"
+        f" (<= {1.5 * result['deadline_ms'] if result['deadline_ms'] > 0 else 7500:g}:"
+        " 1.5 x the deadline, or of server.default_deadline_ms without one);"
+        f" p99 at 4096 {result['storm4096_p99_ms']} ms; time-outs at 4096:"
         f" {result['storm_timeouts']}; other statuses {result['storm_other_status']};"
         f" connect errors {result['storm_connect_errors']}",
         f"leak: {result['leak']}",

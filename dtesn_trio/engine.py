@@ -17,7 +17,10 @@ A plain class, no base class needed::
   output that is an exception instance fails that input alone.  Raising fails the
   batch: the runtime then runs each member alone, so one poisoned input fails only
   itself.  A wrong number of outputs is an :class:`~dtesn_trio.errors.EngineError`.
-- ``encode`` turns an output into a JSON-able value (on the event loop).
+- ``encode`` turns an output into a JSON-able value (NumPy arrays and scalars are
+  fine).  It runs in the worker too, right after ``process_batch``, and the runtime
+  keeps the JSON bytes (:func:`encode_outputs`): the event loop never formats a
+  float, and the result cache holds bytes.  Keep it a pure function of the output.
 
 Optional members, each with its default when absent:
 
@@ -56,6 +59,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import msgspec
+
 from dtesn_trio.errors import EngineError, InvalidRequest
 
 __all__ = ["Engine", "ResolvedEngine", "check_outputs", "load_engine", "resolve_engine"]
@@ -72,7 +77,8 @@ class Engine(Protocol):
     def encode(self, output: Any) -> Any: ...
 
 
-def _name(engine: object) -> str:
+def engine_name(engine: object) -> str:
+    """An engine's name in messages: its class, with its module."""
     cls = type(engine)
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -135,7 +141,7 @@ def resolve_engine(engine: Any) -> ResolvedEngine:
     ]
     if missing:
         raise TypeError(
-            f"{_name(engine)} is not an engine: it has no {', '.join(missing)} method"
+            f"{engine_name(engine)} is not an engine: it has no {', '.join(missing)} method"
             " (an engine needs decode, process_batch and encode)"
         )
 
@@ -145,7 +151,7 @@ def resolve_engine(engine: Any) -> ResolvedEngine:
 
     return ResolvedEngine(
         engine=engine,
-        name=_name(engine),
+        name=engine_name(engine),
         decode_fn=engine.decode,
         encode=engine.encode,
         group_key=optional("group_key"),
@@ -167,9 +173,36 @@ def _schema(engine: Any, name: str) -> dict[str, Any] | None:
         return None
     if not isinstance(value, Mapping):
         raise TypeError(
-            f"{_name(engine)}.{name} must be a JSON Schema dict (got {type(value).__name__})"
+            f"{engine_name(engine)}.{name} must be a JSON Schema dict (got {type(value).__name__})"
         )
     return dict(value)
+
+
+def _json_default(obj: Any) -> Any:
+    tolist = getattr(obj, "tolist", None)  # NumPy arrays and scalars
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+json_encoder = msgspec.json.Encoder(enc_hook=_json_default)
+"""The JSON encoder of every answer: msgspec's, with NumPy values as lists/numbers."""
+
+
+def encode_outputs(encode: Callable[[Any], Any], outputs: Sequence[Any]) -> list[Any]:
+    """Each output as its JSON (``msgspec.Raw`` of ``encode(output)``); an output that
+    is an exception stays one, and an output ``encode`` fails on becomes an
+    ``EngineError`` for that input alone."""
+    out: list[Any] = []
+    for output in outputs:
+        if isinstance(output, BaseException):
+            out.append(output)
+            continue
+        try:
+            out.append(msgspec.Raw(json_encoder.encode(encode(output))))
+        except Exception as exc:
+            out.append(EngineError(f"the engine's encode failed on one output: {exc!r}"))
+    return out
 
 
 def check_outputs(name: str, items: int, outputs: Sequence[Any]) -> list[Any]:

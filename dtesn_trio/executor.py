@@ -11,8 +11,9 @@ Two limits apply to every call:
   multi-threaded BLAS served zero requests at 64 connections on this project's 2-core
   machine; this is why.
 
-Where it computes (``executor``): in worker *threads* of the server's process (the
-default), or in worker *processes* (``"process"``, on ``trio_parallel``): each with its
+Where it computes (``executor``): in worker *threads* of this process (the default of
+``ProcessorConfig``), or in worker *processes* (``"process"``, on ``trio_parallel``; the
+default of ``dtesn-trio serve``): each with its
 own interpreter and GIL, so the event loop never waits for a GIL-bound engine to let go
 of the GIL.  The processes exist while ``async with executor.open():`` runs
 (``open_runtime`` does it); the engine is pickled once, to a private temporary file,
@@ -43,6 +44,7 @@ import trio_parallel
 
 from dtesn_trio import _checks
 from dtesn_trio.blas import available_cores, blas_threads
+from dtesn_trio.engine import check_outputs, encode_outputs, engine_name
 from dtesn_trio.errors import EngineError
 
 __all__ = [
@@ -239,12 +241,19 @@ class Executor:
         self._failed += n
 
     async def run(
-        self, items: Sequence[Any], *, method: str = "process_batch", batch: bool = True
+        self,
+        items: Sequence[Any],
+        *,
+        method: str = "process_batch",
+        batch: bool = True,
+        encode: bool = False,
     ) -> Sequence[Any]:
         """``engine.<method>(items)`` in a worker; its result as it returned it.
 
-        ``batch=False`` does not count the call in ``batch_requests`` (the seed's
-        single-input path).
+        ``encode=True``: the outputs, checked one per item, as the engine's ``encode``
+        makes them, in JSON bytes (:func:`dtesn_trio.engine.encode_outputs`), computed
+        in the worker.  ``batch=False`` does not count the call in ``batch_requests``
+        (the seed's single-input path).
         """
         n = len(items)
         self._total += n
@@ -263,15 +272,20 @@ class Executor:
                             "`async with processor.open():` (open_runtime opens it)"
                         )
                     try:
-                        outputs: Sequence[Any] = await processes.run(method, items, self._threads)
+                        outputs: Sequence[Any] = await processes.run(
+                            method, items, self._threads, encode
+                        )
                     except trio_parallel.BrokenWorkerError as exc:
                         self._deaths += 1
                         raise EngineError(f"the engine worker process died: {exc}") from exc
                 else:
                     outputs = await trio.to_thread.run_sync(
-                        self._compute,
-                        getattr(self.engine, method),
+                        _compute,
+                        self.engine,
+                        method,
                         items,
+                        self._blas,
+                        encode,
                         limiter=self._threads,
                         abandon_on_cancel=False,
                     )
@@ -288,10 +302,6 @@ class Executor:
         self._busy_time += elapsed * n
         self._rate.record(self._clock(), n)
         return outputs
-
-    def _compute(self, fn: Callable[[Sequence[Any]], Sequence[Any]], items: Sequence[Any]) -> Any:
-        with blas_threads(self._blas):
-            return fn(items)
 
     def statistics(self) -> ExecutorStatistics:
         """A frozen snapshot; ``throughput`` is over the last ``throughput_window``."""
@@ -367,10 +377,12 @@ class _Processes:
     async def _load(self, limiter: trio.CapacityLimiter) -> None:
         await self._context.run_sync(_load_in_worker, self._path, limiter=limiter)
 
-    async def run(self, method: str, items: Sequence[Any], limiter: trio.CapacityLimiter) -> Any:
+    async def run(
+        self, method: str, items: Sequence[Any], limiter: trio.CapacityLimiter, encode: bool
+    ) -> Any:
         async with limiter:
             return await self._context.run_sync(
-                _run_in_worker, self._path, method, items, self._blas, limiter=_UNLIMITED
+                _run_in_worker, self._path, method, items, self._blas, encode, limiter=_UNLIMITED
             )
 
 
@@ -389,8 +401,16 @@ def _load_in_worker(path: str) -> None:
             _ENGINES[path] = pickle.load(f)
 
 
-def _run_in_worker(path: str, method: str, items: Sequence[Any], blas: int) -> Any:
+def _run_in_worker(path: str, method: str, items: Sequence[Any], blas: int, encode: bool) -> Any:
     _load_in_worker(path)
+    return list(_compute(_ENGINES[path], method, items, blas, encode))
+
+
+def _compute(engine: Any, method: str, items: Sequence[Any], blas: int, encode: bool) -> Any:
+    """In a worker thread or process: the call, and the outputs' JSON when asked."""
     with blas_threads(blas):
-        outputs = getattr(_ENGINES[path], method)(items)
-    return list(outputs)
+        outputs = getattr(engine, method)(items)
+        if not encode:
+            return outputs
+        checked = check_outputs(engine_name(engine), len(items), outputs)
+        return encode_outputs(engine.encode, checked)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 import sys
 from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
@@ -21,6 +22,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from dtesn_trio._checks import check_priority
@@ -62,17 +64,27 @@ log = logging.getLogger("dtesn_trio.runtime")
 
 @dataclass(frozen=True)
 class ProcessOutcome:
-    """One request's answer: the engine's encoded output and how it was produced."""
+    """One request's answer: the engine's encoded output and how it was produced.
 
-    result: Any
+    ``result`` is the value of the engine's ``encode``, as JSON would give it back;
+    ``encoded`` is the same as JSON bytes (``msgspec.Raw``, what the server sends).
+    """
+
+    encoded: Any
     cache_hit: bool
     priority: int
     batch_size: int
     timings: dict[str, float]
 
+    @functools.cached_property
+    def result(self) -> Any:
+        encoded = self.encoded
+        return msgspec.json.decode(encoded) if isinstance(encoded, msgspec.Raw) else encoded
+
     def to_dict(self) -> dict[str, Any]:
+        """The answer's body (``result`` as JSON bytes, for ``msgspec`` to encode)."""
         return {
-            "result": self.result,
+            "result": self.encoded,
             "cache_hit": self.cache_hit,
             "priority": self.priority,
             "batch_size": self.batch_size,
@@ -265,7 +277,7 @@ class Runtime:
                     f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
                 )
         done = await self._submit(work, priority, deadline=start_by)
-        result = engine.encode(done.output)
+        result = done.output  # the engine's encode, in JSON bytes (``_run_batch``)
         if key is not None and self.cache is not None:
             await self.cache.set(key, result)
         end = trio.current_time()
@@ -313,7 +325,8 @@ class Runtime:
                 by_key.setdefault(work.group, []).append(i)
             groups = list(by_key.values())
         for idxs in groups:
-            outputs = check_outputs(name, len(idxs), await run([items[i].item for i in idxs]))
+            batch = [items[i].item for i in idxs]
+            outputs = check_outputs(name, len(idxs), await run(batch, encode=True))
             finished = trio.current_time()
             for i, output in zip(idxs, outputs, strict=True):
                 out[i] = (
@@ -330,7 +343,7 @@ class Runtime:
         group = None if self.engine.group_key is None else self.engine.group_key(item)
         work = _Work(item, group, trio.current_time())
         done = await self._submit(work, priority)
-        return {"result": self.engine.encode(done.output), "batch_size": done.batch_size}
+        return {"result": done.output, "batch_size": done.batch_size}
 
     # ---- validation ------------------------------------------------------------
 

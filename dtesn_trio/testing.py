@@ -91,6 +91,9 @@ class _Wrapped:
         self.entered = threading.Event()
         self.release = threading.Event()
 
+    def encode(self, output: Any) -> Any:
+        return self.inner.encode(output)
+
     def process_batch(self, items: Sequence[Any]) -> Sequence[Any]:
         if self.mode == "gate":
             self.entered.set()

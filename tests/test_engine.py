@@ -58,6 +58,20 @@ class BrokenDecode(Doubler):
         raise KeyError("secret internals")
 
 
+class Encoder(Doubler):
+    """Records the thread ``encode`` runs in; cannot encode 13 (its output 26)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+
+    def encode(self, output: float) -> Any:
+        self.threads.add(threading.current_thread().name)
+        if output == 26:
+            raise ValueError("no 26")
+        return {"value": output}
+
+
 class Unpicklable(Doubler):
     def __init__(self) -> None:
         super().__init__()
@@ -100,6 +114,22 @@ async def test_wrong_output_count_is_an_engine_error_naming_the_engine() -> None
         EngineError, match=r"test_engine\.Short\.process_batch returned 0 outputs for 1 items"
     ):
         raise answers[0]  # type: ignore[misc]
+
+
+async def test_encode_runs_in_the_worker_and_fails_only_its_own_input() -> None:
+    engine = Encoder()
+    with trio.fail_after(30):
+        async with open_runtime(config(), engine=engine) as rt:
+            answers = await rt.process_batch([1, 13, 2])
+    assert threading.main_thread().name not in engine.threads  # off the event loop
+    assert engine.threads  # it ran
+    ok = [a for a in answers if isinstance(a, ProcessOutcome)]
+    assert [a.result for a in ok] == [{"value": 2}, {"value": 4}]
+    assert bytes(ok[0].encoded) == b'{"value":2.0}'  # JSON bytes, sent as they are
+    assert ok[0].to_dict()["result"] is ok[0].encoded
+    assert isinstance(answers[1], EngineError)
+    assert "encode failed" in answers[1].message
+    assert "no 26" in answers[1].message
 
 
 async def test_a_decode_bug_is_an_engine_error_with_the_cause_logged(

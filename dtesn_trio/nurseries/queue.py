@@ -12,8 +12,8 @@ What a caller can rely on:
   busy.  ``max_wait > 0`` opts into holding a batch that is not full (Triton's queue
   delay, see ``BatchQueueConfig``).
 - Within a level: FIFO while the queue is healthy; newest first once its oldest request
-  has waited ``lifo_delay`` beyond one batch (adaptive LIFO).  Stale requests expire at
-  their deadline or timeout and are never processed.
+  has waited ``lifo_delay`` beyond one batch and half of its deadline (adaptive LIFO).
+  Stale requests expire at their deadline or timeout and are never processed.
 - ``submit`` refuses at once with ``Overloaded`` when the level is full, or when the
   deadline cannot be met by the estimated start (``estimated_wait``: the requests served
   before it / the measured throughput, in items per second).
@@ -624,12 +624,18 @@ class PriorityBatchQueue(Generic[T, R]):
         return at
 
     def _lifo(self, level: _Level[T, R], now: float) -> bool:
-        """Whether ``level`` (non-empty) has a standing queue: serve it newest first."""
+        """Whether ``level`` (non-empty) is served newest first: its oldest request has
+        waited beyond ``lifo_delay`` plus one batch (a standing queue) and beyond half
+        of its time budget (first come, first served would make every request wait
+        most of its deadline).  A queue that drains well inside the deadlines, or whose
+        requests have none, stays in arrival order."""
         delay = self.config.lifo_delay
         if delay is None:
             return False
         oldest = next(iter(level.waiting))
-        return now - oldest.queued_at > delay + (self._batch_ewma or 0.0)
+        waited = now - oldest.queued_at
+        budget = oldest.expires - oldest.queued_at
+        return waited > delay + (self._batch_ewma or 0.0) and 2 * waited > budget
 
     def _service_order(self) -> Sequence[_Level[T, R]]:
         first = self._starving

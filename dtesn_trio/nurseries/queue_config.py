@@ -44,9 +44,11 @@ class BatchQueueConfig:
       where a measurement shows the larger batches pay for the wait.
     - ``lifo_delay`` (adaptive LIFO, CoDel-style): once the oldest request of a level has
       waited longer than ``lifo_delay`` plus one mean batch duration (a standing queue,
-      not a burst), that level is served newest first, so the freshest requests meet
-      their deadlines and the stale ones expire at theirs; FIFO again once the backlog
-      is gone.  ``None``: always FIFO.
+      not a burst) and longer than half of its time budget (its deadline or timeout,
+      from when it was queued), that level is served newest first, so the freshest
+      requests meet their deadlines and the stale ones expire at theirs; FIFO again once
+      the backlog is gone.  A standing queue that drains well inside the deadlines, or
+      whose requests have none, stays FIFO.  ``None``: always FIFO.
     - ``retry_individually``: when ``process_batch`` raises, run each member alone so one
       poisoned input does not fail its neighbours.
     - ``close_grace``: seconds in-flight batches get to finish when the queue closes.

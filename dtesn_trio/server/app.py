@@ -50,6 +50,7 @@ from dtesn_trio.server.errors import (
     validation_error,
 )
 from dtesn_trio.server.gctuning import GCMonitor
+from dtesn_trio.server.http1 import COMPLETE_BODY
 from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
 from dtesn_trio.server.models import PRIORITY_LEVELS, request_models
 from dtesn_trio.server.openapi import docs_html, openapi_document
@@ -157,12 +158,14 @@ def _input_schema(engine: ResolvedEngine) -> dict[str, Any] | None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServerStatistics:
-    """The HTTP layer of one app: requests being handled, handled in all (answered or
-    not), and whether the drain of a graceful stop has begun."""
+    """The HTTP layer of one app: requests being handled (``waiting`` of them for a
+    ``server.max_in_flight`` slot), handled in all (answered or not), and whether the
+    drain of a graceful stop has begun."""
 
     in_flight: int
     requests: int
     draining: bool
+    waiting: int = 0
 
 
 class AppState:
@@ -191,6 +194,10 @@ class AppState:
         self.requests = 0
         self._drain_deadline = math.inf
         self._scopes: set[trio.CancelScope] = set()
+        self.intake = None if config.max_in_flight is None else trio.Semaphore(config.max_in_flight)
+        self._waiters: set[trio.CancelScope] = set()
+        # What the lean server calls: the app without its outermost layer (create_app).
+        self.entry: ASGIApp | None = None
         engine = runtime.engine
         requests = request_models(engine.input_type)
         process_model, batch_model, job_model = requests
@@ -208,7 +215,7 @@ class AppState:
         self._docs = docs_html(document)
 
     def statistics(self) -> ServerStatistics:
-        return ServerStatistics(self.in_flight, self.requests, self.draining)
+        return ServerStatistics(self.in_flight, self.requests, self.draining, len(self._waiters))
 
     # ------------------------------------------------------------------ draining
 
@@ -225,6 +232,30 @@ class AppState:
         self._drain_deadline = deadline
         for scope in self._scopes:
             scope.deadline = min(scope.deadline, deadline)
+        for scope in self._waiters:
+            scope.cancel()
+
+    async def enter_intake(self) -> None:
+        """Take a ``server.max_in_flight`` slot, waiting in arrival order (the caller
+        releases it).  Raises ``ShuttingDown`` when a drain begins before it is free."""
+        intake = self.intake
+        assert intake is not None
+        try:
+            intake.acquire_nowait()  # a free slot means nobody waits: still in order
+            return
+        except trio.WouldBlock:
+            pass
+        with trio.CancelScope() as scope:
+            if not self.draining:
+                self._waiters.add(scope)
+                try:
+                    await intake.acquire()
+                    return
+                finally:
+                    self._waiters.discard(scope)
+        raise ShuttingDown(
+            "the server is shutting down; this request had not started", retry_after=1.0
+        )
 
     async def _drainable(self, fn: Callable[[], Awaitable[T]]) -> T:
         with trio.CancelScope(deadline=self._drain_deadline) as scope:
@@ -506,6 +537,8 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         state = self.state
+        intake = state.intake
+        method: str = scope["method"]
         offered_id = authorization = content_length = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -576,6 +609,18 @@ class _Guard:
             body_done = True
             raise body_timeout()
 
+        async def whole_body() -> bytes:
+            # the lean server hands over a body that came with the head: no receive()
+            nonlocal body_done
+            extensions = scope.get("extensions")
+            body: bytes | None = None if extensions is None else extensions.get(COMPLETE_BODY)
+            if body is None:
+                return await read_body()
+            body_done = True
+            if len(body) > limit:
+                raise too_large(limit)
+            return body
+
         def body_timeout() -> BodyTimeout:
             return BodyTimeout(
                 f"the request body did not arrive within {state.config.body_timeout:g}s"
@@ -596,10 +641,17 @@ class _Guard:
                     and int(content_length) > limit
                 ):
                     raise too_large(limit)
-                if path == "/v1/process" and scope["method"] == "POST":
-                    await state.process_asgi(await read_body(), guarded_send)
-                else:
-                    await self.app(scope, limited_receive, guarded_send)
+                gated = intake is not None and method == "POST" and path.startswith("/v1/")
+                if gated:
+                    await state.enter_intake()
+                try:
+                    if path == "/v1/process" and method == "POST":
+                        await state.process_asgi(await whole_body(), guarded_send)
+                    else:
+                        await self.app(scope, limited_receive, guarded_send)
+                finally:
+                    if intake is not None and gated:
+                        intake.release()
             except DTESNError as exc:
                 if started:
                     logger.warning("%s after the response started: %r", path, exc)
@@ -704,4 +756,19 @@ def create_app(
         exception_handlers={HTTPException: _http_exception},
     )
     app.state.dtesn = state
+    state.entry = _entry_point(app)
     return app
+
+
+def _entry_point(app: Starlette) -> ASGIApp:
+    """``app`` without Starlette's outermost ``ServerErrorMiddleware``: the guard already
+    answers any exception with a 500 and logs it, so a server that calls this (the lean
+    one) skips a layer and a wrapper around every ``send``."""
+    guard = app.build_middleware_stack().app  # type: ignore[attr-defined]
+    assert isinstance(guard, _Guard)
+
+    async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = app
+        await guard(scope, receive, send)
+
+    return entry

@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 import tomllib
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import click
 import trio
 
+from dtesn_trio.executor import ProcessorConfig
 from dtesn_trio.server.config import ServerConfig
 from dtesn_trio.server.requestid import RequestIDFilter
 from dtesn_trio.settings import SettingsError, load_settings, parse_set_option
@@ -21,6 +24,14 @@ from dtesn_trio.settings import SettingsError, load_settings, parse_set_option
 __all__ = ["load_engine_options", "load_serve_config", "serve_command"]
 
 ENV_ALIASES = {"API_KEYS": "server.api_keys"}
+
+# Where ``serve`` starts from other defaults than ``open_runtime``: the engine computes
+# in worker processes, because the server's event loop holds the GIL while it answers
+# (a storm of clients starved an engine in threads: batches took 25x longer).  An
+# embedding program keeps threads: processes need its ``__main__`` guard.
+SERVE_DEFAULTS: dict[str, Callable[[], Any]] = {
+    "processor": lambda: ProcessorConfig(executor="process"),
+}
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 
@@ -31,7 +42,9 @@ def _settings_class() -> type[Any]:
     hints = typing.get_type_hints(RuntimeConfig)
     fields: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(RuntimeConfig):
-        if f.default is not dataclasses.MISSING:
+        if f.name in SERVE_DEFAULTS:
+            spec = dataclasses.field(default_factory=SERVE_DEFAULTS[f.name])
+        elif f.default is not dataclasses.MISSING:
             spec = dataclasses.field(default=f.default)
         elif f.default_factory is not dataclasses.MISSING:
             spec = dataclasses.field(default_factory=f.default_factory)
@@ -126,6 +139,28 @@ def load_serve_config(
     except ValueError as exc:
         raise SettingsError("runtime", str(exc)) from None
     return runtime_config, settings.server
+
+
+_NOFILE_CAP = 1 << 20
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft open-file limit to the hard one (as Go's runtime does): a socket is
+    a file, and the common soft default of 1,024 would refuse the 1,025th connection
+    (EMFILE) however much memory is free."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _NOFILE_CAP if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_CAP)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            logging.getLogger("dtesn_trio.server").warning(
+                "could not raise the open-file limit from %d: %s", soft, exc
+            )
+            return
+    logging.getLogger("dtesn_trio.server").info(
+        "open-file limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    )
 
 
 def _setup_logging(level: str) -> None:
@@ -250,6 +285,7 @@ def serve_command(
         raise click.UsageError(
             f"engine options ({', '.join(sorted(options))}) need --engine MODULE:FACTORY"
         )
+    _raise_open_file_limit()
     status = trio.run(_serve_main, runtime_config, server_config, engine)
     if status:
         sys.exit(status)

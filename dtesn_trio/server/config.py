@@ -47,6 +47,12 @@ class ServerConfig:
       is kept.  ``backlog``: the listen queue (the kernel caps it at
       ``net.core.somaxconn``); a storm of new connections beyond it is refused by the
       kernel.
+    - ``max_in_flight``: work requests (``POST /v1/...``) in progress at once; the
+      others wait their turn in arrival order, read but not started (their
+      ``deadline_ms`` counts from when they start).  A waiting request costs a parked
+      task; a started one that cannot be served in time costs an answer, and clients
+      that retry at once send it again.  ``None``: no limit.  Other routes
+      (``/healthz``, ``/metrics``, ...) never wait here.
     - ``access_log``: log one line per request (with its request id).
     - ``reuse_port``: bind with ``SO_REUSEPORT`` (Linux, BSD), so that several
       ``dtesn-trio serve`` processes on one host listen on the same port and the kernel
@@ -81,6 +87,7 @@ class ServerConfig:
     http: Literal["lean", "hypercorn"] = "lean"
     keep_alive_timeout: float = 5.0
     backlog: int = 4096
+    max_in_flight: int | None = 1024
     access_log: bool = False
     reuse_port: bool = False
     gc_freeze: bool = True
@@ -134,6 +141,8 @@ class ServerConfig:
         _checks.one_of(p + "http", self.http, ("lean", "hypercorn"))
         _checks.positive(p + "keep_alive_timeout", self.keep_alive_timeout)
         _checks.integer(p + "backlog", self.backlog, minimum=1)
+        if self.max_in_flight is not None:
+            _checks.integer(p + "max_in_flight", self.max_in_flight, minimum=1)
         if self.gc_threshold != "default":
             _check_gc_threshold(p + "gc_threshold", self.gc_threshold)
 

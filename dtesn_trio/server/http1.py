@@ -33,7 +33,10 @@ from urllib.parse import unquote
 import httptools
 import trio
 
-__all__ = ["serve_http1"]
+__all__ = ["COMPLETE_BODY", "serve_http1"]
+
+COMPLETE_BODY = "dtesn.complete_body"
+"""The scope extension holding a request's whole body when it arrived with its head."""
 
 logger = logging.getLogger("dtesn_trio.server.http1")
 
@@ -297,6 +300,15 @@ class _Connection:
             "client": self.client,
             "server": server.address,
         }
+        if message.complete and not message.expect_continue:
+            # The whole body is here already: an app that knows the extension takes it
+            # without a receive() (``receive`` still delivers it to one that does not).
+            chunks = message.body
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if len(chunks) > 1:
+                chunks.clear()
+                chunks.append(body)
+            scope["extensions"] = {COMPLETE_BODY: body}
         head_only = message.method == b"HEAD"
         keep_alive = message.keep_alive
         response_started = head_sent = response_done = chunked = False

@@ -141,10 +141,11 @@ async def serve(
                         backlog=config.backlog,
                         reuse_port=config.reuse_port,
                     )
+                    entry = state.entry if state is not None else None
                     _, port = await nursery.start(
                         partial(
                             serve_http1,
-                            app,
+                            entry or app,
                             sock,
                             keep_alive_timeout=config.keep_alive_timeout,
                             graceful_timeout=graceful_timeout,

@@ -6,6 +6,7 @@ import gc
 import itertools
 import weakref
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import pytest
@@ -842,3 +843,31 @@ async def test_close_answers_queued_held_and_space_waiting_requests(
     assert (stats.shut_down, stats.completed) == (3, 1)
     assert stats.queued == (0, 0)
     assert stats.waiting_for_space == (0, 0)
+
+
+async def test_a_standing_queue_well_inside_its_deadlines_stays_in_arrival_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The oldest request has waited 2 s of a 10 s budget when the worker frees: more
+    # than lifo_delay plus a batch (a standing queue), less than half its deadline, so
+    # newest-first would only make the oldest wait longer; they run in arrival order.
+    engine = Engine()
+    engine.duration = 1.0
+    config = cfg(workers=1, max_batch_size=1, lifo_delay=0.1)
+    async with open_batch_queue(engine, config) as queue:
+        t0 = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.submit, 0)  # runs t0 .. t0 + 1
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(queue.submit, 1)  # runs t0 + 1 .. t0 + 2
+            await trio.testing.wait_all_tasks_blocked()
+            for item in (2, 3, 4):
+                nursery.start_soon(partial(queue.submit, item, deadline=t0 + 10.0))
+                await trio.testing.wait_all_tasks_blocked()
+    assert engine.calls == [
+        (t0, [0]),
+        (t0 + 1.0, [1]),
+        (t0 + 2.0, [2]),
+        (t0 + 3.0, [3]),
+        (t0 + 4.0, [4]),
+    ]

@@ -164,7 +164,12 @@ async def test_stats_health_ready(runtime: Faults) -> None:
                 "succeeded": 0,
                 "failed": 0,
             }
-            assert stats["server"] == {"in_flight": 1, "requests": 0, "draining": False}
+            assert stats["server"] == {
+                "in_flight": 1,
+                "requests": 0,
+                "draining": False,
+                "waiting": 0,
+            }
             memory = stats["memory"]
             assert set(memory) == {
                 "rss_bytes",

@@ -4,11 +4,12 @@ jobs across a SIGKILL."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,9 @@ class Server:
 
 
 @asynccontextmanager
-async def dtesn_serve(tmp_path: Path, *args: str) -> AsyncIterator[Server]:
+async def dtesn_serve(
+    tmp_path: Path, *args: str, preexec_fn: Callable[[], None] | None = None
+) -> AsyncIterator[Server]:
     """Start ``python -m dtesn_trio serve --port 0 ...``; wait for its URL."""
     log = (tmp_path / "serve.log").open("ab")
     proc = await trio.lowlevel.open_process(
@@ -52,6 +55,7 @@ async def dtesn_serve(tmp_path: Path, *args: str) -> AsyncIterator[Server]:
         stderr=log,
         env=ENV,
         cwd=tmp_path,
+        preexec_fn=preexec_fn,
     )
     assert proc.stdout is not None
     seen: list[bytes] = []
@@ -89,6 +93,33 @@ async def test_serve_answers_then_stops_gracefully_on_sigint(tmp_path: Path) -> 
     assert "stopping gracefully" in output
     assert "dtesn-trio stopped" in output
     assert (tmp_path / "dtesn-jobs.db").exists()  # the embedded default job store
+
+
+def _open_file_limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-file limit in /proc")
+
+
+async def test_serve_lifts_the_open_file_limit_and_computes_in_processes(
+    tmp_path: Path,
+) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256
+
+    def lower() -> None:  # the common soft default is 1,024: start lower still
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    with trio.fail_after(90):
+        async with dtesn_serve(tmp_path, preexec_fn=lower) as server:
+            soft, seen_hard = _open_file_limits(server.proc.pid)
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                stats = (await client.get("/v1/stats")).json()
+    assert seen_hard == hard
+    assert soft == min(hard, 1 << 20) > low
+    assert stats["processing"]["executor"] == "process"  # serve's default
 
 
 @pytest.mark.parametrize(

@@ -155,6 +155,19 @@ async def test_body_limit_and_body_deadline_apply_to_the_fast_path(tmp_path: Pat
             assert over.status_code == 413
             assert over.json()["error"]["message"] == "request body is larger than 2048 bytes"
             assert over.headers["connection"] == "close"
+            # chunked and complete in one write: handed over whole, still counted
+            stream = await trio.open_tcp_stream("127.0.0.1", s.info.port)
+            async with stream:
+                chunks = b"".join(b"%x\r\n%s\r\n" % (1000, b"a" * 1000) for _ in range(3))
+                await stream.send_all(
+                    b"POST /v1/process HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+                    b"\r\n" + chunks + b"0\r\n\r\n"
+                )
+                received = b""
+                while data := await stream.receive_some():
+                    received += data
+            assert received.startswith(b"HTTP/1.1 413 "), received[:200]
+            assert b"connection: close" in received.lower()
             # half a body, then nothing: 408 after body_timeout, connection closed
             stream = await trio.open_tcp_stream("127.0.0.1", s.info.port)
             async with stream:
