@@ -1,23 +1,33 @@
 """Job retention: claim latency (p99) with and without a concurrent sweep of N finished
 rows, on SQLite and on PostgreSQL.
 
-For each backend: a fresh store holding N finished jobs that are past retention and
-enough queued jobs for the claimers; ``--claimers`` tasks each claim a job and record it
-finished, back to back, timing each claim (``store.claim``: the statement a claimer
-runs).  Baseline: claims for ``--baseline`` seconds with the N finished rows present,
-no sweep.  Then the same claimers while ``JobService.sweep()`` deletes the N rows (the
-service's own sweep: ``jobs.sweep_batch`` rows per statement, ``jobs.sweep_pause``
-between).  ``<backend>_claim_p99_ratio`` = p99 during the sweep / baseline p99 (same
-run; target <= 2).  N is 1e5 with ``--quick``, 1e6 without.  One second of claims
-after the fill warms the caches up and is not counted.
+For each backend: a fresh store holding N finished jobs that are past retention (all
+finished at the same instant) and enough queued jobs for the claimers; ``--claimers``
+tasks each claim a job and record it finished, back to back, timing each claim
+(``store.claim``: the statement a claimer runs).  While they run, phases of
+``--phase`` seconds alternate until the N rows are gone: off, no sweep; on,
+``JobService.sweep()`` deletes rows (the service's own sweep with the default
+settings: ``jobs.sweep_batch`` rows per statement, paced by ``jobs.sweep_pause`` and
+``jobs.sweep_duty``), and is ended between two statements when the phase is over.  A
+claim counts in the phase it started in (one that started while a statement of the
+sweep ran counts as "during", however late it ended).  So both figures come from the
+same claimers, over the same minutes, through the same background load of a shared
+machine.  ``<backend>_claim_p99_ratio`` = p99 during the sweep / p99 without it
+(target <= 2).  N is 1e5 with ``--quick``, 1e6 without.  One second of claims after the
+fill warms the caches up and is not counted; then 10 s (``--quick``: 4 s) of claims
+before any sweep give ``p99_vs_before_ratio`` = p99 during the sweep / p99 before it,
+which also counts what a sweep leaves for the off phases (dead rows, autovacuum) but
+also any change of the machine's load since.  The service's scheduled sweeps are off
+(``sweep_interval`` far away): only the phases' sweeps run.
 
 PostgreSQL is a throw-away cluster started the way the tests start one
 (``tests/servers.py``), stopped by PID at the end; without PostgreSQL installed its
 figures are skipped with a message.  The machine is shared: absolute latencies are
 noisy, the ratio (measured within one run) less so.
 
-    python benchmarks/jobs_retention.py --quick       # < 60 s
-    python benchmarks/jobs_retention.py --json
+    python benchmarks/jobs_retention.py --quick       # < 2 min
+    python benchmarks/jobs_retention.py --json        # ~10 min
+    python benchmarks/jobs_retention.py --backend postgres --batch 500   # other settings
 """
 
 from __future__ import annotations
@@ -53,9 +63,9 @@ POOL = ConnectionPoolConfig(min_connections=2, max_connections=8, max_concurrent
 PAST = 1.0  # finished_at of the rows to purge: 1970, far past any retention
 
 
-def p99(samples: list[float]) -> float:
+def quantile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 async def _noop(payload: dict[str, Any]) -> dict[str, Any]:
@@ -63,82 +73,148 @@ async def _noop(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-async def _claims(
-    store: JobStore, claimers: int, until: trio.Event | float
-) -> tuple[list[float], int]:
-    """Claim and finish back to back until ``until`` (an event, or a duration)."""
-    latencies: list[float] = []
+class _Phases:
+    """The store, with each purge statement timed and a way to end a sweep between
+    two statements (the next purge reports 0 rows, which ends ``JobService.sweep``)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.stop = False
+        self.done = False  # the real sweep ended: nothing left past the horizon
+        self.deleted = 0
+        self.statements: list[float] = []
+
+    async def purge(self, horizon: float, limit: int, after: Any = None) -> tuple[int, Any]:
+        if self.stop:
+            await trio.lowlevel.checkpoint()
+            return 0, None
+        t0 = time.perf_counter()
+        n, cursor = await self.store.purge(horizon, limit, after)
+        self.statements.append(time.perf_counter() - t0)
+        self.deleted += n
+        self.done = n < limit
+        return n, cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+async def _measure(
+    store: JobStore,
+    fill: Any,
+    rows: int,
+    claimers: int,
+    phase: float,
+    before: float,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """Claims back to back while on and off phases of ``phase`` seconds alternate:
+    on, the service's sweep runs (its own batches and pauses); off, no statement of
+    it is in flight.  Each claim counts in the phase it started in; one that started
+    while a sweep statement ran counts as "during", even if it ended later."""
+    phases = _Phases(store)
+    config = JobsConfig(
+        workers=0,
+        retain_finished=86400.0,
+        max_finished_rows=None,
+        # No scheduled sweep: only the ones started below run.
+        sweep_interval=1e9,
+        **overrides,
+    )
+    samples: dict[str, list[float]] = {"before": [], "base": [], "sweep": []}
+    seconds = {"base": 0.0, "sweep": 0.0}
+    label = ["warm"]
 
     async def claimer(k: int) -> None:
         owner = f"bench-{k}"
         while True:
+            which = label[0]
             t0 = time.perf_counter()
             job = await store.claim(owner, time.time(), 60.0)
-            latencies.append(time.perf_counter() - t0)
+            if which in samples:
+                samples[which].append(time.perf_counter() - t0)
             if job is None:
                 raise RuntimeError("ran out of queued jobs: raise the queued count")
             await store.finish(job.id, owner, time.time(), result={})
 
-    t0 = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for k in range(claimers):
-            nursery.start_soon(claimer, k)
-        if isinstance(until, trio.Event):
-            await until.wait()
-        else:
-            await trio.sleep(until)
-        nursery.cancel_scope.cancel()
-    return latencies, round(len(latencies) / (time.perf_counter() - t0))
-
-
-async def _measure(
-    store: JobStore, fill: Any, rows: int, claimers: int, baseline: float
-) -> dict[str, Any]:
-    config = JobsConfig(workers=0, retain_finished=86400.0, max_finished_rows=None)
-    # The service only for its sweep: its own start-up sweep finds nothing yet.
-    async with open_job_service(store, _noop, config) as svc:
-        await svc.wait_swept()
+    async with open_job_service(phases, _noop, config) as svc:  # type: ignore[arg-type]
+        await svc.wait_swept()  # the start-up sweep: nothing to delete yet
+        phases.done, phases.statements = False, []
         t0 = time.perf_counter()
-        queued = await fill(rows)
+        queued = _queued_needed(rows, config)
+        await fill(rows, queued)
         fill_s = time.perf_counter() - t0
-        await _claims(store, claimers, 1.0)  # warm-up, not counted
-        base, base_rate = await _claims(store, claimers, baseline)
-        done = trio.Event()
-        report: list[Any] = []
-
-        async def sweep() -> None:
-            # Let the claimers get going first: the sweep starts under load.
-            await trio.sleep(0.2)
-            report.append(await svc.sweep())
-            done.set()
-
-        t1 = time.perf_counter()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(sweep)
-            during, during_rate = await _claims(store, claimers, done)
-        sweep_s = time.perf_counter() - t1
-    base_p99, during_p99 = p99(base), p99(during)
-    return {
+            for k in range(claimers):
+                nursery.start_soon(claimer, k)
+            await trio.sleep(1.0)  # warm-up, not counted
+            label[0] = "before"
+            await trio.sleep(before)
+            while not phases.done:
+                t0 = time.perf_counter()
+                label[0] = "base"
+                await trio.sleep(phase)
+                t1 = time.perf_counter()
+                label[0] = "sweep"
+                phases.stop = False
+                ended = trio.Event()
+
+                async def sweep(ended: trio.Event = ended) -> None:
+                    await svc.sweep()
+                    ended.set()
+
+                nursery.start_soon(sweep)
+                with trio.move_on_after(phase):
+                    await ended.wait()
+                # End the sweep after its statement in flight (and its pause).
+                phases.stop = True
+                await ended.wait()
+                seconds["base"] += t1 - t0
+                seconds["sweep"] += time.perf_counter() - t1
+            nursery.cancel_scope.cancel()
+    base, during = samples["base"], samples["sweep"]
+    statements = phases.statements
+    result = {
         "finished_rows": rows,
         "queued_rows": queued,
         "fill_s": round(fill_s, 2),
+        "phase_s": phase,
         "baseline_claims": len(base),
-        "baseline_claims_per_s": base_rate,
-        "baseline_p99_ms": round(base_p99 * 1000, 3),
+        "baseline_claims_per_s": round(len(base) / seconds["base"]),
+        "baseline_p50_ms": round(quantile(base, 0.5) * 1000, 3),
+        "baseline_p99_ms": round(quantile(base, 0.99) * 1000, 3),
         "sweep_claims": len(during),
-        "sweep_claims_per_s": during_rate,
-        "sweep_p99_ms": round(during_p99 * 1000, 3),
-        "claim_p99_ratio": round(during_p99 / base_p99, 3) if base_p99 else None,
-        "deleted": report[0].deleted,
-        "batches": report[0].batches,
-        "sweep_s": round(sweep_s, 2),
+        "sweep_claims_per_s": round(len(during) / seconds["sweep"]),
+        "sweep_p50_ms": round(quantile(during, 0.5) * 1000, 3),
+        "sweep_p99_ms": round(quantile(during, 0.99) * 1000, 3),
+        "deleted": phases.deleted,
+        "statements": len(statements),
+        "statement_p50_ms": round(quantile(statements, 0.5) * 1000, 3),
+        "statement_max_ms": round(max(statements, default=0.0) * 1000, 3),
+        "sweep_s": round(seconds["sweep"], 2),
+        "sweep_batch": config.sweep_batch,
+        "sweep_pause": config.sweep_pause,
+        "sweep_duty": config.sweep_duty,
     }
+    # Against claims before any sweep: also counts what a sweep leaves behind for the
+    # off phases (dead rows, autovacuum), but also any change of the machine's load.
+    result["before_claims"] = len(samples["before"])
+    result["before_p50_ms"] = round(quantile(samples["before"], 0.5) * 1000, 3)
+    result["before_p99_ms"] = round(quantile(samples["before"], 0.99) * 1000, 3)
+    before_p99 = result["before_p99_ms"]
+    result["p99_vs_before_ratio"] = (
+        round(result["sweep_p99_ms"] / before_p99, 3) if before_p99 else None
+    )
+    base_p99 = result["baseline_p99_ms"]
+    result["claim_p99_ratio"] = round(result["sweep_p99_ms"] / base_p99, 3) if base_p99 else None
+    return result
 
 
-def _queued_needed(rows: int, claimers: int) -> int:
-    # The sweep takes about rows/1000 x (pause + a statement); claims run at up to a
-    # few thousand per second meanwhile.  Generous: running out ends the run.
-    return 60_000 + rows // 5 + 2_000 * claimers
+def _queued_needed(rows: int, config: JobsConfig) -> int:
+    # Claims run at up to ~2,500/s through the sweep's phases and as many off phases,
+    # each statement ~5 ms beside its pause.  Generous: running out ends the run.
+    seconds = 2 * (rows / config.sweep_batch) * (config.sweep_pause + 0.005)
+    return 60_000 + int(2_500 * 1.5 * seconds)
 
 
 @asynccontextmanager
@@ -147,8 +223,7 @@ async def _sqlite(path: str) -> AsyncIterator[tuple[JobStore, Any]]:
         store = SQLiteJobStore(pool)
         await store.setup()
 
-        async def fill(rows: int) -> int:
-            queued = _queued_needed(rows, 4)
+        async def fill(rows: int, queued: int) -> None:
             async with pool.connection() as conn:
                 await conn.execute(
                     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
@@ -164,7 +239,6 @@ async def _sqlite(path: str) -> AsyncIterator[tuple[JobStore, Any]]:
                 )
                 await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 await conn.execute("ANALYZE")
-            return queued
 
         yield store, fill
 
@@ -177,8 +251,7 @@ async def _postgres(dsn: str) -> AsyncIterator[tuple[JobStore, Any]]:
         store = PostgresJobStore(pool)
         await store.setup()
 
-        async def fill(rows: int) -> int:
-            queued = _queued_needed(rows, 4)
+        async def fill(rows: int, queued: int) -> None:
             async with pool.connection() as conn:
                 await conn.execute(
                     "INSERT INTO dtesn_jobs (id, status, payload, attempts, created_at,"
@@ -194,23 +267,26 @@ async def _postgres(dsn: str) -> AsyncIterator[tuple[JobStore, Any]]:
                     queued,
                 )
                 await conn.execute("VACUUM ANALYZE dtesn_jobs")
-            return queued
 
         yield store, fill
 
 
-async def _run_sqlite(rows: int, claimers: int, baseline: float) -> dict[str, Any]:
+async def _run_sqlite(
+    rows: int, claimers: int, phase: float, before: float, overrides: Any
+) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="dtesn-retention-")
     try:
         async with _sqlite(os.path.join(workdir, "jobs.db")) as (store, fill):
-            return await _measure(store, fill, rows, claimers, baseline)
+            return await _measure(store, fill, rows, claimers, phase, before, overrides)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _run_postgres(dsn: str, rows: int, claimers: int, baseline: float) -> dict[str, Any]:
+async def _run_postgres(
+    dsn: str, rows: int, claimers: int, phase: float, before: float, overrides: Any
+) -> dict[str, Any]:
     async with _postgres(dsn) as (store, fill):
-        return await _measure(store, fill, rows, claimers, baseline)
+        return await _measure(store, fill, rows, claimers, phase, before, overrides)
 
 
 def main() -> None:
@@ -219,40 +295,62 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1e5 finished rows, < 60 s")
     parser.add_argument("--rows", type=int, default=None, help="finished rows to sweep")
     parser.add_argument("--claimers", type=int, default=4)
-    parser.add_argument("--baseline", type=float, default=None, help="baseline seconds")
+    parser.add_argument("--phase", type=float, default=1.0, help="seconds per on/off phase")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), action="append")
+    # Not the defaults' figures: to try other settings of the sweeper.
+    parser.add_argument("--batch", type=int, help="jobs.sweep_batch (default: its default)")
+    parser.add_argument("--pause", type=float, help="jobs.sweep_pause")
+    parser.add_argument("--duty", type=float, help="jobs.sweep_duty")
     args = parser.parse_args()
     rows = args.rows or (100_000 if args.quick else 1_000_000)
-    baseline = args.baseline or (4.0 if args.quick else 10.0)
+    backends = args.backend or ["sqlite", "postgres"]
+    before = 4.0 if args.quick else 10.0
+    overrides = {
+        name: value
+        for name, value in (
+            ("sweep_batch", args.batch),
+            ("sweep_pause", args.pause),
+            ("sweep_duty", args.duty),
+        )
+        if value is not None
+    }
     started = time.monotonic()
     load_before = os.getloadavg()[0]
 
-    sqlite = trio.run(_run_sqlite, rows, args.claimers, baseline)
+    sqlite: dict[str, Any] | None = None
+    if "sqlite" in backends:
+        sqlite = trio.run(_run_sqlite, rows, args.claimers, args.phase, before, overrides)
     postgres: dict[str, Any] | None = None
     skipped: str | None = None
-    try:
-        from tests.servers import PostgresServer
-
-        pg = PostgresServer()
-    except (ImportError, RuntimeError, OSError) as exc:
-        skipped = f"PostgreSQL skipped: {exc}"
+    if "postgres" not in backends:
+        skipped = "PostgreSQL not asked for (--backend)"
     else:
         try:
-            pg.start()
-            postgres = trio.run(_run_postgres, pg.dsn, rows, args.claimers, baseline)
-        except RuntimeError as exc:
-            if "not installed" not in str(exc):
-                raise
-            skipped = f"PostgreSQL skipped: {exc}"
-        finally:
-            pg.close()
+            from tests.servers import PostgresServer
 
-    result: dict[str, Any] = {
-        "sqlite_claim_p99_ratio": sqlite["claim_p99_ratio"],
-        "postgres_claim_p99_ratio": None if postgres is None else postgres["claim_p99_ratio"],
-        "sqlite_baseline_p99_ms": sqlite["baseline_p99_ms"],
-        "sqlite_sweep_p99_ms": sqlite["sweep_p99_ms"],
-        "postgres_baseline_p99_ms": None if postgres is None else postgres["baseline_p99_ms"],
-        "postgres_sweep_p99_ms": None if postgres is None else postgres["sweep_p99_ms"],
+            pg = PostgresServer()
+        except (ImportError, RuntimeError, OSError) as exc:
+            skipped = f"PostgreSQL skipped: {exc}"
+        else:
+            try:
+                pg.start()
+                postgres = trio.run(
+                    _run_postgres, pg.dsn, rows, args.claimers, args.phase, before, overrides
+                )
+            except RuntimeError as exc:
+                if "not installed" not in str(exc):
+                    raise
+                skipped = f"PostgreSQL skipped: {exc}"
+            finally:
+                pg.close()
+
+    result: dict[str, Any] = {}
+    for name, figures in (("sqlite", sqlite), ("postgres", postgres)):
+        for key in ("claim_p99_ratio", "baseline_p99_ms", "sweep_p99_ms"):
+            result[f"{name}_{key}"] = None if figures is None else figures[key]
+        for key in ("baseline_p50_ms", "sweep_p50_ms", "p99_vs_before_ratio"):
+            result[f"{name}_{key}"] = None if figures is None else figures[key]
+    result |= {
         "finished_rows": rows,
         "claimers": args.claimers,
         "details": {"sqlite": sqlite, "postgres": postgres},
@@ -265,16 +363,18 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"claim latency during a sweep of {rows:,} finished rows, {args.claimers} claimers")
-    header = f"  {'backend':<10} {'p99 base ms':>12} {'p99 sweep ms':>13} {'ratio':>7}"
-    print(header + f" {'claims/s base':>14} {'claims/s sweep':>15} {'sweep s':>8}")
+    header = f"  {'backend':<10} {'p50/p99 base ms':>16} {'p50/p99 sweep ms':>17} {'ratio':>6}"
+    print(header + f" {'claims/s base':>14} {'claims/s sweep':>15} {'sweep s':>8} {'stmt ms':>8}")
     for name, figures in (("sqlite", sqlite), ("postgres", postgres)):
         if figures is None:
-            print(f"  {name:<10} {skipped}")
+            print(f"  {name:<10} {skipped or 'not asked for (--backend)'}")
             continue
+        base = f"{figures['baseline_p50_ms']:.2f}/{figures['baseline_p99_ms']:.2f}"
+        during = f"{figures['sweep_p50_ms']:.2f}/{figures['sweep_p99_ms']:.2f}"
         print(
-            f"  {name:<10} {figures['baseline_p99_ms']:>12.2f} {figures['sweep_p99_ms']:>13.2f}"
-            f" {figures['claim_p99_ratio']:>7.2f} {figures['baseline_claims_per_s']:>14}"
-            f" {figures['sweep_claims_per_s']:>15} {figures['sweep_s']:>8.1f}"
+            f"  {name:<10} {base:>16} {during:>17} {figures['claim_p99_ratio']:>6.2f}"
+            f" {figures['baseline_claims_per_s']:>14} {figures['sweep_claims_per_s']:>15}"
+            f" {figures['sweep_s']:>8.1f} {figures['statement_p50_ms']:>8.2f}"
         )
     print(f"  target: ratio <= 2 on each backend; {result['note']}")
     print(f"  machine load average (1 min) before / after: {result['loadavg_1min']}")

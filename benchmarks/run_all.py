@@ -159,6 +159,15 @@ SPECS: dict[str, list[Row]] = {
         Row("runtime_identity_per_s", "queue_identity_per_s", "runtime_vs_queue", ">= 0.8"),
         Row("sklearn_batched_per_s", "sklearn_single_per_s", "sklearn_batch_speedup"),
     ],
+    # issue 17: training through the API
+    "fit": [
+        Row("api_nrmse", "inprocess_nrmse", target="<= 1e-9", checked="nrmse_diff"),
+        Row("api_fit_s", "inprocess_fit_s", "api_overhead_ratio"),
+        Row("chunked_peak_rss_mb"),
+        Row("chunked_rss_growth_mb"),
+        Row("search_nrmse", target="<= 0.15"),
+        Row("search_trials", target="<= 30"),
+    ],
     # issue 18
     "jobs_retention": [
         Row("sqlite_sweep_p99_ms", "sqlite_baseline_p99_ms", "sqlite_claim_p99_ratio", "<= 2"),
@@ -193,27 +202,51 @@ SPECS: dict[str, list[Row]] = {
 def _retention_section(entry: Mapping[str, Any]) -> list[str]:
     """Job retention (issue 18): each backend's claims with and without a sweep."""
     result = entry["result"]
+    length = "full length" if "--quick" not in entry["command"] else "quick"
+    figures_of = [f for f in result.get("details", {}).values() if f]
+    settings = ""
+    if figures_of and "sweep_batch" in figures_of[0]:
+        f = figures_of[0]
+        settings = (
+            f" (the defaults: {f['sweep_batch']:,} per statement, pauses of at least"
+            f" {f['sweep_pause']:g} s sized so statements fill at most"
+            f" {f.get('sweep_duty')} of the sweep's time)"
+        )
+    if figures_of and "phase_s" in figures_of[0]:
+        method = (
+            "claimers with those rows present and no sweep: off and on phases of"
+            f' {figures_of[0]["phase_s"]:g} s alternate in one run. "vs before": the'
+            " sweep's p99 against claims before any sweep. "
+        )
+    else:
+        method = "claimers with those rows present and no sweep, measured before it. "
     lines = [
-        "## Job retention: claims during a sweep (issue 18)",
+        f"## Job retention: claims during a sweep (issue 18, {length})",
         "",
         f"{entry.get('date', '')}, `{entry['command']}`: claim latency of "
         f"{result.get('claimers')} back-to-back claimers while `JobService.sweep()` deletes "
-        f"{result.get('finished_rows', 0):,} finished rows (1,000 per statement, 50 ms "
-        "apart), against the same claimers with those rows present and no sweep. "
-        f"Shared machine (load average {result.get('loadavg_1min')}): {result.get('note')}.",
+        f"{result.get('finished_rows', 0):,} finished rows{settings}, against the same "
+        + method
+        + f"Shared machine (load average {result.get('loadavg_1min')}): {result.get('note')}.",
         "",
-        "| backend | p99 no sweep, ms | p99 during sweep, ms | ratio (target <= 2) "
-        "| claims/s no sweep | claims/s during sweep | sweep, s |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | p50 / p99 no sweep, ms | p50 / p99 during sweep, ms | ratio (target <= 2) "
+        "| vs before | claims/s no sweep | claims/s during sweep | statement p50 / max, ms "
+        "| sweep, s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, figures in result.get("details", {}).items():
         if figures is None:
-            lines.append(f"| {backend} | skipped | | | | | |")
+            lines.append(f"| {backend} | skipped | | | | | | | |")
             continue
         lines.append(
-            f"| {backend} | {_num(figures['baseline_p99_ms'])} | {_num(figures['sweep_p99_ms'])}"
-            f" | {_num(figures['claim_p99_ratio'])} | {_num(figures['baseline_claims_per_s'])}"
-            f" | {_num(figures['sweep_claims_per_s'])} | {_num(figures['sweep_s'])} |"
+            f"| {backend} | {_num(figures.get('baseline_p50_ms'))} /"
+            f" {_num(figures['baseline_p99_ms'])} | {_num(figures.get('sweep_p50_ms'))} /"
+            f" {_num(figures['sweep_p99_ms'])} | {_num(figures['claim_p99_ratio'])}"
+            f" | {_num(figures.get('p99_vs_before_ratio'))}"
+            f" | {_num(figures['baseline_claims_per_s'])}"
+            f" | {_num(figures['sweep_claims_per_s'])}"
+            f" | {_num(figures.get('statement_p50_ms'))} / {_num(figures.get('statement_max_ms'))}"
+            f" | {_num(figures['sweep_s'])} |"
         )
     return lines
 
@@ -399,6 +432,9 @@ def render(
                 "",
                 "Not run at full length yet: " + ", ".join(f"`{n}`" for n in missing) + ".",
             ]
+        for name, section in SECTIONS.items():
+            if name in full and "error" not in full[name]:
+                lines += ["", *section(full[name])]
     else:
         lines.append("None yet: `python benchmarks/run_all.py --full`.")
     if notes.strip():

@@ -10,6 +10,8 @@ Re-exported here, in one library:
 - the parts, usable alone: admission and its limiters, breaker and rate limiter
   (:mod:`dtesn_trio.limits`), the connection pool and the priority batch queue
   (:mod:`dtesn_trio.nurseries`), the result cache, durable jobs (:mod:`dtesn_trio.jobs`);
+- named, versioned models trained through durable jobs: ``ModelRegistry``,
+  ``ModelVersion`` (:mod:`dtesn_trio.models`);
 - the errors (one hierarchy, ``DTESNError``) and the configs of every section;
 - the HTTP layer: ``create_app``, ``serve``.
 
@@ -55,6 +57,7 @@ from dtesn_trio.limits import (
     SeedScaleLimit,
     VegasLimit,
 )
+from dtesn_trio.models import ModelRegistry, ModelVersion
 from dtesn_trio.nurseries import (
     BatchQueueConfig,
     ConnectionPool,
@@ -104,6 +107,8 @@ __all__ = [
     "LoopMonitor",
     "LoopStatistics",
     "MemoryCache",
+    "ModelRegistry",
+    "ModelVersion",
     "Overloaded",
     "PayloadTooLarge",
     "PostgresSettings",

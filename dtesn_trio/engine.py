@@ -29,7 +29,9 @@ Optional members, each with its default when absent:
 - ``cache_key(item) -> str | bytes | None``: the result cache's key (it must cover
   everything that decides the output: input, weights, version); ``None`` for an item
   never cached.  Absent: no result cache.
-- ``cost(item) -> float``: the item's share of the engine's work (default 1).
+- ``cost(item) -> float``: the item's share of the engine's work, in items of a typical
+  size (default 1): a batch holds at most ``queue.max_batch_size`` of these units
+  (rounded up, at least 1 an item), and an item that costs more than that runs alone.
 - ``input_type``: a type msgspec decodes (``list[float]``, a ``msgspec.Struct``...):
   the server validates a request's ``input`` against it before ``decode`` (default:
   any JSON value).

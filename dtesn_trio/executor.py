@@ -28,8 +28,11 @@ process mid-call); if it finishes, the caller gets its result and it counts as c
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import pickle
+import stat
 import tempfile
 import time
 from collections import deque
@@ -225,7 +228,7 @@ class Executor:
             path = Path(tmp) / "engine.pickle"
             await trio.to_thread.run_sync(path.write_bytes, blob)
             async with trio_parallel.open_worker_context(
-                idle_timeout=math.inf, grace_period=10.0
+                idle_timeout=math.inf, grace_period=10.0, init=_widen_pipes
             ) as context:
                 processes = _Processes(context, str(path), self._blas)
                 await processes.warm_up(self._workers)
@@ -393,6 +396,26 @@ _UNLIMITED = trio.CapacityLimiter(math.inf)
 # ------------------------------------------------------------------ in the worker
 
 _ENGINES: dict[str, Any] = {}
+
+
+_PIPE_BYTES = 1 << 20
+
+
+def _widen_pipes() -> None:
+    """In a new worker: make its pipes to the server hold a whole batch (1 MiB, as
+    Linux allows by default, against 64 KiB).  The server reads a result one pipe-full
+    per trip through its event loop; under a storm a trip waits for every runnable
+    task, and a batch of JSON results took seconds to come back 64 KiB at a time."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setpipe is None:  # not Linux
+        return
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                fcntl.fcntl(fd, setpipe, _PIPE_BYTES)
+        except OSError:  # gone meanwhile, or above this user's pipe limit: keep it
+            continue
 
 
 def _load_in_worker(path: str) -> None:

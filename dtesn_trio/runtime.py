@@ -16,8 +16,9 @@ import dataclasses
 import enum
 import functools
 import logging
+import math
 import sys
-from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,15 @@ from dtesn_trio.instrument import LoopMonitor, LoopStatistics, count_tasks
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
 from dtesn_trio.limits import Admission, AdmissionConfig, BreakerState
+from dtesn_trio.limits.admission import _Throttle
 from dtesn_trio.limits.shared_rate import SharedRateLimiter
+from dtesn_trio.models import (
+    JOB_KINDS,
+    ModelRegistry,
+    postgres_model_store,
+    run_job,
+    sqlite_model_store,
+)
 from dtesn_trio.nurseries import (
     ConnectionPool,
     ConnectionPoolConfig,
@@ -111,21 +120,19 @@ class RuntimeStatistics:
     """Live Trio tasks in the whole run (a steady count under steady load: no leak)."""
 
 
-@dataclass(slots=True)
 class _Work:
-    """One queued request, as the batch workers see it."""
+    """One queued request, as the batch workers see it; ``batch`` is filled in by the
+    batch that ran it (one record per batch, shared by its members)."""
 
-    item: Any
-    group: Hashable
-    enqueued: float
+    __slots__ = ("batch", "cost", "enqueued", "group", "item")
 
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    output: Any
-    batch_size: int
-    started: float
-    finished: float
+    def __init__(self, item: Any, group: Hashable, enqueued: float, cost: int = 1) -> None:
+        self.item = item
+        self.group = group
+        self.enqueued = enqueued
+        self.cost = cost  # its share of the batch budget (queue.max_batch_size)
+        self.batch: tuple[int, float, float] = (0, enqueued, enqueued)
+        """(size, started, finished) of the batch that ran it."""
 
 
 @dataclass
@@ -139,12 +146,23 @@ class Runtime:
     admission: Admission
     loop_monitor: LoopMonitor
     cache: ResultCache | None = None
-    queue: PriorityBatchQueue[_Work, _Done] | None = None
+    queue: PriorityBatchQueue[_Work, Any] | None = None
     jobs: JobService | None = None
+    models: ModelRegistry | None = None
+    """Named, versioned models (with durable jobs, on the DTESN engine only)."""
     shared_limiter: SharedRateLimiter | None = None
     pools: dict[str, ConnectionPool[Any]] = field(default_factory=dict)
     _shutdown_started: trio.Event = field(default_factory=trio.Event)
     _ready: bool = False
+    # the run's clock, read directly (trio.current_time() costs two more calls)
+    _clock: trio.abc.Clock = field(init=False, repr=False)
+    _now: Callable[[], float] = field(init=False, repr=False)
+    _levels: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._clock = trio.lowlevel.current_clock()
+        self._now = self._clock.current_time
+        self._levels = self.config.queue.priority_levels
 
     # ---- state ---------------------------------------------------------------
 
@@ -191,18 +209,23 @@ class Runtime:
         item = self._decode(input, priority, membrane_depth, options)
         if self._shutdown_started.is_set():
             raise ShuttingDown("the runtime is shutting down", retry_after=1.0)
-        start = trio.current_time()
+        start = self._now()
         if deadline is not None and deadline <= start:
             raise DeadlineExceeded("the deadline had passed before the request started")
         if self.shared_limiter is not None:
             await self.shared_limiter.try_acquire()
-        async with self.admission.throttle_request(priority=priority):
+        # Admission without its own checkpoint: every path of _admitted checkpoints (the
+        # cache, the refusal, the queue), so a second trip through the scheduler per
+        # request would buy nothing.  A caller cancelled already is not admitted.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # (throttle_request_nowait without its priority check: _decode made it)
+        with _Throttle(self.admission, priority, self._clock):
             if deadline is None:  # no cancel scope to make: the hot path
                 return await self._admitted(item, priority, deadline, use_cache, start)
             with trio.move_on_at(deadline) as scope:
                 return await self._admitted(item, priority, deadline, use_cache, start)
             assert scope.cancelled_caught
-            waited = trio.current_time() - start
+            waited = self._now() - start
             raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
 
     async def process_batch(
@@ -252,98 +275,130 @@ class Runtime:
     ) -> ProcessOutcome:
         engine = self.engine
         key = None
-        if use_cache and self.cache is not None:
+        cache = self.cache
+        if use_cache and cache is not None:
             key = engine.cache_key(item)
             if key is not None:
-                hit = await self.cache.get(key)
+                if isinstance(cache, MemoryCache):
+                    # synchronous: a miss goes on to the queue, which checkpoints (two
+                    # scheduler trips a request fewer); a hit checkpoints here
+                    hit = cache.get_nowait(key)
+                    if hit is not None:
+                        await trio.lowlevel.checkpoint()
+                else:
+                    hit = await cache.get(key)
                 if hit is not None:
-                    total = (trio.current_time() - start) * 1000
+                    total = (self._now() - start) * 1000
                     timings = {"queued_ms": 0.0, "processing_ms": 0.0, "total_ms": total}
                     return ProcessOutcome(hit, True, priority, 0, timings)
-        assert self.queue is not None
-        now = trio.current_time()
-        group = None if engine.group_key is None else engine.group_key(item)
-        work = _Work(item, group, now)
+        queue = self.queue
+        assert queue is not None
+        work = self._work(item, start)
         start_by = deadline
-        run = self.queue.mean_batch_duration
-        if deadline is not None and run is not None:
-            # The queue's deadline is for *starting*: a request that starts at its
-            # deadline finishes a batch later, too late, after using the engine (issue 8:
-            # at 10x load 251 of 259 deadlines passed mid-batch, the work thrown away).
-            start_by = deadline - run
-            if start_by <= now:
-                await trio.lowlevel.checkpoint()
-                raise Overloaded(
-                    f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
-                )
-        done = await self._submit(work, priority, deadline=start_by)
-        result = done.output  # the engine's encode, in JSON bytes (``_run_batch``)
-        if key is not None and self.cache is not None:
-            await self.cache.set(key, result)
-        end = trio.current_time()
-        timings = {
-            "queued_ms": (done.started - work.enqueued) * 1000,
-            "processing_ms": (done.finished - done.started) * 1000,
-            "total_ms": (end - start) * 1000,
-        }
-        return ProcessOutcome(result, False, priority, done.batch_size, timings)
-
-    async def _submit(self, work: _Work, priority: int, *, deadline: float | None = None) -> _Done:
-        """The queue's answer, an engine failure as ``_engine_failure`` makes it.
-
-        ``wait=True``: a full level makes the caller wait for space (until its deadline),
-        as a ``trio.CapacityLimiter`` would, instead of refusing at once: a refused
-        client that retries at once costs more than one that waits.
-        """
-        assert self.queue is not None
+        if deadline is not None:
+            run = queue.mean_batch_duration
+            if run is not None:
+                # The queue's deadline is for *starting*: a request that starts at its
+                # deadline finishes a batch later, too late, after using the engine
+                # (issue 8: at 10x load 251 of 259 deadlines passed mid-batch).
+                start_by = deadline - run
+                if start_by <= self._now():
+                    await trio.lowlevel.checkpoint()
+                    raise Overloaded(
+                        f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
+                    )
+        # wait=True: a full level makes the caller wait for space (until its deadline),
+        # as a trio.CapacityLimiter would, instead of refusing at once: a refused client
+        # that retries at once costs more than one that waits.
         try:
-            return await self.queue.submit(work, priority=priority, deadline=deadline, wait=True)
+            output = await queue.submit(work, priority=priority, deadline=start_by, wait=True)
         except DTESNError:
             raise
         except Exception as exc:
             # The engine raised for this input alone (the queue ran it alone after its
             # batch failed: queue.retry_individually, which the runtime turns on).
             raise _engine_failure(exc) from None
+        result = output  # the engine's encode, in JSON bytes (``_run_batch``)
+        if key is not None and cache is not None:
+            if isinstance(cache, MemoryCache):
+                cache.set_nowait(key, result)
+            else:
+                await cache.set(key, result)
+        size, started, finished = work.batch
+        timings = {
+            "queued_ms": (started - start) * 1000,
+            "processing_ms": (finished - started) * 1000,
+            "total_ms": (self._now() - start) * 1000,
+        }
+        return ProcessOutcome(result, False, priority, size, timings)
 
-    async def _run_batch(self, items: list[_Work]) -> list[_Done | BaseException]:
+    async def _submit(self, work: _Work, priority: int) -> Any:
+        """The engine's output for ``work`` (a job's: no deadline), an engine failure
+        as ``_engine_failure`` makes it."""
+        assert self.queue is not None
+        try:
+            return await self.queue.submit(work, priority=priority, wait=True)
+        except DTESNError:
+            raise
+        except Exception as exc:
+            raise _engine_failure(exc) from None
+
+    async def _run_batch(self, items: list[_Work]) -> list[Any]:
         """The queue's batch function: one executor call per ``group_key`` in the batch.
 
-        An output that is an exception fails that input alone; an engine call that
-        raises fails the batch, and the queue runs each member again alone.
+        Each member gets its output (and ``work.batch``), or the error of its own
+        output: an output that is an exception fails that input alone; an engine call
+        that raises fails the batch, and the queue runs each member again alone.
         """
         run = self.processor.run
         name = self.engine.name
-        out: list[_Done | BaseException] = [ShuttingDown("not run")] * len(items)
-        started = trio.current_time()
         size = len(items)
+        now = self._now
+        started = now()
         first = items[0].group
-        if all(work.group == first for work in items):
-            groups = [list(range(size))]
-        else:
-            by_key: dict[Hashable, list[int]] = {}
-            for i, work in enumerate(items):
-                by_key.setdefault(work.group, []).append(i)
-            groups = list(by_key.values())
-        for idxs in groups:
-            batch = [items[i].item for i in idxs]
-            outputs = check_outputs(name, len(idxs), await run(batch, encode=True))
-            finished = trio.current_time()
+        for work in items:
+            if work.group != first:
+                break
+        else:  # one group: the common case, one call
+            outputs = check_outputs(
+                name, size, await run([work.item for work in items], encode=True)
+            )
+            info = (size, started, now())
+            for work in items:
+                work.batch = info
+            return [_engine_failure(o) if isinstance(o, BaseException) else o for o in outputs]
+        out: list[Any] = [None] * size
+        by_key: dict[Hashable, list[int]] = {}
+        for i, work in enumerate(items):
+            by_key.setdefault(work.group, []).append(i)
+        for idxs in by_key.values():
+            outputs = check_outputs(
+                name, len(idxs), await run([items[i].item for i in idxs], encode=True)
+            )
+            info = (size, started, now())
             for i, output in zip(idxs, outputs, strict=True):
-                out[i] = (
-                    _engine_failure(output)
-                    if isinstance(output, BaseException)
-                    else _Done(output, size, started, finished)
-                )
+                items[i].batch = info
+                out[i] = _engine_failure(output) if isinstance(output, BaseException) else output
         return out
 
     async def _run_job(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A durable job: already accepted, so it skips admission but not the queue."""
+        """A durable job: already accepted, so it skips admission but not the queue.
+        Training jobs (fit, search) go to the model registry."""
+        if payload.get("kind") in JOB_KINDS and self.models is not None:
+            enqueue = None if self.jobs is None else self.jobs.enqueue
+            return await run_job(self.models, payload, enqueue)
         priority = payload.get("priority", 4)
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
-        group = None if self.engine.group_key is None else self.engine.group_key(item)
-        work = _Work(item, group, trio.current_time())
-        done = await self._submit(work, priority)
-        return {"result": done.output, "batch_size": done.batch_size}
+        work = self._work(item, self._now())
+        output = await self._submit(work, priority)
+        return {"result": output, "batch_size": work.batch[0]}
+
+    def _work(self, item: Any, now: float) -> _Work:
+        engine = self.engine
+        group = None if engine.group_key is None else engine.group_key(item)
+        if engine.cost is None:
+            return _Work(item, group, now)
+        return _Work(item, group, now, _cost_units(engine.name, engine.cost(item)))
 
     # ---- validation ------------------------------------------------------------
 
@@ -361,13 +416,17 @@ class Runtime:
         options: Mapping[str, Any] | None,
     ) -> Any:
         """The engine's item for ``data``, or ``InvalidRequest``; a ``decode`` that
-        raises anything else is the engine's bug: ``EngineError``, logged."""
-        check_priority(priority, self.config.queue.priority_levels)
+        raises anything else (another ``DTESNError`` too) is the engine's bug:
+        ``EngineError``, logged with its traceback."""
+        if type(priority) is not int or not 0 <= priority < self._levels:
+            check_priority(priority, self._levels)  # raises, naming the field
         if depth is not None:
             options = {**(options or {}), "membrane_depth": depth}
         try:
+            if not options:
+                return self.engine.decode_fn(data)
             return self.engine.decode(data, options)
-        except DTESNError:
+        except InvalidRequest:
             raise
         except Exception as exc:
             log.error("the engine's decode failed on one input: %r", exc, exc_info=exc)
@@ -455,6 +514,17 @@ def _engine_admission(config: AdmissionConfig) -> AdmissionConfig:
     return dataclasses.replace(config, breaker=breaker)
 
 
+def _cost_units(name: str, cost: object) -> int:
+    """An engine's ``cost(item)`` as whole units of the batch budget (at least 1)."""
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost):
+        raise EngineError(f"{name}.cost returned {cost!r}, not a finite number")
+    return max(1, math.ceil(cost))
+
+
+def _work_cost(work: _Work) -> int:
+    return work.cost
+
+
 def _engine_failure(exc: BaseException) -> DTESNError:
     """What the caller of one failed input gets: a ``DTESNError`` as it is, anything else
     as ``EngineError`` (logged here with its traceback; no internals in the message)."""
@@ -504,6 +574,19 @@ async def _open_job_store(
     return SQLiteJobStore(pools["jobs"])
 
 
+async def _open_registry(
+    config: RuntimeConfig, pool: ConnectionPool[Any], engine: DTESNEngine
+) -> ModelRegistry:
+    """The model registry, in the job store's database (set up before the claimers
+    start: a training job may be the first they claim)."""
+    if config.jobs.backend == "postgres":
+        store = postgres_model_store(pool)
+    else:
+        store = sqlite_model_store(pool)
+    await store.setup()
+    return ModelRegistry(store, lambda: engine.model, engine.config)
+
+
 @asynccontextmanager
 async def open_runtime(
     config: RuntimeConfig | None = None,
@@ -531,12 +614,13 @@ async def open_runtime(
         engine = DTESNEngine(model)
     resolved = resolve_engine(DTESNEngine(config.model) if engine is None else engine)
     monitor = LoopMonitor()
-    trio.lowlevel.add_instrument(monitor)
     switch_interval = sys.getswitchinterval()
     if config.processor.switch_interval is not None:
         sys.setswitchinterval(config.processor.switch_interval)
     try:
         async with trio.open_nursery() as root, AsyncExitStack() as stack:
+            # a probe, not an instrument on every task step (see dtesn_trio.instrument)
+            await root.start(monitor.run)
             # the engine (and its workers: processes, with processor.executor="process")
             # outlive the queue that feeds them: the stack closes the queue first
             if resolved.open is not None:
@@ -567,10 +651,18 @@ async def open_runtime(
                     rt.cache = MemoryCache(config.cache)
             queue_config = dataclasses.replace(config.queue, retry_individually=True)
             rt.queue = await stack.enter_async_context(
-                open_batch_queue(rt._run_batch, queue_config, breaker_status=rt._breaker_status)
+                open_batch_queue(
+                    rt._run_batch,
+                    queue_config,
+                    # the engine's cost counts toward queue.max_batch_size (else 1 an item)
+                    size_fn=None if resolved.cost is None else _work_cost,
+                    breaker_status=rt._breaker_status,
+                )
             )
             if config.jobs.enabled:
                 store = await _open_job_store(config, rt.pools, stack)
+                if isinstance(resolved.engine, DTESNEngine):
+                    rt.models = await _open_registry(config, rt.pools["jobs"], resolved.engine)
                 rt.jobs = await stack.enter_async_context(
                     open_job_service(store, rt._run_job, config.jobs)
                 )
@@ -585,4 +677,3 @@ async def open_runtime(
             root.cancel_scope.cancel()
     finally:
         sys.setswitchinterval(switch_interval)
-        trio.lowlevel.remove_instrument(monitor)

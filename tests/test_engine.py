@@ -16,7 +16,7 @@ import trio
 from dtesn_trio.config import RuntimeConfig
 from dtesn_trio.dtesn import DTESNConfig, DTESNEngine
 from dtesn_trio.engine import load_engine, resolve_engine
-from dtesn_trio.errors import EngineError, InvalidRequest
+from dtesn_trio.errors import DeadlineExceeded, EngineError, InvalidRequest
 from dtesn_trio.executor import ProcessorConfig
 from dtesn_trio.jobs import JobsConfig
 from dtesn_trio.limits import AdmissionConfig
@@ -103,6 +103,55 @@ async def test_a_plain_engine_is_batched_and_gets_no_cache_or_options() -> None:
     assert bad.value.field == "input"
     assert option.value.field == "membrane_depth"
     assert "not an option" in option.value.message
+
+
+class Costly(Doubler):
+    """``cost(x) = x``; its first batch waits for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[float]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def cost(self, item: float) -> float:
+        return item
+
+    def process_batch(self, items: Sequence[float]) -> list[float]:
+        self.calls.append(list(items))
+        self.entered.set()
+        self.gate.wait(10)
+        return super().process_batch(items)
+
+
+async def test_the_engine_cost_is_the_batch_budget() -> None:
+    engine = Costly()
+    queue = BatchQueueConfig(max_batch_size=10, workers=1, lifo_delay=None)
+    with trio.fail_after(30):
+        async with (
+            open_runtime(config(queue=queue), engine=engine) as rt,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(rt.process, 0.5)
+            await trio.to_thread.run_sync(engine.entered.wait, 10)
+            for x in (6, 3, 4, 5, 0.2):
+                nursery.start_soon(rt.process, x)
+                await trio.testing.wait_all_tasks_blocked()
+            engine.gate.set()
+    # 0.5 and 0.2 count as one unit each; 4 does not fit beside 6 + 3 (10 units)
+    assert engine.calls == [[0.5], [6, 3], [4, 5, 0.2]]
+
+
+async def test_a_hung_engine_is_bounded_by_the_deadline() -> None:
+    engine = Costly()  # its batch waits for the gate: hung, as far as the caller knows
+    with trio.fail_after(30):
+        async with open_runtime(config(), engine=engine) as rt:
+            with pytest.raises(DeadlineExceeded, match="the deadline passed after"):
+                await rt.process(1, deadline=trio.current_time() + 0.2)
+            running = rt.statistics().queue.running_items
+            engine.gate.set()  # let the worker thread finish before the runtime closes
+    assert engine.calls == [[1.0]]
+    assert running == 1  # the caller left; the batch it was in was not disturbed
 
 
 async def test_wrong_output_count_is_an_engine_error_naming_the_engine() -> None:

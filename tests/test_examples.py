@@ -45,3 +45,28 @@ def test_narma10_example_learns_the_task() -> None:
     assert found is not None, out.stdout
     # Seeded data and model: 0.570 here; predicting the mean scores 1.0.
     assert float(found.group(1)) < 0.6, out.stdout
+
+
+def test_narma10_http_example_matches_the_in_process_fit() -> None:
+    from dtesn_trio.dtesn import DTESNConfig, DTESNModel
+    from dtesn_trio.dtesn.tasks import narma10, nrmse
+
+    out = subprocess.run(
+        [sys.executable, "examples/narma10_http.py"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = re.search(r"NRMSE = (\d+\.\d+)", out.stdout)
+    assert found is not None, out.stdout
+    # what examples/narma10.py computes in process, to the 4 digits printed
+    u, y = narma10(4000, seed=0)
+    model = DTESNModel(DTESNConfig())
+    model.fit_readout([u[:3000]], [y[:3000]], alpha=1e-6, mode="per_step", washout=100)
+    prediction = model.process_one(u).prediction
+    assert prediction is not None
+    assert float(found.group(1)) == round(nrmse(prediction[3000:], y[3000:]), 4)

@@ -51,6 +51,37 @@ async def test_monitor_measures_real_time_by_default() -> None:
     assert stats.slow_steps >= 1
 
 
+async def test_the_probe_sees_a_blocked_loop_then_traces_and_names_the_blocker() -> None:
+    monitor = LoopMonitor(slow_step_threshold=0.02, trace_for=60.0)
+
+    async def blocker() -> None:
+        time.sleep(0.3)  # noqa: ASYNC251 - the point of the test: block the loop
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(monitor.run, 0.005)
+        assert monitor.statistics().steps == 0  # a probe: no step is timed
+        time.sleep(0.1)  # noqa: ASYNC251 - blocks the loop, not traced yet
+        # the probe wakes (>= 95 ms late: it slept 5 ms at most), records the lag and
+        # starts tracing every step
+        await trio.testing.wait_all_tasks_blocked()
+        lagged = monitor.statistics()
+        nursery.start_soon(blocker, name="blocker")
+        await trio.testing.wait_all_tasks_blocked()
+        traced = monitor.statistics()
+        nursery.cancel_scope.cancel()
+    steps = monitor.statistics().steps
+    for _ in range(3):
+        await trio.lowlevel.checkpoint()
+    # Lower bounds only: a busy machine makes any step longer, never shorter.
+    assert lagged.max_step >= 0.095
+    assert lagged.max_step_task == ""  # a lag, not a traced step
+    assert lagged.slow_steps >= 1
+    assert traced.max_step >= 0.3
+    assert traced.max_step_task == "blocker"
+    assert traced.steps > lagged.steps + 1  # every step is timed now
+    assert monitor.statistics().steps == steps  # cancelled: the instrument is gone
+
+
 def test_memory_statistics_follow_live_objects_not_rss() -> None:
     before = memory_statistics()
     assert before.rss_bytes is not None

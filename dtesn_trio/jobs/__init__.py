@@ -12,7 +12,7 @@ from dtesn_trio.jobs.service import (
     owner_is_dead,
 )
 from dtesn_trio.jobs.sqlite import SQLiteJobStore
-from dtesn_trio.jobs.store import JobRecord, JobStatus, JobStore
+from dtesn_trio.jobs.store import JobRecord, JobStatus, JobStore, PurgeCursor
 
 __all__ = [
     "JobRecord",
@@ -23,6 +23,7 @@ __all__ = [
     "JobsConfig",
     "PostgresJobStore",
     "ProcessFn",
+    "PurgeCursor",
     "SQLiteJobStore",
     "SweepReport",
     "open_job_service",

@@ -33,8 +33,10 @@ class JobsConfig:
     - ``max_finished_rows``: at most about this many finished jobs are kept, the
       newest (None: no limit).  Jobs that finished at the same instant go together.
     - ``sweep_interval``: how often the sweeper deletes what the two limits above
-      allow; it deletes ``sweep_batch`` rows per statement with ``sweep_pause`` between
-      statements, so claimers never wait long behind it.
+      allow; it deletes ``sweep_batch`` rows per statement, so claimers never wait long
+      behind it, and pauses between statements so that they fill at most
+      ``sweep_duty`` (0 < duty <= 1) of its time: after a statement that took t
+      seconds, t x (1 - duty) / duty, and at least ``sweep_pause``.
     """
 
     enabled: bool = True
@@ -50,6 +52,7 @@ class JobsConfig:
     sweep_interval: float = 60.0
     sweep_batch: int = 1000
     sweep_pause: float = 0.05
+    sweep_duty: float = 0.25
 
     def __post_init__(self) -> None:
         p = "jobs."
@@ -70,3 +73,5 @@ class JobsConfig:
         _checks.positive(p + "sweep_interval", self.sweep_interval)
         _checks.integer(p + "sweep_batch", self.sweep_batch, minimum=1)
         _checks.non_negative(p + "sweep_pause", self.sweep_pause)
+        _checks.positive(p + "sweep_duty", self.sweep_duty)
+        _checks.in_range(p + "sweep_duty", self.sweep_duty, 0.0, 1.0)

@@ -18,7 +18,8 @@ instance (the instance's own ``wall_clock`` does not matter); SQLite, on one hos
 
 Retention: a sweeper task deletes finished jobs older than ``jobs.retain_finished``
 and beyond the newest ``jobs.max_finished_rows``, every ``jobs.sweep_interval``, in
-batches of ``jobs.sweep_batch`` rows (one short statement each).  Job ids are signed
+batches of ``jobs.sweep_batch`` rows (one short statement each), paced so that its
+statements fill at most ``jobs.sweep_duty`` of the sweep's time.  Job ids are signed
 with a key kept in the store, so ``issued`` tells a purged job's id from one that
 never existed without keeping anything of the deleted row.
 
@@ -61,7 +62,7 @@ from dtesn_trio.errors import (
     ShuttingDown,
 )
 from dtesn_trio.jobs.config import JobsConfig
-from dtesn_trio.jobs.store import JobRecord, JobStore
+from dtesn_trio.jobs.store import JobRecord, JobStore, PurgeCursor
 
 __all__ = ["JobService", "JobServiceStatistics", "ProcessFn", "SweepReport", "open_job_service"]
 
@@ -164,6 +165,15 @@ class SweepReport:
     started_at: float
     deleted: int
     batches: int
+
+
+def sweep_pause(config: JobsConfig, took: float) -> float:
+    """The sweeper's pause after a purge statement that took ``took`` seconds: long
+    enough that statements fill at most ``jobs.sweep_duty`` of the sweep's time (so
+    when the database is slow -- loaded by claimers, or by a busy machine -- the sweep
+    slows down with it instead of taking a larger share), and at least
+    ``jobs.sweep_pause``."""
+    return max(config.sweep_pause, took * (1.0 - config.sweep_duty) / config.sweep_duty)
 
 
 class JobService:
@@ -445,21 +455,25 @@ class JobService:
 
     async def sweep(self) -> SweepReport:
         """Delete the finished jobs the retention policy no longer keeps, now: one
-        batch of ``jobs.sweep_batch`` per statement, ``jobs.sweep_pause`` between."""
+        batch of ``jobs.sweep_batch`` per statement, each starting where the last one
+        ended, and between two a pause of ``sweep_pause(...)``."""
         started = trio.current_time()
         config = self.config
         horizon = await self._store.purge_horizon(
             config.retain_finished, config.max_finished_rows, self._now()
         )
         deleted = batches = 0
+        after: PurgeCursor | None = None
         while horizon is not None:
-            n = await self._store.purge(horizon, config.sweep_batch)
+            t0 = trio.current_time()
+            n, after = await self._store.purge(horizon, config.sweep_batch, after)
+            took = trio.current_time() - t0
             deleted += n
             batches += 1
             self._purged += n
             if n < config.sweep_batch:
                 break
-            await trio.sleep(config.sweep_pause)
+            await trio.sleep(sweep_pause(config, took))
         if horizon is None:
             await trio.lowlevel.checkpoint()
         return SweepReport(started, deleted, batches)

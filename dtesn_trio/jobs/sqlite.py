@@ -26,7 +26,7 @@ import msgspec
 import trio
 
 from dtesn_trio.errors import BackendUnavailable
-from dtesn_trio.jobs.store import COLUMNS, JobRecord, record_from_row
+from dtesn_trio.jobs.store import COLUMNS, PURGE_START, JobRecord, PurgeCursor, record_from_row
 
 __all__ = ["SQLiteJobStore"]
 
@@ -255,11 +255,18 @@ class SQLiteJobStore:
                 horizons.append(float(rows[0][0]))
         return max(horizons) if horizons else None
 
-    async def purge(self, horizon: float, limit: int) -> int:
+    async def purge(
+        self, horizon: float, limit: int, after: PurgeCursor | None = None
+    ) -> tuple[int, PurgeCursor | None]:
+        start_at, start_rowid = after or PURGE_START
         rows = await self._write(
             "DELETE FROM dtesn_jobs WHERE rowid IN (SELECT rowid FROM dtesn_jobs"
             "   WHERE finished_at IS NOT NULL AND finished_at <= ?"
-            "   ORDER BY finished_at LIMIT ?) RETURNING 1",
-            (horizon, limit),
+            "     AND (finished_at, rowid) > (?, ?)"
+            "   ORDER BY finished_at, rowid LIMIT ?) RETURNING finished_at, rowid",
+            (horizon, start_at, start_rowid, limit),
         )
-        return len(rows)
+        if not rows:
+            return 0, None
+        finished_at, rowid = max(rows)
+        return len(rows), (float(finished_at), int(rowid))

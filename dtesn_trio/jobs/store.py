@@ -19,10 +19,23 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-__all__ = ["COLUMNS", "JobRecord", "JobStatus", "JobStore", "record_from_row"]
+__all__ = [
+    "COLUMNS",
+    "PURGE_START",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "PurgeCursor",
+    "record_from_row",
+]
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed"})
+# Where a purge stopped: (finished_at, row key) of the last row it deleted -- the row
+# key is an integer that orders rows with equal times (PostgreSQL's seq, SQLite's rowid).
+PurgeCursor = tuple[float, int]
+# Before every row: purging from here starts at the oldest.
+PURGE_START: PurgeCursor = (float("-inf"), -(2**63))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,10 +125,16 @@ class JobStore(Protocol):
         policy: older than ``retain_seconds``, or not among the newest
         ``max_finished`` finished jobs.  None when nothing is."""
 
-    async def purge(self, horizon: float, limit: int) -> int:
+    async def purge(
+        self, horizon: float, limit: int, after: PurgeCursor | None = None
+    ) -> tuple[int, PurgeCursor | None]:
         """Delete at most ``limit`` finished jobs that finished at or before
-        ``horizon`` (oldest first), skipping rows another transaction holds; return
-        how many.  One short statement: call it again for the next batch."""
+        ``horizon``, oldest first in (``finished_at``, row key) order and past
+        ``after`` in it, skipping rows another transaction holds; return how many and
+        the place of the last one deleted (None if none was).  One short statement:
+        call it again with that place as ``after`` for the next batch, so each batch
+        starts where the last one ended instead of stepping again over the index
+        entries of the rows already deleted."""
 
 
 # The column order every SQL backend selects, and the decoding of such a row.

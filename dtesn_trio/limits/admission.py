@@ -3,7 +3,9 @@
 ``async with admission.throttle_request(priority=p):`` admits a request or refuses it at
 once (``RateLimited`` / ``CircuitOpen`` / ``Overloaded``, each with ``retry_after``): it
 never waits silently. All checks are synchronous; entering costs one checkpoint, like a
-bare ``trio.CapacityLimiter``, and leaving none. On exit the outcome is recorded: no
+bare ``trio.CapacityLimiter``, and leaving none (``with
+admission.throttle_request_nowait(priority=p):`` is the same gate without the checkpoint,
+for a caller whose own path checkpoints after it). On exit the outcome is recorded: no
 exception is a success; an exception is judged by the breaker's predicates and counts as
 a drop for the limiter when it is ``Overloaded`` or ``DeadlineExceeded``; cancellation
 counts for nothing.
@@ -226,7 +228,8 @@ class AdmissionStatistics:
 
 
 class _Throttle:
-    """The async context manager behind :meth:`Admission.throttle_request`.
+    """The context manager behind :meth:`Admission.throttle_request` (async) and
+    :meth:`Admission.throttle_request_nowait` (sync, no checkpoint).
 
     It is also the call's borrower in the capacity limiter and carries what the breaker
     and the limiter need at exit, so admitting allocates nothing else. The admission path
@@ -235,26 +238,40 @@ class _Throttle:
 
     __slots__ = ("_admission", "_clock", "_state", "epoch", "inflight", "priority", "start")
 
-    def __init__(self, admission: Admission, priority: int) -> None:
+    def __init__(
+        self, admission: Admission, priority: int, clock: trio.abc.Clock | None = None
+    ) -> None:
         self._admission = admission
         self.priority = priority
+        self._clock = clock  # the run's clock (looked up on entry when not given)
         self._state = 0  # 0 new, 1 admitted, 2 done or pass-through
         # epoch, start and inflight are set on admission.
 
     async def __aenter__(self) -> None:
-        admission = self._admission
         if self._state:
             raise RuntimeError("a throttle_request() context can be entered only once")
-        if not admission._enabled:
+        if not self._admission._enabled:
             self._state = 2
             await trio.lowlevel.checkpoint()
             return
         # Same checkpoint pattern as trio.CapacityLimiter.acquire: cancelled -> nothing was
         # taken; admitted -> the shielded checkpoint cannot lose the tokens.
         await trio.lowlevel.checkpoint_if_cancelled()
+        self.__enter__()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def __enter__(self) -> None:
+        if self._state:
+            raise RuntimeError("a throttle_request() context can be entered only once")
+        admission = self._admission
+        if not admission._enabled:
+            self._state = 2
+            return
         # Keep the run's clock: reading it directly at exit is half the cost of
         # trio.current_time(), and this is the hot path.
-        self._clock = clock = trio.lowlevel.current_clock()
+        clock = self._clock
+        if clock is None:
+            self._clock = clock = trio.lowlevel.current_clock()
         now = clock.current_time()
         rate_limiter = admission.rate_limiter
         if rate_limiter is not None:
@@ -268,9 +285,16 @@ class _Throttle:
             raise
         self.start = now
         self._state = 1
-        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -280,6 +304,7 @@ class _Throttle:
             return
         self._state = 2
         admission = self._admission
+        assert self._clock is not None
         now = self._clock.current_time()
         if exc is None:
             admission.breaker._record(self.epoch, self.start, now, None, _SUCCESS)
@@ -339,6 +364,15 @@ class Admission:
         else:
             _checks.check_priority(priority, self._levels)
         return _Throttle(self, priority)
+
+    def throttle_request_nowait(self, priority: int | None = None) -> _Throttle:
+        """``with`` this: :meth:`throttle_request` without its checkpoint.
+
+        For a caller whose own path checkpoints after admission (the runtime's: it
+        always waits on the queue or the cache).  It admits or refuses synchronously,
+        with the same errors, and records the outcome on exit exactly as the async form.
+        """
+        return self.throttle_request(priority)
 
     def _on_window(self, sample: Sample, limit: int) -> None:
         # Peak concurrency over the limit: the load the rate adapts to.

@@ -34,7 +34,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dtesn_trio._checks import check_priority
 from dtesn_trio.engine import ResolvedEngine
-from dtesn_trio.errors import DTESNError, InvalidRequest, PayloadTooLarge, ShuttingDown
+from dtesn_trio.errors import (
+    DeadlineExceeded,
+    DTESNError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ShuttingDown,
+)
 from dtesn_trio.instrument import memory_statistics
 from dtesn_trio.server.auth import ApiKeyAuth
 from dtesn_trio.server.config import ServerConfig
@@ -51,8 +57,10 @@ from dtesn_trio.server.errors import (
 )
 from dtesn_trio.server.gctuning import GCMonitor
 from dtesn_trio.server.http1 import COMPLETE_BODY
+from dtesn_trio.server.intake import LifoSlots
 from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
 from dtesn_trio.server.models import PRIORITY_LEVELS, request_models
+from dtesn_trio.server.models_routes import model_routes
 from dtesn_trio.server.openapi import docs_html, openapi_document
 from dtesn_trio.server.requestid import new_request_id, request_id_var
 
@@ -194,8 +202,8 @@ class AppState:
         self.requests = 0
         self._drain_deadline = math.inf
         self._scopes: set[trio.CancelScope] = set()
-        self.intake = None if config.max_in_flight is None else trio.Semaphore(config.max_in_flight)
-        self._waiters: set[trio.CancelScope] = set()
+        limit = config.max_in_flight
+        self.intake = None if limit is None else LifoSlots(limit)
         # What the lean server calls: the app without its outermost layer (create_app).
         self.entry: ASGIApp | None = None
         engine = runtime.engine
@@ -215,7 +223,8 @@ class AppState:
         self._docs = docs_html(document)
 
     def statistics(self) -> ServerStatistics:
-        return ServerStatistics(self.in_flight, self.requests, self.draining, len(self._waiters))
+        waiting = 0 if self.intake is None else self.intake.waiting
+        return ServerStatistics(self.in_flight, self.requests, self.draining, waiting)
 
     # ------------------------------------------------------------------ draining
 
@@ -232,32 +241,33 @@ class AppState:
         self._drain_deadline = deadline
         for scope in self._scopes:
             scope.deadline = min(scope.deadline, deadline)
-        for scope in self._waiters:
-            scope.cancel()
+        if self.intake is not None:
+            self.intake.close()
 
-    async def enter_intake(self) -> None:
-        """Take a ``server.max_in_flight`` slot, waiting in arrival order (the caller
-        releases it).  Raises ``ShuttingDown`` when a drain begins before it is free."""
+    async def _drainable(self, fn: Callable[[], Awaitable[T]], deadline: float | None) -> T:
+        """``fn()`` in one of the ``server.max_in_flight`` slots (waiting for one until
+        ``deadline``, newest first), cancelled at the drain deadline."""
         intake = self.intake
-        assert intake is not None
+        if intake is None:
+            return await self._until_drained(fn)
+        waited_from = trio.current_time()
+        if not await intake.acquire(math.inf if deadline is None else deadline):
+            if intake.closed:
+                raise ShuttingDown(
+                    "the server is shutting down; this request had not started",
+                    retry_after=1.0,
+                )
+            waited = (trio.current_time() - waited_from) * 1000
+            raise DeadlineExceeded(
+                f"the deadline passed after {waited:.0f} ms waiting for one of the"
+                f" server's {intake.limit} request slots (server.max_in_flight)"
+            )
         try:
-            intake.acquire_nowait()  # a free slot means nobody waits: still in order
-            return
-        except trio.WouldBlock:
-            pass
-        with trio.CancelScope() as scope:
-            if not self.draining:
-                self._waiters.add(scope)
-                try:
-                    await intake.acquire()
-                    return
-                finally:
-                    self._waiters.discard(scope)
-        raise ShuttingDown(
-            "the server is shutting down; this request had not started", retry_after=1.0
-        )
+            return await self._until_drained(fn)
+        finally:
+            intake.release()
 
-    async def _drainable(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _until_drained(self, fn: Callable[[], Awaitable[T]]) -> T:
         with trio.CancelScope(deadline=self._drain_deadline) as scope:
             self._scopes.add(scope)
             try:
@@ -336,6 +346,20 @@ class AppState:
             )
         return trio.current_time() + deadline_ms / 1000
 
+    async def _model_options(self, req: Any) -> dict[str, Any]:
+        """The engine option of the request's ``model`` (resolved now: the request runs
+        on that version however activations change while it runs), or none."""
+        ref = getattr(req, "model", None)
+        if ref is None:
+            return {}
+        models = getattr(self.runtime, "models", None)
+        if models is None:
+            raise InvalidRequest(
+                "model needs the model registry (durable jobs on, the DTESN engine)",
+                field="model",
+            )
+        return {"options": {"model": await models.resolve(ref)}}
+
     def _jobs(self) -> Any:
         jobs = self.runtime.jobs
         if jobs is None:
@@ -373,6 +397,7 @@ class AppState:
         deadline = self._deadline(req.deadline_ms)
         start = time.perf_counter()
         runtime = self.runtime
+        extra = await self._model_options(req)
 
         async def call() -> Any:
             return await runtime.process(
@@ -381,9 +406,10 @@ class AppState:
                 deadline=deadline,
                 membrane_depth=req.membrane_depth,
                 use_cache=req.use_cache,
+                **extra,
             )
 
-        outcome = await self._drainable(call)
+        outcome = await self._drainable(call, deadline)
         self.metrics.observe_process(req.priority, time.perf_counter() - start)
         return _encoder.encode(outcome.to_dict())
 
@@ -401,6 +427,7 @@ class AppState:
         deadline = self._deadline(req.deadline_ms)
         start = time.perf_counter()
         runtime = self.runtime
+        extra = await self._model_options(req)
 
         async def call() -> list[Any]:
             return await runtime.process_batch(
@@ -409,9 +436,10 @@ class AppState:
                 deadline=deadline,
                 membrane_depth=req.membrane_depth,
                 use_cache=req.use_cache,
+                **extra,
             )
 
-        outcomes = await self._drainable(call)
+        outcomes = await self._drainable(call, deadline)
         items: list[dict[str, Any]] = []
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, DTESNError):
@@ -537,7 +565,6 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         state = self.state
-        intake = state.intake
         method: str = scope["method"]
         offered_id = authorization = content_length = None
         for name, value in scope["headers"]:
@@ -641,17 +668,10 @@ class _Guard:
                     and int(content_length) > limit
                 ):
                     raise too_large(limit)
-                gated = intake is not None and method == "POST" and path.startswith("/v1/")
-                if gated:
-                    await state.enter_intake()
-                try:
-                    if path == "/v1/process" and method == "POST":
-                        await state.process_asgi(await whole_body(), guarded_send)
-                    else:
-                        await self.app(scope, limited_receive, guarded_send)
-                finally:
-                    if intake is not None and gated:
-                        intake.release()
+                if path == "/v1/process" and method == "POST":
+                    await state.process_asgi(await whole_body(), guarded_send)
+                else:
+                    await self.app(scope, limited_receive, guarded_send)
             except DTESNError as exc:
                 if started:
                     logger.warning("%s after the response started: %r", path, exc)
@@ -744,6 +764,7 @@ def create_app(
         Route("/healthz", state.healthz, methods=["GET"]),
         Route("/readyz", state.readyz, methods=["GET"]),
         Route("/metrics", state.metrics_endpoint, methods=["GET"]),
+        *model_routes(state),
     ]
     if config.docs:
         routes += [

@@ -47,12 +47,11 @@ class ServerConfig:
       is kept.  ``backlog``: the listen queue (the kernel caps it at
       ``net.core.somaxconn``); a storm of new connections beyond it is refused by the
       kernel.
-    - ``max_in_flight``: work requests (``POST /v1/...``) in progress at once; the
-      others wait their turn in arrival order, read but not started (their
-      ``deadline_ms`` counts from when they start).  A waiting request costs a parked
-      task; a started one that cannot be served in time costs an answer, and clients
-      that retry at once send it again.  ``None``: no limit.  Other routes
-      (``/healthz``, ``/metrics``, ...) never wait here.
+    - ``max_in_flight``: requests to ``/v1/process`` and ``/v1/process/batch`` in
+      progress at once.  The others wait for a slot until their deadline; a slot that
+      frees goes to the newest (it has the most of its deadline left), and one that
+      waits out its deadline is answered 504 without costing the engine anything.
+      ``None``: no limit.  Other routes never wait here.
     - ``access_log``: log one line per request (with its request id).
     - ``reuse_port``: bind with ``SO_REUSEPORT`` (Linux, BSD), so that several
       ``dtesn-trio serve`` processes on one host listen on the same port and the kernel
@@ -87,7 +86,7 @@ class ServerConfig:
     http: Literal["lean", "hypercorn"] = "lean"
     keep_alive_timeout: float = 5.0
     backlog: int = 4096
-    max_in_flight: int | None = 1024
+    max_in_flight: int | None = 256
     access_log: bool = False
     reuse_port: bool = False
     gc_freeze: bool = True

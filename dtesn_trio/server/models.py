@@ -58,6 +58,13 @@ DeadlineMs = Annotated[
     ),
 ]
 MembraneDepth = Annotated[int, msgspec.Meta(ge=1, le=8)]
+ModelRef = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[1-9][0-9]{0,8})?$",
+        description="A registered model: 'name' (its active version) or 'name@version'.",
+    ),
+]
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -72,6 +79,7 @@ class ProcessRequest(_Request):
     deadline_ms: DeadlineMs | None = None
     membrane_depth: MembraneDepth | None = None
     use_cache: bool = True
+    model: ModelRef | None = None
 
 
 class BatchRequest(_Request):
@@ -82,6 +90,7 @@ class BatchRequest(_Request):
     deadline_ms: DeadlineMs | None = None
     membrane_depth: MembraneDepth | None = None
     use_cache: bool = True
+    model: ModelRef | None = None
 
 
 class JobRequest(_Request):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import html
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,16 @@ from dtesn_trio.server.models import (
     ProcessResponse,
     StatsResponse,
 )
+from dtesn_trio.server.models_routes import (
+    ActivateResponse,
+    ChunkAccepted,
+    ChunkRequest,
+    FitAccepted,
+    FitRequest,
+    ModelDetail,
+    ModelList,
+    SearchRequest,
+)
 
 __all__ = ["docs_html", "openapi_document"]
 
@@ -38,13 +49,24 @@ _MODELS: tuple[type[Any], ...] = (
     StatsResponse,
     HealthResponse,
     ErrorBody,
+    FitRequest,
+    FitAccepted,
+    ChunkRequest,
+    ChunkAccepted,
+    SearchRequest,
+    ModelList,
+    ModelDetail,
+    ActivateResponse,
 )
 
 _ERRORS = {
     "400": "Malformed body: not JSON, or not UTF-8",
     "401": "API key missing or wrong",
-    "404": "No such job (or durable jobs are disabled)",
+    "404": "No such job, model, model version or chunked fit (or durable jobs are"
+    " disabled); error.field names which",
     "408": "The body did not arrive within server.body_timeout (connection closed)",
+    "409-chunk": "Another chunk of this fit was applied meanwhile: chunks apply in order;"
+    " send this one again",
     "409": "Idempotency-Key already used for a job with another payload (error.field names"
     " the header); a repeat with the same payload answers 200 with the first job",
     "410": "The job existed and was deleted by the retention policy (code expired)",
@@ -66,7 +88,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         ProcessRequest,
         "200",
         ProcessResponse,
-        ("400", "401", "408", "413", "422", "429", "503", "504", "500"),
+        ("400", "401", "404", "408", "413", "422", "429", "503", "504", "500"),
     ),
     (
         "post",
@@ -75,7 +97,7 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         BatchRequest,
         "200",
         BatchResponse,
-        ("400", "401", "408", "413", "422", "429", "503", "504", "500"),
+        ("400", "401", "404", "408", "413", "422", "429", "503", "504", "500"),
     ),
     (
         "post",
@@ -95,10 +117,74 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         JobResponse,
         ("401", "404", "410", "503", "500"),
     ),
+    (
+        "get",
+        "/v1/models",
+        "Every registered model",
+        None,
+        "200",
+        ModelList,
+        ("401", "404", "503", "500"),
+    ),
+    (
+        "get",
+        "/v1/models/{name}",
+        "A model's versions: config, scores, fit, created, which is active",
+        None,
+        "200",
+        ModelDetail,
+        ("401", "404", "422", "503", "500"),
+    ),
+    (
+        "post",
+        "/v1/models/{name}/fit",
+        "Fit a readout as a durable job (a new immutable version); chunked: true opens a"
+        " chunked fit instead",
+        FitRequest,
+        "202",
+        FitAccepted,
+        ("400", "401", "404", "408", "413", "422", "503", "500"),
+    ),
+    (
+        "post",
+        "/v1/models/{name}/fit/{job}/chunks",
+        "The next chunk of a chunked fit (the reservoir's state carries over); the last"
+        " one submits the solve as a durable job (202)",
+        ChunkRequest,
+        "200",
+        ChunkAccepted,
+        ("400", "401", "404", "408", "409-chunk", "413", "422", "503", "500"),
+    ),
+    (
+        "post",
+        "/v1/models/{name}/search",
+        "Hyperparameter search (grid or random) as a durable job; the best trial becomes a"
+        " new version",
+        SearchRequest,
+        "202",
+        FitAccepted,
+        ("400", "401", "404", "408", "413", "422", "503", "500"),
+    ),
+    (
+        "post",
+        "/v1/models/{name}/versions/{version}/activate",
+        "Make a version the one 'name' resolves to (atomic: requests in flight finish on theirs)",
+        None,
+        "200",
+        ActivateResponse,
+        ("401", "404", "422", "503", "500"),
+    ),
     ("get", "/v1/stats", "Runtime statistics", None, "200", StatsResponse, ("401", "500")),
     ("get", "/healthz", "Alive", None, "200", HealthResponse, ()),
     ("get", "/readyz", "Ready: pools up, not shutting down", None, "200", HealthResponse, ("503",)),
 )
+
+_PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "job_id": {"type": "string"},
+    "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+    "job": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    "version": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
+}
 
 _PUBLIC = frozenset({"/healthz", "/readyz"})
 
@@ -190,14 +276,11 @@ def openapi_document(
                 "required": True,
                 "content": {"application/json": {"schema": ref[request]}},
             }
-        if "{job_id}" in path:
+        names = re.findall(r"{(\w+)}", path)
+        if names:
             op["parameters"] = [
-                {
-                    "name": "job_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                }
+                {"name": n, "in": "path", "required": True, "schema": _PATH_PARAMETERS[n]}
+                for n in names
             ]
         if path == "/v1/jobs" and method == "post":
             op["parameters"] = [
@@ -218,6 +301,14 @@ def openapi_document(
                     "Location": {"schema": {"type": "string"}, "description": "The job's URL"}
                 },
             }
+        if path.endswith("/chunks"):
+            op["responses"]["202"] = {
+                "description": "The last chunk: the solve is a durable job (Location)",
+                "content": {"application/json": {"schema": ref[response]}},
+                "headers": {
+                    "Location": {"schema": {"type": "string"}, "description": "The job's URL"}
+                },
+            }
         if ok == "202":
             op["responses"][ok]["headers"] = {
                 "Location": {"schema": {"type": "string"}, "description": "The job's URL"}
@@ -225,7 +316,7 @@ def openapi_document(
         for status in errors:
             if status == "401" and not secured:
                 continue
-            op["responses"][status] = {
+            op["responses"][status[:3]] = {
                 "description": _ERRORS[status],
                 "content": {"application/json": {"schema": error_ref}},
             }

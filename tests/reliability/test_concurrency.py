@@ -69,7 +69,9 @@ async def test_5000_concurrent_requests_all_complete() -> None:
     errors: list[str] = []
     with trio.fail_after(80):
         async with open_runtime(config(CONNECTIONS)) as rt:
-            info = await rt.nursery.start(partial(serve, rt, ServerConfig(port=0, backlog=4096)))
+            info = await rt.nursery.start(
+                partial(serve, rt, ServerConfig(port=0, backlog=4096, max_in_flight=None))
+            )
             state = info.app.state.dtesn
             threads = rt.processor._threads
             holders = [object() for _ in range(int(threads.total_tokens))]

@@ -139,7 +139,7 @@ async def test_migrations_add_finished_by_and_record_the_winner(
                 await conn.execute("INSERT INTO dtesn_schema (version) VALUES (1)")
             store = PostgresJobStore(pool)
             await store.setup()
-            assert await store.schema_version() == len(MIGRATIONS) == 3
+            assert await store.schema_version() == len(MIGRATIONS) == 4
             now = time.time()
             await store.insert(JobRecord(id="j1", status="queued", payload={}, created_at=now))
             first = await store.claim("slow", now, 1.0)

@@ -1,5 +1,6 @@
-"""``server.max_in_flight``: work requests beyond it wait their turn, unstarted, in
-arrival order; other routes never wait; a drain answers the waiting ones 503."""
+"""``server.max_in_flight``: requests beyond it wait for a slot until their deadline,
+newest first, unstarted; one that waits out its deadline is a 504; other routes never
+wait; a drain answers the waiting ones 503."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class Recorder(Faults):
         return await super().process(input, **kwargs)
 
 
-async def test_requests_beyond_max_in_flight_wait_in_arrival_order(tmp_path: Path) -> None:
+async def test_requests_beyond_max_in_flight_wait_and_the_newest_goes_first(tmp_path: Path) -> None:
     # One slot, so each waiter starts only after the one before it has finished: the
     # order the runtime sees is the order of the slots (two waiters woken in the same
     # scheduling batch would run in Trio's random order).
@@ -58,9 +59,36 @@ async def test_requests_beyond_max_in_flight_wait_in_arrival_order(tmp_path: Pat
                     assert (await s.client.get("/healthz")).status_code == 200
                     assert (await s.client.get("/v1/stats")).status_code == 200
                     runtime.release.set()
-                assert runtime.started == ["!hold", "first", "second", "third"]
+                assert runtime.started == ["!hold", "third", "second", "first"]
                 assert answers == dict.fromkeys(("!hold", "first", "second", "third"), 200)
                 assert s.state.statistics().waiting == 0
+
+
+async def test_a_request_that_waits_out_its_deadline_is_504_and_never_starts(
+    tmp_path: Path,
+) -> None:
+    config = ServerConfig(port=0, max_in_flight=1)
+    async with open_test_runtime(tmp_path) as rt:
+        runtime = Recorder(rt)
+        runtime.expect_held = 1
+        with trio.fail_after(60):
+            async with served(runtime, config) as s:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        lambda: s.client.post("/v1/process", json={"input": "!hold"})
+                    )
+                    await runtime.all_held.wait()
+                    r = await s.client.post(
+                        "/v1/process", json={"input": "late", "deadline_ms": 50}
+                    )
+                    assert r.status_code == 504
+                    error = r.json()["error"]
+                    assert error["code"] == "deadline_exceeded"
+                    assert "server.max_in_flight" in error["message"]
+                    assert runtime.started == ["!hold"]
+                    runtime.release.set()
+                assert s.state.statistics().waiting == 0
+                assert s.state.intake.used == 0
 
 
 async def test_a_drain_answers_the_waiting_requests_503(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,10 +67,19 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             log.close()
 
 
+def excluded_checks(case: Any) -> list[Any]:
+    excluded = [schemathesis.checks.not_a_server_error]
+    if case.operation.path.startswith("/v1/models/") and case.method.upper() == "POST":
+        # Training data has constraints across fields (one target per step) that a
+        # JSON Schema cannot state: schema-valid bodies may get a 422 naming the field.
+        excluded.append(schemathesis.checks.positive_data_acceptance)
+    return excluded
+
+
 def test_every_operation_against_the_schema(server_url: str) -> None:
     schema = schemathesis.openapi.from_url(f"{server_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 14
     failures: list[str] = []
     positive, negative = schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE
     runs = [(op, positive) for op in operations]
@@ -91,9 +101,7 @@ def test_every_operation_against_the_schema(server_url: str) -> None:
             # table: overloaded, deadline exceeded) and the document lists them; an
             # internal error is the "5xx" that must never happen.
             assert response.status_code != 500, response.text
-            case.validate_response(
-                response, excluded_checks=[schemathesis.checks.not_a_server_error]
-            )
+            case.validate_response(response, excluded_checks=excluded_checks(case))
 
         try:
             check()

@@ -1,0 +1,75 @@
+"""``LifoSlots``: at most ``limit`` requests in progress; the others wait, newest first.
+
+Netflix's ``LifoBlockingLimiter`` in Trio: a request that finds every slot taken waits
+(a parked task costs nothing) until a slot frees or its deadline passes.  A freed slot
+goes to the request that arrived last: it has the most of its deadline left, so under
+a storm the requests that start are the ones that can still be answered in time, and
+the oldest expire where they wait, before any work is spent on them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import trio
+
+__all__ = ["LifoSlots"]
+
+
+class _Waiter:
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.granted = False
+
+
+class LifoSlots:
+    """``limit`` slots.  ``await acquire(deadline)`` takes one (True) or gives up at
+    ``deadline`` (False); ``release()`` hands the slot to the newest waiter.  After
+    ``close()`` every waiter and every later ``acquire`` gets False at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.closed = False
+        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, deadline: float = math.inf) -> bool:
+        if self.closed:
+            return False
+        if self.used < self.limit:  # a free slot means nobody waits
+            self.used += 1
+            return True
+        waiter = _Waiter()
+        self._waiters[waiter] = None
+        try:
+            with trio.move_on_at(deadline):
+                await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:  # cancelled from outside after the slot was handed over
+                self.release()
+            raise
+        finally:
+            self._waiters.pop(waiter, None)
+        return waiter.granted
+
+    def release(self) -> None:
+        if self._waiters and not self.closed:
+            waiter, _ = self._waiters.popitem(last=True)  # the newest
+            waiter.granted = True
+            waiter.event.set()
+            return
+        self.used -= 1
+
+    def close(self) -> None:
+        """Refuse from now on: wake every waiter without a slot."""
+        self.closed = True
+        while self._waiters:
+            waiter, _ = self._waiters.popitem(last=False)
+            waiter.event.set()
