@@ -13,7 +13,7 @@ processes (``processor.executor="process"``: ``process_runtime_per_s``,
 ``process_ratio``): this model holds the GIL while it computes, so in threads every
 microsecond the event loop spends on a request is taken from the engine, while a
 process computes beside the loop.  The process figure is compared at equal parallelism:
-the runtime with ``PROCESSES`` (2) worker processes and no express process against
+the runtime with ``PROCESSES`` (2) worker processes against
 ``model.process_batch`` called directly in 2 processes of a ``ProcessPoolExecutor``
 (each one BLAS thread, each its own model built from the same config; the inputs go
 out and the results come back pickled, as the runtime's do): ``direct_processes_per_s``.
@@ -109,7 +109,7 @@ async def through_runtime(inputs: list[str], executor: str = "thread") -> tuple[
         ),
         queue=BatchQueueConfig(max_batch_size=BATCH, max_wait=0.005, workers=2),
         processor=(
-            ProcessorConfig(executor="process", worker_threads=PROCESSES, express_threads=0)
+            ProcessorConfig(executor="process", worker_threads=PROCESSES)
             if executor == "process"
             else ProcessorConfig()
         ),

@@ -243,6 +243,7 @@ class ConnectionPool(Generic[C]):
         self._create_limiter = trio.CapacityLimiter(self._config.max_concurrent_creates)
         self._state = _NEW
         self._nursery: trio.Nursery | None = None  # set while RUNNING, and only then
+        self._now: Callable[[], float] = trio.current_time
 
         # The state: one container per status (insertion order: the last idle one is
         # the most recently used), the waiters in order, and the schedule.
@@ -255,6 +256,13 @@ class ConnectionPool(Generic[C]):
         self._fill_failures = 0
         self._fill_round = 0
         self._fill_round_failed = False
+        # An idle connection's next scan comes no sooner after its last use than this
+        # (resize changes the bounds only).
+        cfg = self._config
+        self._idle_gap = min(
+            cfg.keepalive_interval if cfg.enable_keepalive else math.inf,
+            math.inf if cfg.idle_timeout is None else cfg.idle_timeout,
+        )
 
         self._total_requests = 0
         self._served = 0
@@ -308,6 +316,8 @@ class ConnectionPool(Generic[C]):
         if self._state is not _NEW:
             raise RuntimeError(f"pool {self._name!r} has already run")
         self._state = _STARTING
+        # the clock's own method: cheaper than trio.current_time() on every acquire
+        self._now = trio.lowlevel.current_clock().current_time
         leftover: list[_Record[C]] = []
         try:
             await self._open_initial()
@@ -411,7 +421,6 @@ class ConnectionPool(Generic[C]):
         recs = self._records
         idle = recs[_IDLE]
         waiters = self._waiters
-        running = self._state is _RUNNING
         todo: _Todo[C] = []
 
         if record is not None:
@@ -477,12 +486,15 @@ class ConnectionPool(Generic[C]):
                     _serve(waiters.popitem(last=False)[0], record, todo)
                 else:
                     _move(recs, record, _IDLE, todo)
-                    due = self._due(record, n_open > cfg.min_connections)
-                    if due < self._scan_at:
-                        self._wake_at(due)
+                    # (its next scan is no sooner than its expiry or this, see _due)
+                    soonest = min(record.expires_at, record.last_used + self._idle_gap)
+                    if soonest < self._scan_at:
+                        due = self._due(record, n_open > cfg.min_connections)
+                        if due < self._scan_at:
+                            self._wake_at(due)
 
         if arriving is not None:
-            if not running:
+            if self._state is not _RUNNING:
                 stopped = ShuttingDown(f"{self._name} pool is not running ({self._state.value})")
                 _serve(arriving, stopped, todo)
             elif idle and not waiters:
@@ -559,6 +571,7 @@ class ConnectionPool(Generic[C]):
                         rec.stack,
                     )
             missing = cfg.min_connections - self._total()
+            running = self._state is _RUNNING
             # Starting, the pool makes min_connections once (run() fails if one fails).
             first = self._state is _STARTING and self._fill_round == 0
             if missing > 0 and (running or first):
@@ -574,14 +587,15 @@ class ConnectionPool(Generic[C]):
             self._wake_at(deadline)
 
         # Hand idle connections to waiters in order; make connections for the rest.
-        while waiters and idle:
-            rec = next(reversed(idle))
-            _move(recs, rec, _IN_USE, todo)
-            _serve(waiters.popitem(last=False)[0], rec, todo)
-        if running and len(waiters) > len(recs[_CONNECTING]):
-            n = min(len(waiters) - len(recs[_CONNECTING]), cfg.max_connections - self._total())
-            for _ in range(n):
-                _move(recs, _Record(self._generation, 0), _CONNECTING, todo)
+        if waiters:
+            while waiters and idle:
+                rec = next(reversed(idle))
+                _move(recs, rec, _IN_USE, todo)
+                _serve(waiters.popitem(last=False)[0], rec, todo)
+            if self._state is _RUNNING and len(waiters) > len(recs[_CONNECTING]):
+                n = min(len(waiters) - len(recs[_CONNECTING]), cfg.max_connections - self._total())
+                for _ in range(n):
+                    _move(recs, _Record(self._generation, 0), _CONNECTING, todo)
         return todo
 
     def _total(self) -> int:
@@ -647,7 +661,7 @@ class ConnectionPool(Generic[C]):
 
     async def _settle(self, record: _Record[C], event: _Event) -> None:
         """Report ``event`` on ``record``; close here what the pool's nursery cannot."""
-        todo = self._update(trio.current_time(), record, event)
+        todo = self._update(self._now(), record, event)
         if todo and (leftover := self._apply(todo)):
             with trio.move_on_after(self._config.close_grace, shield=True):
                 await self._close_all(leftover)
@@ -658,7 +672,7 @@ class ConnectionPool(Generic[C]):
         self._total_requests += 1
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            start = now = trio.current_time()
+            start = now = self._now()
             while True:
                 waiter: _Waiter[C] = _Waiter()
                 todo = self._update(now, arriving=waiter)
@@ -666,7 +680,7 @@ class ConnectionPool(Generic[C]):
                     self._apply(todo)
                 if waiter.result is None:
                     record = await self._wait(waiter, start)
-                    now = trio.current_time()
+                    now = self._now()
                 elif isinstance(waiter.result, BaseException):
                     raise waiter.result
                 else:
@@ -677,7 +691,7 @@ class ConnectionPool(Generic[C]):
                 if (
                     record.suspect or now - record.last_used > self._config.validation_bypass
                 ) and not await self._check(record):
-                    now = trio.current_time()
+                    now = self._now()
                     continue
                 record.acquired_at = now
                 threshold = self._config.leak_detection_threshold
@@ -763,7 +777,7 @@ class ConnectionPool(Generic[C]):
         else:
             event = _RELEASED
         # _settle, inlined: this is every release's path.
-        todo = self._update(trio.current_time(), record, event)
+        todo = self._update(self._now(), record, event)
         if todo and (leftover := self._apply(todo)):
             with trio.move_on_after(self._config.close_grace, shield=True):
                 await self._close_all(leftover)

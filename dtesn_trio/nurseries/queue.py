@@ -44,7 +44,7 @@ import copy
 import heapq
 import itertools
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -72,15 +72,14 @@ R = TypeVar("R")
 ProcessBatch = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 BatchDoneCallback = Callable[[int, float, BaseException | None], None]
 
-# A request's states; each but NEW, RUNNING and DONE is a container of its level.
-# NEW: being submitted.  BLOCKED: waiting for space (submit(wait=True) on a full level).
-# QUEUED: waiting its turn.  DELAYED: its "delay" timeout passed; served after its
-# level.  RUNNING: in a worker's batch.  DONE: answered, or its submitter left.
-_NEW, _BLOCKED, _QUEUED, _DELAYED, _RUNNING, _DONE = range(6)
+# A request's states; the three waiting ones (below NEW) are containers of its level.
+# BLOCKED: waiting for space (submit(wait=True) on a full level).  QUEUED: waiting its
+# turn.  DELAYED: its "delay" timeout passed; served after its level.  NEW: being
+# submitted.  RUNNING: in a worker's batch.  DONE: answered, or its submitter left.
+_BLOCKED, _QUEUED, _DELAYED, _NEW, _RUNNING, _DONE = range(6)
 _INF = math.inf
 _CHECKPOINT_EVERY = 32  # items a worker may run between two of its own checkpoints
 _OUTCOMES = (
-    "completed",
     "failed",
     "expired",
     "cancelled",
@@ -92,15 +91,34 @@ _OUTCOMES = (
 )
 
 _reschedule = trio.lowlevel.reschedule
+_current_task = trio.lowlevel.current_task
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 
 
 class _Request(Generic[T, R]):
     # The submitter parks on the request itself (``wait_task_rescheduled``) and
     # ``_move`` reschedules it: what trio.Event does, without an Event per request.
-    __slots__ = ("error", "expires", "item", "level", "queued_at", "soft", "state", "task", "value")
+    __slots__ = (
+        "error",
+        "expires",
+        "item",
+        "level",
+        "queued_at",
+        "soft",
+        "state",
+        "task",
+        "value",
+    )
 
-    def __init__(self, item: T, level: int, queued_at: float, expires: float, soft: float) -> None:
+    def __init__(
+        self,
+        item: T,
+        level: _Level[T, R],
+        queued_at: float,
+        expires: float,
+        soft: float,
+    ) -> None:
         self.item = item
         self.level = level
         self.queued_at = queued_at
@@ -111,6 +129,13 @@ class _Request(Generic[T, R]):
         self.error: BaseException | None = None
         self.task: trio.lowlevel.Task | None = None  # set while its submitter is parked
 
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        # its submitter was cancelled while parked
+        self.task = None
+        queue = self.level.queue
+        queue._schedule(queue._now(), left=self)
+        return _SUCCEEDED
+
 
 _Box = OrderedDict[_Request[T, R], None]
 
@@ -118,20 +143,35 @@ _Box = OrderedDict[_Request[T, R], None]
 class _Level(Generic[T, R]):
     """One priority level: its requests by state, its capacity and its skip count."""
 
-    __slots__ = ("blocked", "boxes", "capacity", "delayed", "expiring", "skips", "waiting")
+    __slots__ = (
+        "blocked",
+        "boxes",
+        "capacity",
+        "delayed",
+        "expiring",
+        "index_limit",
+        "priority",
+        "queue",
+        "skips",
+        "waiting",
+    )
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, queue: PriorityBatchQueue[T, R], priority: int, capacity: int) -> None:
+        self.queue = queue
+        self.priority = priority
         self.capacity = capacity
         self.blocked: _Box[T, R] = OrderedDict()
         self.waiting: _Box[T, R] = OrderedDict()
         self.delayed: _Box[T, R] = OrderedDict()
         # the container of each state (indexed by state; None: not held by the level)
-        self.boxes = (None, self.blocked, self.waiting, self.delayed, None, None)
+        self.boxes = (self.blocked, self.waiting, self.delayed, None, None, None)
         self.skips = 0  # consecutive batches that passed this level over
         # an index, not a state: requests in arrival order whose next expiry or "delay"
         # time never decreases along it (the level's timeout); ``_expire_due`` reads its
-        # head, entries of requests that left are dropped when they reach it
+        # head; entries of requests that left are dropped at either end as requests
+        # arrive, and all at once past ``index_limit`` (cancellations leave holes)
         self.expiring: deque[_Request[T, R]] = deque()
+        self.index_limit = 2 * capacity + 1024
 
     @property
     def queued(self) -> int:
@@ -236,15 +276,16 @@ class PriorityBatchQueue(Generic[T, R]):
         self._size_fn = size_fn
         self._on_batch_done = on_batch_done
         self._breaker_status = breaker_status
-        self._levels: list[_Level[T, R]] = [_Level(cap) for cap in config.capacities]
+        self._levels: tuple[_Level[T, R], ...] = tuple(
+            _Level(self, i, cap) for i, cap in enumerate(config.capacities)
+        )
         self._timeouts = config.timeouts
-        self._priority_order = tuple(range(config.priority_levels))
-        self._starving: int | None = None  # max_skips: the level the next batch serves first
+        self._starving: _Level[T, R] | None = None  # max_skips: the next batch serves it first
         self._capacity = config.total_capacity
         self._adaptive_on = config.adaptive_timeout
         self._reject = tuple(a == "reject" for a in config.actions)
         self._idle: list[_Worker[T, R]] = [_Worker() for _ in range(config.workers)]
-        self._busy: set[_Worker[T, R]] = set()
+        self._workers = list(self._idle)  # those not ended; the busy ones have a batch
         self._workers_done = trio.Event()
         # (time, seq, request): the expiry (or "delay" time) of a request that is out of
         # its level's order (an earlier deadline of its own; the expiry after a delay).
@@ -253,8 +294,7 @@ class PriorityBatchQueue(Generic[T, R]):
         self._seq = itertools.count()
         self._heap_limit = 1024
         self._due = _INF  # no waiting request expires or is delayed before this time
-        self._hold = _INF  # max_wait: when the batch an idle worker holds is due
-        self._timer_at = _INF
+        self._timer_at = _INF  # the timer task wakes by then (never later than _due)
         self._timer_wakeup: trio.Event | None = None
         self._closed = False
         self._adaptive = AdaptiveTimeout(
@@ -268,11 +308,10 @@ class PriorityBatchQueue(Generic[T, R]):
         self._now: Callable[[], float] = trio.current_time
         self._counts = dict.fromkeys(_OUTCOMES, 0)
         self._submitted = 0
-        self._processed = 0
-        self._batches = 0
+        self._completed = 0  # (the other outcomes are counted in _counts)
         self._batch_failures = 0
         self._consecutive_failures = 0
-        self._batch_sizes: dict[int, int] = {}
+        self._batch_sizes: defaultdict[int, int] = defaultdict(int)
 
     # ------------------------------------------------------------------ intake
 
@@ -337,17 +376,11 @@ class PriorityBatchQueue(Generic[T, R]):
                         retry_after=estimate,
                     ),
                 )
-        req: _Request[T, R] = _Request(item, priority, now, expires, soft)
+        req: _Request[T, R] = _Request(item, level, now, expires, soft)
         self._schedule(now, arrived=req)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            req.task = None
-            self._schedule(self._now(), left=req)
-            return _SUCCEEDED
-
-        req.task = trio.lowlevel.current_task()
+        req.task = _current_task()
         try:
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            await _wait_task_rescheduled(req.abort)
         except BaseException:
             self._counts["cancelled"] += 1
             raise
@@ -357,7 +390,7 @@ class PriorityBatchQueue(Generic[T, R]):
         # traceback holds the frames of the caller's whole stack.
         req.error = req.value = None
         if error is None:
-            self._counts["completed"] += 1
+            self._completed += 1
             return value  # type: ignore[return-value]
         if isinstance(error, ShuttingDown):
             self._counts["shut_down"] += 1
@@ -404,96 +437,90 @@ class PriorityBatchQueue(Generic[T, R]):
         then expires what is due, admits requests waiting for space, hands batches to
         idle workers and sets the timer.  Wakes every task it answers or feeds.
         """
-        levels = self._levels
-        freed = False  # whether a level may have room for a blocked request
         if finished is not None:
             batch = finished.batch
             if batch is not None:
-                self._busy.discard(finished)
                 finished.batch = None
-                freed = True
+                move = self._move
                 if results is None:
                     error = ShuttingDown("the queue shut down mid-batch")
                     for req in batch:
-                        self._move(req, _DONE, None, error)
+                        move(req, _DONE, None, error)
                 else:
                     for req, result in zip(batch, results, strict=True):
                         if isinstance(result, BaseException):
-                            self._move(req, _DONE, None, result)
+                            move(req, _DONE, None, result)
                         else:
-                            self._move(req, _DONE, result, None)
+                            move(req, _DONE, result)
             elif stopping:
                 self._idle.remove(finished)
             if not stopping:
                 self._idle.append(finished)
-            elif not self._idle and not self._busy:
-                self._workers_done.set()
+            else:
+                self._workers.remove(finished)
+                if not self._workers:
+                    self._workers_done.set()
         if left is not None:
-            if left.state == _RUNNING:
+            state = left.state
+            if state == _RUNNING:
                 self._counts["cancelled_running"] += 1
-            elif left.state != _DONE:
-                freed = left.state != _BLOCKED
+            elif state != _DONE:
                 self._move(left, _DONE)
+                if state != _BLOCKED:
+                    self._admit(left.level, now)
         if arrived is not None:
-            level = levels[arrived.level]
+            level = arrived.level
             full = level.blocked or len(level.waiting) + len(level.delayed) >= level.capacity
             self._move(arrived, _BLOCKED if full else _QUEUED)
-            at = min(arrived.expires, arrived.soft)
+            expires, soft = arrived.expires, arrived.soft
+            at = expires if expires < soft else soft
             if at != _INF:
+                # the expiry index: entries of requests that left go from either end
                 index = level.expiring
+                while index and index[-1].state >= _NEW:
+                    index.pop()
+                while index and index[0].state >= _NEW:
+                    index.popleft()
                 if index and min(index[-1].expires, index[-1].soft) > at:
-                    self._push(at, arrived)
+                    self._push(at, arrived)  # out of the level's order (a shorter timeout)
                 else:
-                    while index and not _NEW < index[0].state < _RUNNING:
-                        index.popleft()  # keep it short: served heads go as we add
                     index.append(arrived)
-                    if len(index) > 2 * level.capacity + 1024:  # (LIFO leaves holes)
-                        level.expiring = deque(r for r in index if _NEW < r.state < _RUNNING)
+                    if len(index) > level.index_limit:
+                        level.expiring = deque(r for r in index if r.state < _NEW)
                 if at < self._due:
                     self._due = at
+                    self._timer_by(at)
         if closing and not self._closed:
             self._closed = True
             error = ShuttingDown("the queue is shutting down")
-            for level in levels:
+            for level in self._levels:
                 for box in (level.blocked, level.waiting, level.delayed):
                     for req in list(box):
                         self._move(req, _DONE, None, error)
         if now >= self._due:
-            freed |= self._expire_due(now)
-        self._hold = _INF
+            self._expire_due(now)
         idle = self._idle
-        while True:
-            if freed:
-                for level in levels:
-                    blocked = level.blocked
-                    while blocked and level.queued < level.capacity:
-                        req = next(iter(blocked))
-                        self._move(req, _DELAYED if req.soft <= now else _QUEUED)
-                freed = False
-            if not idle:
-                break
+        while idle:
             batch = self._cut(now)
             if batch is None:
                 break
             worker = idle.pop()  # the last to free first: often the caller itself
             worker.batch = batch
-            self._busy.add(worker)
             n = len(batch)
-            self._processed += n
-            self._batches += 1
-            self._batch_sizes[n] = self._batch_sizes.get(n, 0) + 1
+            self._batch_sizes[n] += 1
             task = worker.task
             if task is not None:
                 worker.task = None
                 _reschedule(task)
-            freed = True
         if self._closed:
             for worker in idle:  # nothing is left to hand out: let them end
                 task = worker.task
                 if task is not None:
                     worker.task = None
                     _reschedule(task)
-        at = min(self._hold, self._due)
+
+    def _timer_by(self, at: float) -> None:
+        """Wake the timer task by ``at``: an expiry, or when a held batch is due."""
         if at < self._timer_at:
             self._timer_at = at
             wakeup = self._timer_wakeup
@@ -509,7 +536,7 @@ class PriorityBatchQueue(Generic[T, R]):
     ) -> None:
         """The one place a request's state changes: it leaves the container of its old
         state and joins that of the new one; once DONE, its submitter is woken."""
-        boxes = self._levels[req.level].boxes
+        boxes = req.level.boxes
         box = boxes[req.state]
         if box is not None:
             del box[req]
@@ -529,19 +556,27 @@ class PriorityBatchQueue(Generic[T, R]):
         heap = self._expiries
         heapq.heappush(heap, (at, next(self._seq), req))
         if len(heap) > self._heap_limit:
-            self._expiries = heap = [e for e in heap if _NEW < e[2].state < _RUNNING]
+            self._expiries = heap = [e for e in heap if e[2].state < _NEW]
             heapq.heapify(heap)
             self._heap_limit = max(1024, 2 * len(heap))
 
-    def _expire_due(self, now: float) -> bool:
+    def _admit(self, level: _Level[T, R], now: float) -> None:
+        """Move requests waiting for space into ``level`` (oldest first) while it has
+        room: called wherever a queued request of the level leaves."""
+        blocked = level.blocked
+        while blocked and len(level.waiting) + len(level.delayed) < level.capacity:
+            req = next(iter(blocked))
+            self._move(req, _DELAYED if req.soft <= now else _QUEUED)
+
+    def _expire_due(self, now: float) -> None:
         """Answer the waiting requests whose expiry has come and delay those whose
-        "delay" timeout has; return whether any level lost a queued request."""
+        "delay" timeout has; admit requests waiting for the room that frees."""
         due: list[_Request[T, R]] = []
         for level in self._levels:
             index = level.expiring
             while index:
                 req = index[0]
-                if _NEW < req.state < _RUNNING and min(req.expires, req.soft) > now:
+                if req.state < _NEW and min(req.expires, req.soft) > now:
                     break
                 due.append(index.popleft())
         heap = self._expiries
@@ -550,13 +585,13 @@ class PriorityBatchQueue(Generic[T, R]):
         freed = False
         for req in due:
             state = req.state
-            if not _NEW < state < _RUNNING:
+            if state >= _NEW:
                 continue  # it left, ran or was answered since
             if req.expires <= now:
                 if state == _BLOCKED:
                     message = "the deadline passed while waiting for queue space"
                 else:
-                    message = f"queued past its deadline at priority {req.level}"
+                    message = f"queued past its deadline at priority {req.level.priority}"
                     freed = True
                 self._move(req, _DONE, None, DeadlineExceeded(message, retry_after=None))
                 self._adaptive.record_failures(1)
@@ -566,7 +601,10 @@ class PriorityBatchQueue(Generic[T, R]):
             if req.expires != _INF:
                 self._push(req.expires, req)
         self._due = self._next_due()
-        return freed
+        if freed:
+            for level in self._levels:
+                if level.blocked:
+                    self._admit(level, now)
 
     def _next_due(self) -> float:
         """The earliest expiry or "delay" time of a waiting request (dropping the index
@@ -574,12 +612,12 @@ class PriorityBatchQueue(Generic[T, R]):
         at = _INF
         for level in self._levels:
             index = level.expiring
-            while index and not _NEW < index[0].state < _RUNNING:
+            while index and index[0].state >= _NEW:
                 index.popleft()
             if index:
                 at = min(at, index[0].expires, index[0].soft)
         heap = self._expiries
-        while heap and not _NEW < heap[0][2].state < _RUNNING:
+        while heap and heap[0][2].state >= _NEW:
             heapq.heappop(heap)
         if heap:
             at = min(at, heap[0][0])
@@ -599,12 +637,11 @@ class PriorityBatchQueue(Generic[T, R]):
         budget = oldest.expires - oldest.queued_at
         return waited > delay + (self._batch_ewma or 0.0) and 2 * waited > budget
 
-    def _service_order(self) -> Sequence[int]:
-        order = self._priority_order
+    def _service_order(self) -> Sequence[_Level[T, R]]:
         first = self._starving
         if first is None:
-            return order
-        return [first, *(j for j in order if j != first)]
+            return self._levels
+        return [first, *(level for level in self._levels if level is not first)]
 
     def _due_at(self, now: float) -> float:
         """``max_wait``: when a batch of everything queued must leave."""
@@ -617,38 +654,22 @@ class PriorityBatchQueue(Generic[T, R]):
         return min(oldest + self.config.max_wait, self._next_due() - (self._batch_ewma or 0.0))
 
     def _cut(self, now: float) -> list[_Request[T, R]] | None:
-        """The next batch, moved to RUNNING; ``None`` when nothing is queued or (with
-        ``max_wait``) the batch is not due yet (then ``_hold`` says when it is)."""
+        """The next batch, moved to RUNNING (requests waiting for space take the room it
+        frees); ``None`` when nothing is queued or (with ``max_wait``) the batch is not
+        due yet (the timer wakes when it is)."""
         config = self.config
-        levels = self._levels
         max_batch = config.max_batch_size
         size_fn = self._size_fn
-        hold = config.max_wait > 0
-        if hold and size_fn is None:
-            queued = 0
-            for level in levels:
-                queued += len(level.waiting) + len(level.delayed)
-                if queued >= max_batch:
-                    break
-            if not queued:
-                return None
-            if queued < max_batch and queued not in config.preferred_batch_sizes:
-                due = self._due_at(now)
-                if now < due:
-                    self._hold = due
-                    return None
-                hold = False
         batch: list[_Request[T, R]] = []
-        served: list[int] = []
         size = 0
-        for i in self._service_order():
-            level = levels[i]
-            waiting = level.waiting
-            if not waiting and not level.delayed:
+        order = self._service_order()
+        last = None  # the level the batch filled at (None: it took everything queued)
+        for level in order:
+            waiting, delayed = level.waiting, level.delayed
+            if not waiting and not delayed:
                 continue
-            served.append(i)
-            first = reversed(waiting) if waiting and self._lifo(level, now) else waiting
-            for box in (first, level.delayed):
+            front = reversed(waiting) if waiting and self._lifo(level, now) else waiting
+            for box in (front, delayed):
                 if size_fn is None:
                     batch.extend(itertools.islice(box, max_batch - size))
                     size = len(batch)
@@ -665,27 +686,44 @@ class PriorityBatchQueue(Generic[T, R]):
                 if size >= max_batch:
                     break
             if size >= max_batch:
+                last = level
                 break
         if not batch:
             return None
-        if hold and size < max_batch and size not in config.preferred_batch_sizes:
-            due = min(r.queued_at for r in batch) + config.max_wait
-            due = min(due, min(r.expires for r in batch) - (self._batch_ewma or 0.0))
+        if config.max_wait > 0 and size < max_batch and size not in config.preferred_batch_sizes:
+            if size_fn is None:  # the batch is everything queued
+                due = self._due_at(now)
+            else:
+                due = min(r.queued_at for r in batch) + config.max_wait
+                due = min(due, min(r.expires for r in batch) - (self._batch_ewma or 0.0))
             if now < due:
-                self._hold = due
+                self._timer_by(due)
                 return None
+        move = self._move
+        for req in batch:
+            move(req, _RUNNING)
+        # The levels it took from: their requests waiting for space take the room, and
+        # their skip counts start again.  A level the batch filled before reaching in
+        # the service order is passed over if it has requests (``max_skips``).
+        rest = iter(order)
+        for level in rest:
+            if level.skips:
+                level.skips = 0
+            if level.blocked:
+                self._admit(level, now)
+            if level is last:
+                break
+        starving = None
         max_skips = config.max_skips
         if max_skips is not None:
-            self._starving = None
-            for i, level in enumerate(levels):
-                if i not in served and (level.waiting or level.delayed):
+            for level in rest:
+                if level.waiting or level.delayed:
                     level.skips += 1
-                    if level.skips >= max_skips and self._starving is None:
-                        self._starving = i  # the next batch serves it first
+                    if level.skips >= max_skips and starving is None:
+                        starving = level  # the next batch serves it first
                 elif level.skips:
                     level.skips = 0
-        for req in batch:
-            self._move(req, _RUNNING)
+        self._starving = starving
         return batch
 
     # ------------------------------------------------------------------ estimates
@@ -778,8 +816,14 @@ class PriorityBatchQueue(Generic[T, R]):
         finished = now()
         self._batch_done(len(batch), finished - started, None)
         times = [finished - req.queued_at for req in batch]
-        failed = [t for t, r in zip(times, results, strict=True) if isinstance(r, BaseException)]
-        self._adaptive.record_batch(times, failed or None)
+        failed: list[float] | None = None
+        for result in results:
+            if isinstance(result, BaseException):
+                failed = [
+                    t for t, r in zip(times, results, strict=True) if isinstance(r, BaseException)
+                ]
+                break
+        self._adaptive.record_batch(times, failed)
         return results
 
     def _batch_done(self, size: int, duration: float, error: BaseException | None) -> None:
@@ -802,7 +846,9 @@ class PriorityBatchQueue(Generic[T, R]):
         """Calls ``_schedule`` when an expiry or a held batch (``max_wait``) is due."""
         while True:
             self._timer_at = _INF
-            self._schedule(self._now())
+            self._schedule(self._now())  # (a batch it holds back sets _timer_at)
+            if self._due < self._timer_at:
+                self._timer_at = self._due
             wakeup = self._timer_wakeup = trio.Event()
             with trio.move_on_at(self._timer_at):
                 await wakeup.wait()
@@ -816,6 +862,8 @@ class PriorityBatchQueue(Generic[T, R]):
         queued = tuple(level.queued for level in levels)
         counts = self._counts
         config = self.config
+        busy = [w.batch for w in self._workers if w.batch is not None]
+        sizes = self._batch_sizes
         return BatchQueueStatistics(
             priority_levels=len(levels),
             capacities=config.capacities,
@@ -823,10 +871,10 @@ class PriorityBatchQueue(Generic[T, R]):
             total_queued=sum(queued),
             max_queue_size=config.total_capacity,
             workers=config.workers,
-            running_batches=len(self._busy),
-            running_items=sum(len(w.batch or ()) for w in self._busy),
+            running_batches=len(busy),
+            running_items=sum(len(b) for b in busy),
             submitted=self._submitted,
-            completed=counts["completed"],
+            completed=self._completed,
             failed=counts["failed"],
             expired=counts["expired"],
             cancelled=counts["cancelled"],
@@ -835,11 +883,11 @@ class PriorityBatchQueue(Generic[T, R]):
             rejected_full=counts["rejected_full"],
             rejected_deadline=counts["rejected_deadline"],
             invalid=counts["invalid"],
-            processed=self._processed,
-            batches=self._batches,
+            processed=sum(n * count for n, count in sizes.items()),
+            batches=sum(sizes.values()),
             batch_failures=self._batch_failures,
             consecutive_batch_failures=self._consecutive_failures,
-            batch_sizes=tuple(sorted(self._batch_sizes.items())),
+            batch_sizes=tuple(sorted(sizes.items())),
             mean_batch_duration=self._batch_ewma,
             adaptive_timeout=adaptive.timeout,
             p95_response_time=adaptive.p95_response_time,

@@ -4,8 +4,9 @@ The server (hypercorn's Trio worker over the real runtime) and 5,000 keep-alive 
 connections (the soak runner's h11 client) share this test's Trio run.  The engine is
 held shut by borrowing every token of the processor's thread limiter, so no request can
 finish until all 5,000 are inside the server at once; then the tokens go back and every
-request must be answered 200.  ``benchmarks/concurrency.py`` does 10,000 against a
-server in its own process and reports RSS and the longest loop step.
+request must be answered 200.  (``benchmarks/concurrency.py`` measures the other side:
+how many requests due at once a server on its defaults answers in time, against the
+FastAPI peer.)
 """
 
 from __future__ import annotations
