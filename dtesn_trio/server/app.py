@@ -204,7 +204,7 @@ class AppState:
         self._drain_deadline = math.inf
         self._scopes: set[trio.CancelScope] = set()
         limit = config.max_in_flight
-        self.intake = None if limit is None else LifoSlots(limit)
+        self.intake = None if limit is None else LifoSlots(limit, PRIORITY_LEVELS)
         # What the lean server calls: the app without its outermost layer (create_app).
         self.entry: ASGIApp | None = None
         engine = runtime.engine
@@ -245,14 +245,16 @@ class AppState:
         if self.intake is not None:
             self.intake.close()
 
-    async def _drainable(self, fn: Callable[[], Awaitable[T]], deadline: float | None) -> T:
+    async def _drainable(
+        self, fn: Callable[[], Awaitable[T]], deadline: float | None, priority: int
+    ) -> T:
         """``fn()`` in one of the ``server.max_in_flight`` slots (waiting for one until
-        ``deadline``, newest first), cancelled at the drain deadline."""
+        ``deadline``: by priority, newest first), cancelled at the drain deadline."""
         intake = self.intake
         if intake is None:
             return await self._until_drained(fn)
         waited_from = trio.current_time()
-        if not await intake.acquire(math.inf if deadline is None else deadline):
+        if not await intake.acquire(math.inf if deadline is None else deadline, priority):
             if intake.closed:
                 raise ShuttingDown(
                     "the server is shutting down; this request had not started",
@@ -410,7 +412,7 @@ class AppState:
                 **extra,
             )
 
-        outcome = await self._drainable(call, deadline)
+        outcome = await self._drainable(call, deadline, req.priority)
         self.metrics.observe_process(req.priority, time.perf_counter() - start)
         return _encoder.encode(outcome.to_dict())
 
@@ -440,7 +442,7 @@ class AppState:
                 **extra,
             )
 
-        outcomes = await self._drainable(call, deadline)
+        outcomes = await self._drainable(call, deadline, req.priority)
         items: list[dict[str, Any]] = []
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, DTESNError):

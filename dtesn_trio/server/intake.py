@@ -1,10 +1,12 @@
-"""``LifoSlots``: at most ``limit`` requests in progress; the others wait, newest first.
+"""``LifoSlots``: at most ``limit`` requests in progress; the others wait, by priority
+and newest first.
 
 Netflix's ``LifoBlockingLimiter`` in Trio: a request that finds every slot taken waits
 (a parked task costs nothing) until a slot frees or its deadline passes.  A freed slot
 goes to the request that arrived last: it has the most of its deadline left, so under
 a storm the requests that start are the ones that can still be answered in time, and
-the oldest expire where they wait, before any work is spent on them.
+the oldest expire where they wait, before any work is spent on them.  A more urgent
+priority (a lower number) always goes before a less urgent one, as in the queue.
 """
 
 from __future__ import annotations
@@ -26,28 +28,30 @@ class _Waiter:
 
 
 class LifoSlots:
-    """``limit`` slots.  ``await acquire(deadline)`` takes one (True) or gives up at
-    ``deadline`` (False); ``release()`` hands the slot to the newest waiter.  After
-    ``close()`` every waiter and every later ``acquire`` gets False at once."""
+    """``limit`` slots for ``levels`` priorities (0 the most urgent).  ``await
+    acquire(deadline, priority)`` takes one (True) or gives up at ``deadline`` (False);
+    ``release()`` hands the slot to the newest waiter of the most urgent priority that
+    has one.  After ``close()`` every waiter and every later ``acquire`` gets False."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, levels: int = 1) -> None:
         self.limit = limit
         self.used = 0
         self.closed = False
-        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        self._levels: list[OrderedDict[_Waiter, None]] = [OrderedDict() for _ in range(levels)]
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(map(len, self._levels))
 
-    async def acquire(self, deadline: float = math.inf) -> bool:
+    async def acquire(self, deadline: float = math.inf, priority: int = 0) -> bool:
         if self.closed:
             return False
         if self.used < self.limit:  # a free slot means nobody waits
             self.used += 1
             return True
         waiter = _Waiter()
-        self._waiters[waiter] = None
+        waiters = self._levels[priority]
+        waiters[waiter] = None
         try:
             with trio.move_on_at(deadline):
                 await waiter.event.wait()
@@ -56,20 +60,23 @@ class LifoSlots:
                 self.release()
             raise
         finally:
-            self._waiters.pop(waiter, None)
+            waiters.pop(waiter, None)
         return waiter.granted
 
     def release(self) -> None:
-        if self._waiters and not self.closed:
-            waiter, _ = self._waiters.popitem(last=True)  # the newest
-            waiter.granted = True
-            waiter.event.set()
-            return
+        if not self.closed:
+            for waiters in self._levels:
+                if waiters:
+                    waiter, _ = waiters.popitem(last=True)  # the newest
+                    waiter.granted = True
+                    waiter.event.set()
+                    return
         self.used -= 1
 
     def close(self) -> None:
         """Refuse from now on: wake every waiter without a slot."""
         self.closed = True
-        while self._waiters:
-            waiter, _ = self._waiters.popitem(last=False)
-            waiter.event.set()
+        for waiters in self._levels:
+            while waiters:
+                waiter, _ = waiters.popitem(last=False)
+                waiter.event.set()

@@ -165,7 +165,7 @@ class _Routes:
                 session_id, req.input, priority=req.priority, deadline=deadline
             )
 
-        result = await state._drainable(call, deadline)
+        result = await state._drainable(call, deadline, req.priority)
         body = {
             "session_id": result.session_id,
             "model": result.model,

@@ -80,3 +80,26 @@ async def test_close_wakes_every_waiter_without_a_slot(
     assert not await slots.acquire()
     slots.release()
     assert slots.used == 0
+
+
+async def test_a_more_urgent_waiter_goes_first_then_the_newest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    slots = LifoSlots(1, levels=3)
+    got: list[str] = []
+    assert await slots.acquire()
+
+    async def waiter(name: str, priority: int) -> None:
+        assert await slots.acquire(priority=priority)
+        got.append(name)
+        await trio.sleep(1)
+        slots.release()
+
+    async with trio.open_nursery() as nursery:
+        for name, priority in (("p2-old", 2), ("p0-old", 0), ("p2-new", 2), ("p0-new", 0)):
+            nursery.start_soon(waiter, name, priority)
+            await trio.testing.wait_all_tasks_blocked()
+        assert slots.waiting == 4
+        slots.release()
+    assert got == ["p0-new", "p0-old", "p2-new", "p2-old"]
+    assert slots.used == 0
