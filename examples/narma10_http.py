@@ -1,4 +1,4 @@
-"""Train on NARMA10 over HTTP, activate the version, predict the test half: the NRMSE.
+"""Train on NARMA10 over HTTP, activate the version, stream the series through a session.
 
 The same task as ``examples/narma10.py`` (4,000 steps, the first 3,000 for training,
 washout 100, alpha 1e-6, the default model), done by a client of the server:
@@ -6,8 +6,11 @@ washout 100, alpha 1e-6, the default model), done by a client of the server:
 1. ``POST /v1/models/narma10/fit`` with the training part: a durable job (202 +
    ``Location``), polled until it succeeds; its result names the new version;
 2. ``POST /v1/models/narma10/versions/{v}/activate``;
-3. ``POST /v1/process`` with the whole series and ``"model": "narma10"``: the test
-   half's predictions continue from the training part's reservoir state.
+3. ``POST /v1/sessions`` on ``narma10`` (the version just activated), then the whole
+   series streamed through ``POST /v1/sessions/{id}/step`` in chunks of 250 steps: the
+   reservoir state is carried from chunk to chunk, so the test half's predictions
+   continue from the training part's state, exactly as one ``POST /v1/process`` of
+   the whole series with ``"model": "narma10"`` gives them (printed beside it).
 
 With ``--search``, a small hyperparameter search (``POST /v1/models/narma10/search``)
 makes the version instead.  Without ``--url`` the script starts a ``dtesn-trio serve``
@@ -37,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from dtesn_trio.dtesn.tasks import narma10, nrmse  # noqa: E402
 
-STEPS, SPLIT, WASHOUT = 4000, 3000, 100
+STEPS, SPLIT, WASHOUT, CHUNK = 4000, 3000, 100, 250
 
 
 @contextmanager
@@ -105,11 +108,22 @@ def run(url: str, search: bool) -> None:
             f" train NRMSE {result['scores']['train_nrmse']:.4f}"
         )
         client.post(f"/v1/models/narma10/versions/{version}/activate").raise_for_status()
+        opened = client.post("/v1/sessions", json={"model": "narma10"})
+        opened.raise_for_status()
+        session = opened.headers["location"]
+        streamed: list[float] = []
+        for i in range(0, STEPS, CHUNK):
+            step = client.post(f"{session}/step", json={"input": u[i : i + CHUNK].tolist()})
+            step.raise_for_status()
+            streamed += [p[0] if isinstance(p, list) else p for p in step.json()["predictions"]]
+        client.delete(session).raise_for_status()
         r = client.post("/v1/process", json={"input": u.tolist(), "model": "narma10"})
         r.raise_for_status()
-        prediction = np.asarray(r.json()["result"]["prediction"])
+        whole = np.asarray(r.json()["result"]["prediction"])
+    prediction = np.asarray(streamed)
     print(f"NARMA10: train {SPLIT} steps, test {STEPS - SPLIT} steps, over HTTP ({url})")
-    print(f"NRMSE = {nrmse(prediction[SPLIT:], y[SPLIT:]):.4f}")
+    print(f"NRMSE = {nrmse(prediction[SPLIT:], y[SPLIT:]):.4f} (a session, {CHUNK}-step chunks)")
+    print(f"NRMSE = {nrmse(whole[SPLIT:], y[SPLIT:]):.4f} (one POST /v1/process)")
 
 
 def main() -> None:
