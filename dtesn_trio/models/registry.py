@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from dtesn_trio.dtesn import DTESNConfig, DTESNModel, RidgeReadout
-from dtesn_trio.errors import DTESNError, InvalidRequest
+from dtesn_trio.errors import InvalidRequest, ModelNotFound
 from dtesn_trio.models.store import ModelStore
 from dtesn_trio.models.version import ModelVersion, VersionInfo, readout_from_npz, readout_to_npz
 
@@ -46,11 +46,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
 
-class UnknownModel(DTESNError):
-    """No model by that name, or no such version of it: 404 naming which."""
-
-    code = "not_found"
-    http_status = 404
+class UnknownModel(ModelNotFound):
+    """No model by that name, or no such version of it: 404 ``model_not_found`` naming
+    which (the code sessions use too)."""
 
 
 def check_name(name: str, field: str = "name") -> str:
