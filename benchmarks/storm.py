@@ -459,7 +459,7 @@ def table(result: dict[str, Any]) -> str:
         f"storm: best {result['best_ok_per_s']} ok/s at 16-64; 256: {result['storm256_ratio']},"
         f" 1024: {result['storm1024_ratio']} (>= 0.8), 4096: {result['storm4096_ratio']}"
         f" (>= 0.7); worst p99 at 256-1024 {result['storm_p99_ms']} ms"
-        f" (<= {1.5 * result['deadline_ms'] if result['deadline_ms'] > 0 else 7500:g}:"
+        f" (<= {1.5 * result['deadline_ms'] if result['deadline_ms'] > 0 else 3750:g}:"
         " 1.5 x the deadline, or of server.default_deadline_ms without one);"
         f" p99 at 4096 {result['storm4096_p99_ms']} ms; time-outs at 4096:"
         f" {result['storm_timeouts']}; other statuses {result['storm_other_status']};"

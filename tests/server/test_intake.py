@@ -16,6 +16,8 @@ from tests.polling import wait_until
 from tests.server.harness import Faults, served
 from tests.server.runtimes import open_test_runtime
 
+LONG = 60_000  # ms: a deadline no wait in these tests reaches, however busy the machine
+
 
 class Recorder(Faults):
     """Faults that records the order in which requests reach the runtime."""
@@ -43,7 +45,8 @@ async def test_requests_beyond_max_in_flight_wait_and_the_newest_goes_first(tmp_
                 answers: dict[str, int] = {}
 
                 async def post(text: str) -> None:
-                    r = await s.client.post("/v1/process", json={"input": text})
+                    body = {"input": text, "deadline_ms": LONG}  # waits never expire here
+                    r = await s.client.post("/v1/process", json=body)
                     answers[text] = r.status_code
 
                 async with trio.open_nursery() as nursery:
@@ -101,7 +104,8 @@ async def test_a_drain_answers_the_waiting_requests_503(tmp_path: Path) -> None:
                 answers: list[httpx.Response] = []
 
                 async def post(text: str) -> None:
-                    answers.append(await s.client.post("/v1/process", json={"input": text}))
+                    body = {"input": text, "deadline_ms": LONG}
+                    answers.append(await s.client.post("/v1/process", json=body))
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(post, "!hold")
