@@ -36,9 +36,10 @@ import stat
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -258,7 +259,55 @@ class Executor:
         in the worker.  ``batch=False`` does not count the call in ``batch_requests``
         (the seed's single-input path).
         """
-        n = len(items)
+        return await self._counted(len(items), batch, partial(self._call, method, items, encode))
+
+    async def run_local(
+        self, fn: Callable[[Sequence[Any]], Sequence[Any]], items: Sequence[Any]
+    ) -> Sequence[Any]:
+        """``fn(items)`` in a worker thread of this process, under the same two limits
+        as ``run`` and counted with it, whatever ``executor`` says: for work whose state
+        lives in this process (a session's reservoir state)."""
+        compute = partial(
+            trio.to_thread.run_sync,
+            _compute_local,
+            fn,
+            items,
+            self._blas,
+            limiter=self._threads,
+            abandon_on_cancel=False,
+        )
+        return await self._counted(len(items), True, compute)
+
+    async def _call(self, method: str, items: Sequence[Any], encode: bool) -> Sequence[Any]:
+        if self.config.executor != "process":
+            outputs: Sequence[Any] = await trio.to_thread.run_sync(
+                _compute,
+                self.engine,
+                method,
+                items,
+                self._blas,
+                encode,
+                limiter=self._threads,
+                abandon_on_cancel=False,
+            )
+            return outputs
+        processes = self._processes
+        if processes is None:
+            raise RuntimeError(
+                'processor.executor="process" computes inside '
+                "`async with processor.open():` (open_runtime opens it)"
+            )
+        try:
+            outputs = await processes.run(method, items, self._threads, encode)
+        except trio_parallel.BrokenWorkerError as exc:
+            self._deaths += 1
+            raise EngineError(f"the engine worker process died: {exc}") from exc
+        return outputs
+
+    async def _counted(
+        self, n: int, batch: bool, compute: Callable[[], Awaitable[Sequence[Any]]]
+    ) -> Sequence[Any]:
+        """``await compute()`` for ``n`` inputs in one of the slots, counted."""
         self._total += n
         if batch:
             self._batches += 1
@@ -267,67 +316,7 @@ class Executor:
         try:
             async with self._slots:
                 started = self._clock()
-                if self.config.executor == "process":
-                    processes = self._processes
-                    if processes is None:
-                        raise RuntimeError(
-                            'processor.executor="process" computes inside '
-                            "`async with processor.open():` (open_runtime opens it)"
-                        )
-                    try:
-                        outputs: Sequence[Any] = await processes.run(
-                            method, items, self._threads, encode
-                        )
-                    except trio_parallel.BrokenWorkerError as exc:
-                        self._deaths += 1
-                        raise EngineError(f"the engine worker process died: {exc}") from exc
-                else:
-                    outputs = await trio.to_thread.run_sync(
-                        _compute,
-                        self.engine,
-                        method,
-                        items,
-                        self._blas,
-                        encode,
-                        limiter=self._threads,
-                        abandon_on_cancel=False,
-                    )
-                elapsed = self._clock() - started
-        except trio.Cancelled:
-            self._cancelled += n
-            raise
-        except BaseException:
-            self._failed += n
-            raise
-        finally:
-            self._concurrent -= n
-        self._completed += n
-        self._busy_time += elapsed * n
-        self._rate.record(self._clock(), n)
-        return outputs
-
-    async def run_local(
-        self, fn: Callable[[Sequence[Any]], Sequence[Any]], items: Sequence[Any]
-    ) -> Sequence[Any]:
-        """``fn(items)`` in a worker thread of this process, under the same two limits
-        as ``run`` and counted with it, whatever ``executor`` says: for work whose state
-        lives in this process (a session's reservoir state)."""
-        n = len(items)
-        self._total += n
-        self._batches += 1
-        self._concurrent += n
-        self._peak = max(self._peak, self._concurrent)
-        try:
-            async with self._slots:
-                started = self._clock()
-                outputs: Sequence[Any] = await trio.to_thread.run_sync(
-                    _compute_local,
-                    fn,
-                    items,
-                    self._blas,
-                    limiter=self._threads,
-                    abandon_on_cancel=False,
-                )
+                outputs = await compute()
                 elapsed = self._clock() - started
         except trio.Cancelled:
             self._cancelled += n
