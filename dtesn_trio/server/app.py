@@ -38,6 +38,7 @@ from dtesn_trio.errors import (
     DeadlineExceeded,
     DTESNError,
     InvalidRequest,
+    Overloaded,
     PayloadTooLarge,
     ShuttingDown,
 )
@@ -55,8 +56,9 @@ from dtesn_trio.server.errors import (
     too_large,
     validation_error,
 )
+from dtesn_trio.server.gate import ReadGate
 from dtesn_trio.server.gctuning import GCMonitor
-from dtesn_trio.server.http1 import COMPLETE_BODY
+from dtesn_trio.server.http1 import COMPLETE_BODY, UNREAD_WAIT
 from dtesn_trio.server.intake import LifoSlots
 from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
 from dtesn_trio.server.models import PRIORITY_LEVELS, request_models
@@ -169,12 +171,16 @@ def _input_schema(engine: ResolvedEngine) -> dict[str, Any] | None:
 class ServerStatistics:
     """The HTTP layer of one app: requests being handled (``waiting`` of them for a
     ``server.max_in_flight`` slot), handled in all (answered or not), and whether the
-    drain of a graceful stop has begun."""
+    drain of a graceful stop has begun.  The lean server's read gate: connections whose
+    request waits ``unread`` in the kernel, and how many were refused after waiting out
+    ``server.max_unread_wait`` (``unread_refused``)."""
 
     in_flight: int
     requests: int
     draining: bool
     waiting: int = 0
+    unread: int = 0
+    unread_refused: int = 0
 
 
 class AppState:
@@ -204,7 +210,17 @@ class AppState:
         self._drain_deadline = math.inf
         self._scopes: set[trio.CancelScope] = set()
         limit = config.max_in_flight
-        self.intake = None if limit is None else LifoSlots(limit, PRIORITY_LEVELS)
+        # The lean server reads /v1/process requests only with one of its tokens.
+        ahead = config.max_waiting
+        self.gate: ReadGate | None = None
+        if config.http == "lean" and limit is not None and ahead is not None:
+            gate = self.gate = ReadGate(limit + ahead, config.max_unread_wait)
+            self.metrics.add_snapshot("http_gate", lambda: dataclasses.asdict(gate.statistics()))
+        self.intake = (
+            None
+            if limit is None
+            else LifoSlots(limit, PRIORITY_LEVELS, newest_first=self.gate is None)
+        )
         # What the lean server calls: the app without its outermost layer (create_app).
         self.entry: ASGIApp | None = None
         engine = runtime.engine
@@ -225,7 +241,26 @@ class AppState:
 
     def statistics(self) -> ServerStatistics:
         waiting = 0 if self.intake is None else self.intake.waiting
-        return ServerStatistics(self.in_flight, self.requests, self.draining, waiting)
+        gate = None if self.gate is None else self.gate.statistics()
+        return ServerStatistics(
+            self.in_flight,
+            self.requests,
+            self.draining,
+            waiting,
+            0 if gate is None else gate.waiting,
+            0 if gate is None else gate.expired,
+        )
+
+    def unread_refusal(self, waited: float) -> Overloaded:
+        """The answer to a request that waited out the read gate's ``max_wait`` unread."""
+        gate = self.gate
+        tokens = 0 if gate is None else gate.tokens
+        return Overloaded(
+            f"the server is overloaded: this request waited {waited * 1000:.0f} ms unread"
+            f" behind {tokens} others (server.max_in_flight + server.max_waiting);"
+            " it was not started",
+            retry_after=1.0,
+        )
 
     # ------------------------------------------------------------------ draining
 
@@ -671,6 +706,9 @@ class _Guard:
                     and int(content_length) > limit
                 ):
                     raise too_large(limit)
+                extensions = scope.get("extensions")
+                if extensions is not None and UNREAD_WAIT in extensions:
+                    raise state.unread_refusal(extensions[UNREAD_WAIT])
                 if path == "/v1/process" and method == "POST":
                     await state.process_asgi(await whole_body(), guarded_send)
                 else:

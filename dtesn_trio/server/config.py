@@ -49,10 +49,18 @@ class ServerConfig:
       ``net.core.somaxconn``); a storm of new connections beyond it is refused by the
       kernel.
     - ``max_in_flight``: requests to ``/v1/process`` and ``/v1/process/batch`` in
-      progress at once.  The others wait for a slot until their deadline; a slot that
-      frees goes to the newest (it has the most of its deadline left), and one that
-      waits out its deadline is answered 504 without costing the engine anything.
-      ``None``: no limit.  Other routes never wait here.
+      progress at once.  The others wait for a slot until their deadline, and one that
+      waits out its deadline is answered 504 without costing the engine anything.  A
+      slot that frees goes to the oldest behind the read gate (``max_waiting``), else to
+      the newest (it has the most of its deadline left).  ``None``: no limit.  Other
+      routes never wait here.
+    - ``max_waiting``: with the lean server, how many requests for the work it reads
+      beyond ``max_in_flight``.  A connection whose request finds ``max_in_flight +
+      max_waiting`` requests read is not read: its request waits in the kernel (costing
+      nothing) and is read in turn, first come first served, when one of those
+      finishes.  ``None``: read every request as it arrives (hypercorn always does).
+    - ``max_unread_wait``: seconds a request may wait unread; then it is read and
+      answered 503 ``overloaded`` (not started), before its client gives up.
     - ``access_log``: log one line per request (with its request id).
     - ``reuse_port``: bind with ``SO_REUSEPORT`` (Linux, BSD), so that several
       ``dtesn-trio serve`` processes on one host listen on the same port and the kernel
@@ -88,6 +96,8 @@ class ServerConfig:
     keep_alive_timeout: float = 5.0
     backlog: int = 4096
     max_in_flight: int | None = 256
+    max_waiting: int | None = 64
+    max_unread_wait: float = 2.0
     access_log: bool = False
     reuse_port: bool = False
     gc_freeze: bool = True
@@ -143,6 +153,9 @@ class ServerConfig:
         _checks.integer(p + "backlog", self.backlog, minimum=1)
         if self.max_in_flight is not None:
             _checks.integer(p + "max_in_flight", self.max_in_flight, minimum=1)
+        if self.max_waiting is not None:
+            _checks.integer(p + "max_waiting", self.max_waiting, minimum=0)
+        _checks.positive(p + "max_unread_wait", self.max_unread_wait)
         if self.gc_threshold != "default":
             _check_gc_threshold(p + "gc_threshold", self.gc_threshold)
 

@@ -13,6 +13,10 @@ as they arrive), responses with ``content-length`` or chunked, ``HEAD``.  Header
 the wait between requests are bounded by ``keep_alive_timeout``; header blocks by
 ``max_header_bytes``.  No HTTP/2, no WebSocket, no TLS: put a proxy in front for those.
 
+With a ``gate`` (``gate.py``), a connection whose next request is ``POST /v1/process``
+(seen with ``MSG_PEEK``) reads it only with one of the gate's tokens, held until the
+answer is written: beyond them, requests wait unread in the kernel, in turn.
+
 A graceful stop (``shutdown_trigger`` returns): stop accepting, close idle connections,
 let each request in progress finish (the app's response carries ``connection: close``)
 for up to ``graceful_timeout`` seconds, then cancel what is left.
@@ -33,10 +37,15 @@ from urllib.parse import unquote
 import httptools
 import trio
 
-__all__ = ["COMPLETE_BODY", "serve_http1"]
+from dtesn_trio.server.gate import ReadGate
+
+__all__ = ["COMPLETE_BODY", "UNREAD_WAIT", "serve_http1"]
 
 COMPLETE_BODY = "dtesn.complete_body"
 """The scope extension holding a request's whole body when it arrived with its head."""
+UNREAD_WAIT = "dtesn.unread_wait"
+"""The scope extension set (to the seconds waited) on a request that waited out the read
+gate's ``max_wait`` unread: the app answers it 503 ``overloaded`` without doing it."""
 
 logger = logging.getLogger("dtesn_trio.server.http1")
 
@@ -79,6 +88,8 @@ _DISCARD_LIMIT = 1 << 20
 _LINGER_SECONDS = 2.0
 _ACCEPT_BACKOFF = 0.1
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# The requests the read gate holds back: the work, not /healthz or /metrics.
+_GATED = b"POST /v1/process"
 
 
 class _Date:
@@ -192,6 +203,51 @@ class _Connection:
         self.idle_scope: trio.CancelScope | None = None
         self.linger = False  # answered before the request's body ended
         self.head_fed = 0
+        self.token = False  # holds one of the read gate's tokens
+        self.unread_wait: float | None = None  # the gate's max_wait, waited out
+
+    async def _next_request(self) -> bool:
+        """Idle: wait (bounded by keep-alive) for the client to send; then, if the read
+        gate has no free token and this is a request for the work, wait for one in
+        turn; then read.  False: the connection is to close."""
+        server = self.server
+        with trio.move_on_after(server.keep_alive_timeout) as scope:
+            self.idle_scope = scope
+            await trio.lowlevel.wait_readable(self.stream.socket)
+        self.idle_scope = None
+        if scope.cancelled_caught:
+            return False
+        gate = server.gate
+        if gate is not None:
+            if gate.try_take():
+                self.token = True
+            elif not gate.opened and await self._gated():
+                began = trio.current_time()
+                self.token = await gate.wait()
+                if not self.token and not gate.opened:
+                    self.unread_wait = trio.current_time() - began
+        await self._read()
+        pending = self.proto.pending
+        if not (pending and pending[0].head_done):
+            # Only a request whose head arrives whole keeps its token: one that trickles
+            # in must not hold the gate shut (keep_alive_timeout still bounds its head).
+            self._release_token()
+        return True
+
+    async def _gated(self) -> bool:
+        """Whether the bytes waiting to be read begin a request the gate holds back."""
+        try:
+            head = await self.stream.socket.recv(len(_GATED), socket.MSG_PEEK)
+        except OSError:
+            return False  # the read will find what is wrong
+        return bool(head) and (_GATED.startswith(head) or head.startswith(_GATED))
+
+    def _release_token(self) -> None:
+        if self.token:
+            self.token = False
+            gate = self.server.gate
+            assert gate is not None
+            gate.release()
 
     async def _read(self) -> None:
         """Feed the next bytes from the socket to the parser (raises ``_Closed``)."""
@@ -243,6 +299,8 @@ class _Connection:
         try:
             while not server.draining:
                 pending = proto.pending
+                if not pending and not await self._next_request():
+                    return
                 if not pending or not pending[0].head_done:
                     # Idle (or part of a head has arrived): bounded by keep-alive.
                     with trio.move_on_after(server.keep_alive_timeout) as scope:
@@ -253,7 +311,11 @@ class _Connection:
                     if scope.cancelled_caught:
                         return
                 message = pending[0]
-                keep_alive = await self._respond(message)
+                try:
+                    keep_alive = await self._respond(message)
+                finally:
+                    self._release_token()
+                    self.unread_wait = None
                 proto.pending.popleft()
                 if not keep_alive or self.broken:
                     return
@@ -261,6 +323,7 @@ class _Connection:
             return
         finally:
             self.idle_scope = None
+            self._release_token()
             with trio.move_on_after(_LINGER_SECONDS, shield=True):
                 if self.linger and not self.eof and not self.broken:
                     await self._lingering_close()
@@ -309,6 +372,8 @@ class _Connection:
                 chunks.clear()
                 chunks.append(body)
             scope["extensions"] = {COMPLETE_BODY: body}
+        if self.unread_wait is not None:
+            scope.setdefault("extensions", {})[UNREAD_WAIT] = self.unread_wait
         head_only = message.method == b"HEAD"
         keep_alive = message.keep_alive
         response_started = head_sent = response_done = chunked = False
@@ -452,8 +517,15 @@ class _Connection:
 
 
 class _Server:
-    def __init__(self, app: ASGIApp, keep_alive_timeout: float, max_header_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keep_alive_timeout: float,
+        max_header_bytes: int,
+        gate: ReadGate | None,
+    ) -> None:
         self.app = app
+        self.gate = gate
         self.keep_alive_timeout = keep_alive_timeout
         self.max_header_bytes = max_header_bytes
         self.draining = False
@@ -475,6 +547,8 @@ class _Server:
 
     def begin_drain(self) -> None:
         self.draining = True
+        if self.gate is not None:
+            self.gate.open()  # the waiting requests are read, and answered 503
         for conn in list(self.connections):
             if conn.idle_scope is not None:
                 conn.idle_scope.cancel()
@@ -509,15 +583,19 @@ async def serve_http1(
     keep_alive_timeout: float,
     graceful_timeout: float,
     max_header_bytes: int = 65536,
+    gate: ReadGate | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the bound, listening ``sock`` (taken over) until
     ``shutdown_trigger`` returns, then drain (module docstring) and return.
 
-    Reports ``(host, port)`` once accepting.  Cancelling it stops at once.
+    ``gate``: read requests for ``/v1/process`` only with one of its tokens (module
+    docstring of ``gate``); a request that waited out its ``max_wait`` unread carries
+    ``UNREAD_WAIT`` in its scope's extensions.  Reports ``(host, port)`` once accepting.
+    Cancelling it stops at once.
     """
-    server = _Server(app, keep_alive_timeout, max_header_bytes)
+    server = _Server(app, keep_alive_timeout, max_header_bytes, gate)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     host, port = sock.getsockname()[:2]
     server.address = (str(host), int(port))

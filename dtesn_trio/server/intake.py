@@ -7,6 +7,10 @@ goes to the request that arrived last: it has the most of its deadline left, so 
 a storm the requests that start are the ones that can still be answered in time, and
 the oldest expire where they wait, before any work is spent on them.  A more urgent
 priority (a lower number) always goes before a less urgent one, as in the queue.
+
+Behind the lean server's read gate (``gate.py``) the few requests that wait here have
+waited their turn already, unread: there a freed slot goes to the oldest
+(``newest_first=False``), so that none waits out its deadline behind later ones.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ class LifoSlots:
     """``limit`` slots for ``levels`` priorities (0 the most urgent).  ``await
     acquire(deadline, priority)`` takes one (True) or gives up at ``deadline`` (False);
     ``release()`` hands the slot to the newest waiter of the most urgent priority that
-    has one.  After ``close()`` every waiter and every later ``acquire`` gets False."""
+    has one (the oldest with ``newest_first=False``).  After ``close()`` every waiter
+    and every later ``acquire`` gets False."""
 
-    def __init__(self, limit: int, levels: int = 1) -> None:
+    def __init__(self, limit: int, levels: int = 1, *, newest_first: bool = True) -> None:
         self.limit = limit
         self.used = 0
         self.closed = False
+        self.newest_first = newest_first
         self._levels: list[OrderedDict[_Waiter, None]] = [OrderedDict() for _ in range(levels)]
 
     @property
@@ -67,7 +73,7 @@ class LifoSlots:
         if not self.closed:
             for waiters in self._levels:
                 if waiters:
-                    waiter, _ = waiters.popitem(last=True)  # the newest
+                    waiter, _ = waiters.popitem(last=self.newest_first)
                     waiter.granted = True
                     waiter.event.set()
                     return

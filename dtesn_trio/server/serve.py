@@ -149,6 +149,7 @@ async def serve(
                             sock,
                             keep_alive_timeout=config.keep_alive_timeout,
                             graceful_timeout=graceful_timeout,
+                            gate=state.gate if state is not None else None,
                             shutdown_trigger=trigger,
                         )
                     )

@@ -169,6 +169,8 @@ async def test_stats_health_ready(runtime: Faults) -> None:
                 "requests": 0,
                 "draining": False,
                 "waiting": 0,
+                "unread": 0,
+                "unread_refused": 0,
             }
             memory = stats["memory"]
             assert set(memory) == {

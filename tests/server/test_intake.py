@@ -35,7 +35,7 @@ async def test_requests_beyond_max_in_flight_wait_and_the_newest_goes_first(tmp_
     # One slot, so each waiter starts only after the one before it has finished: the
     # order the runtime sees is the order of the slots (two waiters woken in the same
     # scheduling batch would run in Trio's random order).
-    config = ServerConfig(port=0, max_in_flight=1)
+    config = ServerConfig(port=0, max_in_flight=1, max_waiting=None)
     limits = httpx.Limits(max_connections=10)
     async with open_test_runtime(tmp_path) as rt:
         runtime = Recorder(rt)
