@@ -19,19 +19,12 @@ answer, at most ``waiting / max_wait`` times a second.
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 
 import trio
 
+from dtesn_trio.server.intake import LifoSlots
+
 __all__ = ["GateStatistics", "ReadGate"]
-
-
-class _Waiter:
-    __slots__ = ("event", "granted")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.granted = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,53 +50,39 @@ class ReadGate:
     def __init__(self, tokens: int, max_wait: float) -> None:
         self.tokens = tokens
         self.max_wait = max_wait
-        self.held = 0
         self.taken = 0
         self.expired = 0
-        self.opened = False
-        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        self._slots = LifoSlots(tokens, newest_first=False)  # one level, oldest first
+
+    @property
+    def held(self) -> int:
+        return self._slots.used
+
+    @property
+    def opened(self) -> bool:
+        return self._slots.closed
 
     def statistics(self) -> GateStatistics:
-        return GateStatistics(self.tokens, self.held, len(self._waiters), self.taken, self.expired)
+        slots = self._slots
+        return GateStatistics(self.tokens, slots.used, slots.waiting, self.taken, self.expired)
 
     def try_take(self) -> bool:
-        # A waiter means no token is free (release hands it over), so the two agree.
-        if self.held < self.tokens and not self.opened:
-            self.held += 1
+        if self._slots.try_acquire():
             self.taken += 1
             return True
         return False
 
     async def wait(self) -> bool:
-        if self.opened:
-            return False
-        waiter = _Waiter()
-        self._waiters[waiter] = None
-        try:
-            with trio.move_on_after(self.max_wait) as scope:
-                await waiter.event.wait()
-        except BaseException:
-            if waiter.granted:  # cancelled from outside after the token was handed over
-                self.release()
-            raise
-        finally:
-            self._waiters.pop(waiter, None)
-        if scope.cancelled_caught and not waiter.granted:
+        if await self._slots.acquire(trio.current_time() + self.max_wait):
+            self.taken += 1
+            return True
+        if not self._slots.closed:
             self.expired += 1
-        return waiter.granted
+        return False
 
     def release(self) -> None:
-        if self._waiters and not self.opened:
-            waiter, _ = self._waiters.popitem(last=False)  # the oldest
-            waiter.granted = True
-            waiter.event.set()
-            self.taken += 1
-            return
-        self.held -= 1
+        self._slots.release()
 
     def open(self) -> None:
         """Stop gating: wake every waiter without a token."""
-        self.opened = True
-        while self._waiters:
-            waiter, _ = self._waiters.popitem(last=False)
-            waiter.event.set()
+        self._slots.close()

@@ -32,8 +32,8 @@ class _Waiter:
 
 
 class LifoSlots:
-    """``limit`` slots for ``levels`` priorities (0 the most urgent).  ``await
-    acquire(deadline, priority)`` takes one (True) or gives up at ``deadline`` (False);
+    """``limit`` slots for ``levels`` priorities (0 the most urgent).  ``try_acquire()``
+    takes a free one or none; ``await acquire(deadline, priority)`` takes one (True) or gives up at ``deadline`` (False);
     ``release()`` hands the slot to the newest waiter of the most urgent priority that
     has one (the oldest with ``newest_first=False``).  After ``close()`` every waiter
     and every later ``acquire`` gets False."""
@@ -49,11 +49,17 @@ class LifoSlots:
     def waiting(self) -> int:
         return sum(map(len, self._levels))
 
+    def try_acquire(self) -> bool:
+        """Take a free slot (True) without waiting, or none (False)."""
+        if self.used < self.limit and not self.closed:  # a free slot means nobody waits
+            self.used += 1
+            return True
+        return False
+
     async def acquire(self, deadline: float = math.inf, priority: int = 0) -> bool:
         if self.closed:
             return False
-        if self.used < self.limit:  # a free slot means nobody waits
-            self.used += 1
+        if self.try_acquire():
             return True
         waiter = _Waiter()
         waiters = self._levels[priority]

@@ -103,3 +103,15 @@ async def test_a_more_urgent_waiter_goes_first_then_the_newest(
         slots.release()
     assert got == ["p0-new", "p0-old", "p2-new", "p2-old"]
     assert slots.used == 0
+
+
+async def test_try_acquire_takes_only_a_free_slot_and_none_after_close() -> None:
+    slots = LifoSlots(2, newest_first=False)
+    assert slots.try_acquire()
+    assert slots.try_acquire()
+    assert not slots.try_acquire()
+    assert slots.used == 2
+    slots.release()
+    slots.close()
+    assert not slots.try_acquire()
+    assert slots.used == 1
