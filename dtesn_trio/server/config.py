@@ -97,7 +97,7 @@ class ServerConfig:
     backlog: int = 4096
     max_in_flight: int | None = 256
     max_waiting: int | None = 64
-    max_unread_wait: float = 2.0
+    max_unread_wait: float = 3.0
     access_log: bool = False
     reuse_port: bool = False
     gc_freeze: bool = True
