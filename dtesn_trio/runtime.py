@@ -406,8 +406,7 @@ class Runtime:
             run = queue.mean_batch_duration
             if run is not None:
                 # The queue's deadline is for *starting*: a request that starts at its
-                # deadline finishes a batch later, too late, after using the engine
-                # (issue 8: at 10x load 251 of 259 deadlines passed mid-batch).
+                # deadline finishes a batch later, too late, after using the engine.
                 start_by = deadline - run
                 if start_by <= self._now():
                     await trio.lowlevel.checkpoint()
