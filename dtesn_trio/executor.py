@@ -75,10 +75,8 @@ class ProcessorConfig:
     - ``throughput_window``: seconds over which ``throughput`` counts completions.
     - ``switch_interval``: the interpreter's GIL switch interval (``sys.setswitchinterval``)
       that ``open_runtime`` sets while it runs (and restores after); ``None`` leaves it
-      alone.  After every system call the event loop must win the GIL back from the
-      computing threads, and with Python's default 5 ms it waited up to 5 ms each time
-      (the I/O convoy).  0.5 ms costs the computing threads little: they release the
-      GIL inside NumPy/SciPy anyway.
+      alone.  After every system call the event loop waits this long, at most, to win
+      the GIL back from computing threads (docs/RELIABILITY.md, "Overload").
     """
 
     max_concurrent_processes: int = 100

@@ -44,7 +44,7 @@ from dtesn_trio.executor import Executor
 from dtesn_trio.instrument import LoopMonitor, LoopStatistics, count_tasks
 from dtesn_trio.jobs import JobService, JobStore, SQLiteJobStore, open_job_service
 from dtesn_trio.jobs.postgres import PostgresJobStore
-from dtesn_trio.limits import Admission, AdmissionConfig, BreakerState
+from dtesn_trio.limits import Admission, AdmissionConfig
 from dtesn_trio.limits.admission import _Throttle
 from dtesn_trio.limits.shared_rate import SharedRateLimiter
 from dtesn_trio.models import (
@@ -406,8 +406,7 @@ class Runtime:
             run = queue.mean_batch_duration
             if run is not None:
                 # The queue's deadline is for *starting*: a request that starts at its
-                # deadline finishes a batch later, too late, after using the engine
-                # (issue 8: at 10x load 251 of 259 deadlines passed mid-batch).
+                # deadline finishes a batch later, too late, after using the engine.
                 start_by = deadline - run
                 if start_by <= self._now():
                     await trio.lowlevel.checkpoint()
@@ -518,8 +517,7 @@ class Runtime:
     def _breaker_status(self) -> tuple[bool, int]:
         # the queue's get_queue_stats() reports the admission breaker (the engine's)
         breaker = self.admission.breaker.statistics()
-        refusing = breaker.state in (BreakerState.OPEN, BreakerState.FORCED_OPEN)
-        return refusing, breaker.failed_calls
+        return breaker.open, breaker.failed_calls
 
     def _decode(
         self,

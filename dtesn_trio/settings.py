@@ -20,6 +20,7 @@ read their own ``DTESN_*`` variables (``DTESN_API_KEY`` of the soak client).
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import os
 import tomllib
@@ -37,8 +38,7 @@ T = TypeVar("T")
 
 ENV_PREFIX = "DTESN_"
 _NONE_WORDS = frozenset({"none", "null", ""})
-_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+_BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}  # msgspec: true/false/1/0
 
 
 class SettingsError(ValueError):
@@ -63,13 +63,9 @@ def parse_set_option(option: str) -> tuple[str, str]:
 def settings_keys(cls: type[Any], prefix: str = "") -> list[str]:
     """Every dotted key of the dataclass tree ``cls`` (for help texts and errors)."""
     keys: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        sub = _dataclass_type(hints[f.name])
-        if sub is not None:
-            keys.extend(settings_keys(sub, f"{prefix}{f.name}."))
-        else:
-            keys.append(prefix + f.name)
+    for name, tp in _fields(cls).items():
+        sub = _dataclass_type(tp)
+        keys.extend(settings_keys(sub, f"{prefix}{name}.") if sub else [prefix + name])
     return keys
 
 
@@ -113,8 +109,7 @@ def load_settings(
             continue
         if "__" not in rest:
             top = rest.lower()
-            field = _field_of(cls, top)
-            if field is not None and _dataclass_type(_hint(cls, top)) is None:
+            if top in _fields(cls) and _dataclass_type(_fields(cls)[top]) is None:
                 _assign(cls, tree, top, env[name], name, from_text=True)
             continue
         key = ".".join(part.lower() for part in rest.split("__"))
@@ -127,19 +122,14 @@ def load_settings(
 # --------------------------------------------------------------------------- internals
 
 
-def _hint(cls: type[Any], name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _field_of(cls: type[Any], name: str) -> dataclasses.Field[Any] | None:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f
-    return None
+def _fields(cls: type[Any]) -> dict[str, Any]:
+    """The field names of the dataclass ``cls`` and their (resolved) types, in order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _dataclass_type(tp: Any) -> type[Any] | None:
-    """The dataclass in ``tp`` (``Cfg`` or ``Cfg | None``), else None."""
+    """``tp`` when it is a dataclass (a section), else None."""
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return tp
     return None
@@ -148,17 +138,18 @@ def _dataclass_type(tp: Any) -> type[Any] | None:
 def _merge_toml(
     cls: type[Any], tree: dict[str, Any], data: Mapping[str, Any], prefix: str, source: str
 ) -> None:
+    fields = _fields(cls)
     for name, value in data.items():
         key = prefix + name
-        if _field_of(cls, name) is None:
+        if name not in fields:
             raise SettingsError(key, _unknown(cls, name, prefix), source=source)
-        sub = _dataclass_type(_hint(cls, name))
+        sub = _dataclass_type(fields[name])
         if sub is not None:
             if not isinstance(value, Mapping):
                 raise SettingsError(key, "expected a table (section)", source=source)
             _merge_toml(sub, tree.setdefault(name, {}), value, key + ".", source)
         else:
-            tree[name] = (_coerce(_hint(cls, name), value, key, source, from_text=False), source)
+            tree[name] = (_coerce(fields[name], value, key, source, from_text=False), source)
 
 
 def _assign(
@@ -168,18 +159,19 @@ def _assign(
     node_cls, node = cls, tree
     for depth, name in enumerate(parts):
         prefix = ".".join(parts[:depth])
-        if _field_of(node_cls, name) is None:
+        fields = _fields(node_cls)
+        if name not in fields:
             raise SettingsError(
                 key, _unknown(node_cls, name, prefix + "." if prefix else ""), source=source
             )
-        sub = _dataclass_type(_hint(node_cls, name))
+        sub = _dataclass_type(fields[name])
         last = depth == len(parts) - 1
         if sub is None:
             if not last:
                 raise SettingsError(
                     key, f"{'.'.join(parts[: depth + 1])} is not a section", source=source
                 )
-            node[name] = (_coerce(_hint(node_cls, name), value, key, source, from_text), source)
+            node[name] = (_coerce(fields[name], value, key, source, from_text), source)
             return
         if last:
             raise SettingsError(key, "is a section; set one of its keys", source=source)
@@ -187,15 +179,16 @@ def _assign(
 
 
 def _unknown(cls: type[Any], name: str, prefix: str) -> str:
-    known = ", ".join(prefix + f.name for f in dataclasses.fields(cls))
+    known = ", ".join(prefix + f for f in _fields(cls))
     return f"unknown key {prefix}{name!s} (known here: {known})"
 
 
 def _build(cls: type[T], tree: Mapping[str, Any], prefix: str) -> T:
     kwargs: dict[str, Any] = {}
     sources: set[str] = set()
+    fields = _fields(cls)
     for name, entry in tree.items():
-        sub = _dataclass_type(_hint(cls, name))
+        sub = _dataclass_type(fields[name])
         if sub is not None:
             kwargs[name] = _build(sub, entry, f"{prefix}{name}.")
         else:
@@ -254,8 +247,8 @@ def _from_text(tp: Any, text: str) -> Any:
         if len(args) != len(items):
             return items  # a tuple of another length: msgspec says what it expected
         return [_from_text(a, v) for a, v in zip(args, items, strict=True)]
-    if bool in members and word.lower() in _TRUE_WORDS | _FALSE_WORDS:
-        return word.lower() in _TRUE_WORDS
+    if bool in members and word.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[word.lower()]
     return text if str in members else word
 
 
@@ -272,6 +265,8 @@ def _type_name(tp: Any) -> str:
     if tp in _TYPE_NAMES:
         return _TYPE_NAMES[tp]
     origin = typing.get_origin(tp)
+    if origin is collections.abc.Callable:
+        return "a function (set in code, not in configuration)"
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (types.UnionType, typing.Union):

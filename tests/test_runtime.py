@@ -18,6 +18,7 @@ import trio.testing
 
 from dtesn_trio import (
     AdmissionConfig,
+    CircuitOpen,
     DeadlineExceeded,
     DTESNConfig,
     DTESNModel,
@@ -32,6 +33,7 @@ from dtesn_trio.config import PostgresSettings, RedisSettings
 from dtesn_trio.dtesn import DTESNResult
 from dtesn_trio.dtesn import model as model_module
 from dtesn_trio.jobs import JobsConfig
+from dtesn_trio.limits import BreakerState
 from dtesn_trio.limits.shared_rate import SharedRateLimiterConfig
 from dtesn_trio.nurseries import BatchQueueConfig
 from tests.polling import wait_until
@@ -315,13 +317,38 @@ def test_config_cross_checks_name_the_missing_section() -> None:
         RuntimeConfig(cache=CacheConfig(backend="redis"))
 
 
-async def test_queue_stats_report_the_admission_breaker() -> None:
+async def test_every_stats_view_reports_the_admission_breaker() -> None:
     with trio.fail_after(30):
         async with open_runtime(small_config()) as rt:
-            assert rt.queue is not None
-            assert rt.queue.get_queue_stats()["circuit_breaker_open"] is False
-            rt.admission.breaker.transition_to_forced_open()
-            assert rt.queue.get_queue_stats()["circuit_breaker_open"] is True
+            queue, breaker = rt.queue, rt.admission.breaker
+            assert queue is not None
+
+            def views() -> dict[str, object]:
+                stats = rt.get_stats()
+                return {
+                    "queue": queue.get_queue_stats()["circuit_breaker_open"],
+                    "get_stats.queue": stats["queue"]["circuit_breaker_open"],
+                    "processing": stats["processing"]["queue_stats"]["circuit_breaker_open"],
+                    "statistics": rt.statistics().admission.breaker.open,
+                    "load": stats["load"]["circuit_breaker_state"],
+                }
+
+            def every(is_open: bool, state: str) -> dict[str, object]:
+                return {**dict.fromkeys(views(), is_open), "load": state}
+
+            assert views() == every(False, "closed")
+            assert queue.get_queue_stats()["circuit_breaker_open"] is False
+            # opened by the engine's failures, as in production
+            for _ in range(breaker.config.minimum_calls):
+                breaker.acquire_permission().on_error(RuntimeError("engine down"))
+            assert breaker.state is BreakerState.OPEN
+            assert views() == every(True, "open")
+            with pytest.raises(CircuitOpen):
+                await rt.process("refused while open", priority=1)
+            breaker.transition_to_forced_open()
+            assert views() == every(True, "forced_open")
+            assert queue.get_queue_stats()["circuit_breaker_open"] is True
             assert rt.get_stats()["processing"]["queue_stats"]["circuit_breaker_open"] is True
-            rt.admission.breaker.reset()
-            assert rt.queue.get_queue_stats()["circuit_breaker_open"] is False
+            breaker.reset()
+            assert views() == every(False, "closed")
+            assert queue.get_queue_stats()["circuit_breaker_open"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -240,6 +241,11 @@ def test_unions_from_toml(tmp_path: Path) -> None:
             {"toml_data": {"server": {"docs": 1}}},
             "invalid setting server.docs (from config): expected true or false, got 1",
         ),
+        (
+            {"environ": {"DTESN_SERVER__DOCS": "perhaps"}},
+            "invalid setting server.docs (from DTESN_SERVER__DOCS):"
+            " expected true or false, got 'perhaps'",
+        ),
     ],
 )
 def test_a_bad_value_names_the_key_the_source_and_the_value(
@@ -248,3 +254,28 @@ def test_a_bad_value_names_the_key_the_source_and_the_value(
     with pytest.raises(SettingsError) as info:
         load(**kwargs)  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    on_error: Callable[[BaseException], bool] = bool
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "source"),
+    [
+        ({"overrides": [("on_error", "os.system")]}, "--set"),
+        ({"environ": {"DTESN_ON_ERROR": "os.system"}}, "DTESN_ON_ERROR"),
+        ({"toml_data": {"on_error": "os.system"}}, "config"),
+    ],
+)
+def test_a_function_is_set_in_code_not_from_configuration(
+    kwargs: dict[str, object], source: str
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(Hooks, **{"environ": {}, **kwargs})  # type: ignore[arg-type]
+    assert str(info.value) == (
+        f"invalid setting on_error (from {source}): expected a function"
+        " (set in code, not in configuration), got 'os.system'"
+    )
+    assert load_settings(Hooks, environ={}, overrides=[("on_error", callable)]).on_error is callable

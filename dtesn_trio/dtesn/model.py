@@ -37,7 +37,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackNoConvergence, eigs
 
-try:  # SciPy's compiled CSR kernels: the public ``@`` costs ~5 µs of Python per call
+try:  # SciPy's compiled CSR kernels: the public ``@`` adds Python overhead to every call
     from scipy.sparse import _sparsetools
 except ImportError:  # pragma: no cover
     _sparsetools = None
@@ -57,10 +57,8 @@ _FORMAT = "dtesn-trio-model/1"
 # wants it (the event loop) gets it after the interpreter's switch interval, which the
 # runtime sets to 0.5 ms (``processor.switch_interval``).  The loops call a checkpoint
 # between steps (every step of a batch, every 8th of a single input), a no-op unless a
-# caller passes one.  It used to offer the GIL with
-# ``time.sleep(0)`` each step: measured on the shared 2-core machine, that made a batch
-# 2.5-3x slower (the thread gave its core away 12,000 times a batch) and did not raise
-# the event loop's socket round trips over the 0.5 ms switch interval alone (issue 8).
+# caller passes one.  The loops do not offer the GIL with ``time.sleep(0)``: that made
+# batches slower and did not help the event loop (docs/RELIABILITY.md, "Overload").
 _CHECK_MASK = 7
 Checkpoint = Callable[[], None]  # called between time steps (see process_batch)
 

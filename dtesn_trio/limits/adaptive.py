@@ -201,21 +201,12 @@ class AdaptiveLimiter:
     def _clamp(self, limit: int) -> int:
         return max(self._config.min_limit, min(self._config.max_limit, int(limit)))
 
-    def _check_priority(self, priority: int) -> None:
-        if (
-            not isinstance(priority, int)
-            or isinstance(priority, bool)
-            or not 0 <= priority < self._levels
-        ):
-            raise ValueError(
-                f"priority must be an integer in 0..{self._levels - 1} (got {priority!r})"
-            )
-
     # -- admission --------------------------------------------------------------------
 
     def acquire_nowait(self, priority: int = 0) -> Ticket:
-        """Admit a call now or raise :class:`Overloaded` (with ``retry_after``)."""
-        self._check_priority(priority)
+        """Admit a call now or raise :class:`Overloaded` (with ``retry_after``);
+        ``InvalidRequest`` for a priority outside ``0 .. priority_levels - 1``."""
+        _checks.check_priority(priority, self._levels)
         now = trio.current_time()
         ticket = Ticket(self, priority, now, 0)
         ticket.inflight = self._admit_at(ticket, priority)
@@ -246,7 +237,7 @@ class AdaptiveLimiter:
 
     async def acquire(self, priority: int = 0) -> Ticket:
         """Wait (FIFO, regardless of priority) for a token; partitions do not apply here."""
-        self._check_priority(priority)
+        _checks.check_priority(priority, self._levels)
         ticket = Ticket(self, priority, 0.0, 0)
         await self.capacity_limiter.acquire_on_behalf_of(ticket)
         ticket.start = trio.current_time()

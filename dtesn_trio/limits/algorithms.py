@@ -229,7 +229,6 @@ class Gradient2Limit:
         self.rtt_tolerance = rtt_tolerance
         self._estimate = float(_clamp(initial_limit, min_limit, max_limit))
         self._long = _ExpAverage(long_window, warmup=10)
-        self._short_rtt = 0.0
 
     @property
     def limit(self) -> int:
@@ -241,7 +240,6 @@ class Gradient2Limit:
 
     def update(self, sample: Sample) -> int:
         short = sample.rtt
-        self._short_rtt = short
         long = self._long.add(short)
         # After a long spell of overload the long RTT stays high; decay it quickly once
         # latency is back to normal so the gradient works again.

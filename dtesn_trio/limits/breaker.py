@@ -156,6 +156,12 @@ class CircuitBreakerStatistics:
     """Seconds until an OPEN breaker lets trial calls through; None when not OPEN."""
     transitions: int
 
+    @property
+    def open(self) -> bool:
+        """Whether the breaker refuses every call (OPEN or FORCED_OPEN): what the stats
+        views report as ``circuit_breaker_open``."""
+        return self.state in (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+
 
 # Outcome encoding in the windows: bit 0 = failure, bit 1 = slow.
 _FAIL = 1

@@ -24,8 +24,7 @@ Every submit ends in exactly one way: a result, the item's error, ``Overloaded``
 How it is built (the shape of trio's ``_channel.py`` and httpcore's
 ``connection_pool.py``): the state is one ``_Level`` record per priority (its requests
 waiting for space, queued and delayed, each an ``OrderedDict`` used as a deque with O(1)
-removal of a cancelled request and either end for FIFO or LIFO; not memory channels,
-which were only ever used as bounded deques here), the idle and busy
+removal of a cancelled request and either end for FIFO or LIFO), the idle and busy
 ``_Worker`` records, and an expiry index (per level, a deque in arrival order; a heap
 for the requests out of that order).  Counts are the containers' lengths.
 A request's ``state`` names the container that holds it; ``_move`` is the one place that

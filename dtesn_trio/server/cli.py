@@ -27,8 +27,8 @@ ENV_ALIASES = {"API_KEYS": "server.api_keys"}
 
 # Where ``serve`` starts from other defaults than ``open_runtime``: the engine computes
 # in worker processes, because the server's event loop holds the GIL while it answers
-# (a storm of clients starved an engine in threads: batches took 25x longer).  An
-# embedding program keeps threads: processes need its ``__main__`` guard.
+# (in threads, a storm of clients starves the engine: docs/RELIABILITY.md, "Storms").
+# An embedding program keeps threads: processes need its ``__main__`` guard.
 SERVE_DEFAULTS: dict[str, Callable[[], Any]] = {
     "processor": lambda: ProcessorConfig(executor="process"),
 }

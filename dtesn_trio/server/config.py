@@ -28,10 +28,9 @@ class ServerConfig:
     - ``max_batch_inputs``: inputs of one ``/v1/process/batch`` request.
     - ``max_deadline_ms``: the largest ``deadline_ms`` a request may ask for.
     - ``default_deadline_ms``: the deadline of a request that sends no ``deadline_ms``
-      (``None``: none; it then waits as long as the queue's timeout lets it).  An HTTP
-      client that says nothing still gives up at some point, typically within seconds
-      (httpx after 5 s, wrk after 2 s); past that, the work is done for nobody.  2.5 s:
-      a refused request is answered before such a client has given up.
+      (``None``: none; it then waits as long as the queue's timeout lets it).  Keep it
+      below the clients' own timeout: an answer after the client gave up is work done
+      for nobody (README, "Under load").
     - ``metrics_require_auth``: whether ``/metrics`` needs an API key too.
     - ``docs``: serve ``/openapi.json`` and ``/docs``.
     - ``graceful_timeout``: how long hypercorn waits for open requests after a graceful

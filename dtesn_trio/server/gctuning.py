@@ -2,8 +2,8 @@
 
 A server holding thousands of connections has a heap of millions of tracked objects;
 each *full* (generation 2) collection walks all of them while the event loop waits
-(10,000 held connections: full collections of up to 3 s with CPython's defaults, see
-docs/RELIABILITY.md "Concurrency").  ``serve`` applies, once the runtime is ready:
+(docs/RELIABILITY.md, "The garbage collector", has the pauses measured).  ``serve``
+applies, once the runtime is ready:
 
 - ``gc_freeze``: ``gc.freeze()`` -- everything alive at start-up (imports, the model,
   the app) moves to the permanent generation and is never scanned again.  Once, at

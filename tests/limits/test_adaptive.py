@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from dtesn_trio.errors import Overloaded
+from dtesn_trio.errors import InvalidRequest, Overloaded
 from dtesn_trio.limits import (
     AdaptiveLimiter,
     AdaptiveLimiterConfig,
@@ -238,5 +238,9 @@ def test_config_errors_name_the_field(kwargs: dict[str, object], message: str) -
 
 async def test_bad_priority_is_refused() -> None:
     limiter = AdaptiveLimiter(FixedLimit(1), AdaptiveLimiterConfig(priority_levels=2))
-    with pytest.raises(ValueError, match=r"priority must be an integer in 0\.\.1"):
+    message = r"priority must be an integer >= 0 and <= 1 \(got 2\)"
+    with pytest.raises(InvalidRequest, match=message) as info:
         limiter.acquire_nowait(2)
+    assert info.value.field == "priority"
+    with pytest.raises(InvalidRequest, match=r"\(got True\)"):
+        await limiter.acquire(True)

@@ -228,6 +228,22 @@ async def test_metrics(runtime: Faults) -> None:
                 assert re.search(rf"^{name} [0-9.e+-]+$", text, re.M), name
 
 
+async def test_stats_and_metrics_report_the_admission_breaker(runtime: Faults) -> None:
+    with trio.fail_after(30):
+        async with served(runtime) as s:
+            breaker = runtime.admission.breaker
+            for _ in range(breaker.config.minimum_calls):  # the engine failing
+                breaker.acquire_permission().on_error(RuntimeError("engine down"))
+            for is_open, state in ((True, "open"), (False, "closed")):
+                stats = (await s.client.get("/v1/stats")).json()
+                assert stats["queue"]["circuit_breaker_open"] is is_open
+                assert stats["processing"]["queue_stats"]["circuit_breaker_open"] is is_open
+                assert stats["load"]["circuit_breaker_state"] == state
+                text = (await s.client.get("/metrics")).text
+                assert f"dtesn_runtime_admission_breaker_state_{state} 1.0" in text
+                breaker.reset()
+
+
 async def test_openapi_and_docs(runtime: Faults) -> None:
     with trio.fail_after(30):
         async with served(runtime, ServerConfig(port=0, api_keys=(KEY,))) as s:
