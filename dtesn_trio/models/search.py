@@ -13,9 +13,9 @@ keeps the best, so a list of alphas costs a ridge solve each, not a trial each; 
 ``alpha`` in the space instead makes each value a trial of its own.  Trials that
 differ only in ``alpha`` form one group, which runs the reservoir once.
 
-Without a space the search uses ``DEFAULT_SPACE`` (random, log-uniform
-``input_scaling`` 0.01-1, uniform ``spectral_radius`` 0.7-1.1 and ``leak_rate``
-0.3-1) and ``DEFAULT_ALPHAS`` (1e-8, 1e-6, 1e-4), ``DEFAULT_TRIALS`` trials.
+Without a space the search uses ``DEFAULT_SPACE`` (random: ``input_scaling``
+log-uniform in 0.01-1, ``spectral_radius`` uniform in 0.7-1.1, ``leak_rate`` one of
+0.25, 0.5 and 1), ``DEFAULT_ALPHAS`` (1e-8, 1e-6, 1e-4) and ``DEFAULT_TRIALS`` trials.
 
 With the job service (``enqueue``), each group is a durable job of its own
 (``model_search_trial``, idempotency key ``search:<id>:<group>``), claimed by any
@@ -85,7 +85,7 @@ MAX_TRIALS = 200
 DEFAULT_SPACE: dict[str, Any] = {
     "input_scaling": {"low": 0.01, "high": 1.0, "log": True},
     "spectral_radius": {"low": 0.7, "high": 1.1, "log": False},
-    "leak_rate": {"low": 0.3, "high": 1.0, "log": False},
+    "leak_rate": [0.25, 0.5, 1.0],
 }
 DEFAULT_ALPHAS = (1e-8, 1e-6, 1e-4)
 DEFAULT_TRIALS = 30

@@ -118,19 +118,23 @@ class SearchRange(_Body):
     log: bool = False
 
 
-_DEFAULT_SPACE_TEXT = ", ".join(
-    f"{k} {'log-uniform' if v['log'] else 'uniform'} {v['low']:g}-{v['high']:g}"
-    for k, v in sorted(DEFAULT_SPACE.items())
-)
+def _describe(key: str, values: Any) -> str:
+    if isinstance(values, list):
+        return f"{key} one of {', '.join(f'{v:g}' for v in values)}"
+    kind = "log-uniform" if values["log"] else "uniform"
+    return f"{key} {kind} in {values['low']:g}-{values['high']:g}"
+
+
+_DEFAULT_SPACE_TEXT = "; ".join(_describe(k, v) for k, v in sorted(DEFAULT_SPACE.items()))
 
 
 class SearchRequest(_Body):
     """``POST /v1/models/{name}/search``: ``space`` maps parameters to the values tried.
 
     Without ``space`` the server's default space is searched: 30 random draws of
-    ``input_scaling`` (log-uniform 0.01-1), ``spectral_radius`` (uniform 0.7-1.1) and
-    ``leak_rate`` (uniform 0.3-1), the other fields those of the server's model (or
-    ``config``).  Every trial scores each alpha of ``alpha`` (default 1e-8, 1e-6, 1e-4)
+    ``input_scaling`` (log-uniform in 0.01-1), ``spectral_radius`` (uniform in 0.7-1.1)
+    and ``leak_rate`` (one of 0.25, 0.5 and 1: time scales of 4, 2 and 1 steps), the
+    other fields those of the server's model (or ``config``).  Every trial scores each alpha of ``alpha`` (default 1e-8, 1e-6, 1e-4)
     on the held-out split and keeps the best, so alphas do not multiply trials.
     Sending only ``inputs``, ``targets`` and ``washout`` (and ``trials``, the budget)
     is enough."""

@@ -311,7 +311,7 @@ async def test_done_when_every_bad_input_of_the_issue_gets_a_4xx_naming_it(
             sid = opened.json()["session_id"]
             assert (await s.client.delete(f"/v1/sessions/{sid}")).status_code == 200
             r = await s.client.post(f"/v1/sessions/{sid}/step", json={"input": [[0.1]]})
-            checks.append((r, 404, "", "ended by DELETE"))
+            checks.append((r, 404, "session_id", f"session {sid!r} was ended by DELETE"))
             # ... and to a chunked fit whose last chunk was sent (it is solved)
             last = {"inputs": u.tolist(), "targets": y.tolist(), "last": True}
             done = await s.client.post(chunks, json=last)
