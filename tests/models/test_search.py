@@ -207,6 +207,7 @@ async def test_the_plot_route_names_what_is_missing(runtime: Runtime) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 30 trials at the default size take tens of seconds
 async def test_the_default_search_reaches_the_narma10_target_through_the_api(
     tmp_path: Path,
 ) -> None:
