@@ -131,13 +131,13 @@ _DEFAULT_SPACE_TEXT = "; ".join(_describe(k, v) for k, v in sorted(DEFAULT_SPACE
 class SearchRequest(_Body):
     """``POST /v1/models/{name}/search``: ``space`` maps parameters to the values tried.
 
-    Without ``space`` the server's default space is searched: 30 random draws of
-    ``input_scaling`` (log-uniform in 0.01-1), ``spectral_radius`` (uniform in 0.7-1.1)
-    and ``leak_rate`` (one of 0.25, 0.5 and 1: time scales of 4, 2 and 1 steps), the
-    other fields those of the server's model (or ``config``).  Every trial scores each alpha of ``alpha`` (default 1e-8, 1e-6, 1e-4)
+    Without ``space`` the server's default space is searched: ``trials`` (30 unless
+    given) random draws of ``input_scaling`` (log-uniform in 0.01-1),
+    ``spectral_radius`` (uniform in 0.7-1.1) and ``leak_rate`` (one of 0.25, 0.5 and 1:
+    time scales of 4, 2 and 1 steps), the other fields those of the server's model (or
+    ``config``).  Every trial scores each alpha of ``alpha`` (default 1e-8, 1e-6, 1e-4)
     on the held-out split and keeps the best, so alphas do not multiply trials.
-    Sending only ``inputs``, ``targets`` and ``washout`` (and ``trials``, the budget)
-    is enough."""
+    Sending only ``inputs``, ``targets`` and ``washout`` is enough."""
 
     inputs: _Data
     targets: _Targets

@@ -272,7 +272,7 @@ def openapi_document(
     _apply_limits(schemas, config, input_schema, options)
     if output_schema is not None:
         schemas["ProcessResponse"]["properties"]["result"] = copy.deepcopy(output_schema)
-    ref: dict[Any, Any] = {model: r for model, r in zip(_MODELS, refs, strict=True)}
+    ref: dict[Any, Any] = dict(zip(_MODELS, refs, strict=True))  # by DTESN's models
     ref[_SVG] = {"type": "string"}
     error_ref = ref[ErrorBody]
     secured = bool(config.api_keys)
