@@ -15,7 +15,8 @@ differ only in ``alpha`` form one group, which runs the reservoir once.
 
 Without a space the search uses ``DEFAULT_SPACE`` (random: ``input_scaling``
 log-uniform in 0.01-1, ``spectral_radius`` uniform in 0.7-1.1, ``leak_rate`` one of
-0.25, 0.5 and 1), ``DEFAULT_ALPHAS`` (1e-8, 1e-6, 1e-4) and ``DEFAULT_TRIALS`` trials.
+0.25, 0.5 and 1) and, unless told otherwise, ``DEFAULT_TRIALS`` trials; without an
+``alpha`` (whatever the space) every trial scores ``DEFAULT_ALPHAS`` (1e-8, 1e-6, 1e-4).
 
 With the job service (``enqueue``), each group is a durable job of its own
 (``model_search_trial``, idempotency key ``search:<id>:<group>``), claimed by any
