@@ -3,7 +3,8 @@
 ``ModelRegistry.resolve(ref)`` -> ``ModelVersion`` (``.name``, ``.version``,
 ``.model``); ``ModelStore`` keeps versions in the job store's database; the fit,
 chunked-fit and search jobs are in :mod:`dtesn_trio.models.training` and
-:mod:`dtesn_trio.models.search`.
+:mod:`dtesn_trio.models.search` (its default space: ``DEFAULT_SPACE``), the SVG of a
+search's trials in :mod:`dtesn_trio.models.plot`.
 """
 
 from dtesn_trio.models.registry import (

@@ -219,6 +219,16 @@ class ModelRegistry:
             fit_id=fit_id,
         )
 
+    async def version_info(self, name: str, version: int) -> VersionInfo:
+        """The stored record of ``version`` of ``name`` (no model built); ``UnknownModel``
+        (404, ``field`` ``name`` or ``version``) naming which does not exist."""
+        found = await self.store.version(name, version)
+        if found is None:
+            if await self.store.active(name) is None:
+                raise UnknownModel(f"no model named {name!r}", field="name")
+            raise UnknownModel(f"model {name!r} has no version {version}", field="version")
+        return found[0]
+
     async def activate(self, name: str, version: int) -> None:
         """Make ``version`` the one ``resolve(name)`` returns, atomically."""
         if not await self.store.activate(name, version):

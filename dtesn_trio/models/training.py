@@ -46,13 +46,16 @@ class ChunkConflict(DTESNError):
 
 
 def _result(info: VersionInfo) -> dict[str, Any]:
-    return {
+    result = {
         "name": info.name,
         "version": info.version,
         "model": f"{info.name}@{info.version}",
         "location": f"/v1/models/{info.name}",
         "scores": info.scores,
     }
+    if "trials" in info.scores:  # a search's: the plot of its trials' scores
+        result["plot"] = f"/v1/models/{info.name}/versions/{info.version}/plot.svg"
+    return result
 
 
 async def run_job(

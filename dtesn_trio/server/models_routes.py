@@ -1,12 +1,14 @@
-"""The model routes: fit, chunked fit, search, list, describe, activate.
+"""The model routes: fit, chunked fit, search, list, describe, activate, a search's plot.
 
 ``model_routes(state)`` gives the Starlette routes ``create_app`` mounts; each handler
 validates its body (msgspec structs below, the OpenAPI schemas come from them), checks
 the training data against itself at once (a 422 naming the field, never a failed job
 later), and submits durable work through the runtime's job service: the 202's
 ``Location`` is the job (``GET /v1/jobs/{id}``), whose result names the new version.
-The routes answer 404 when the server has no model registry (durable jobs disabled,
-or an engine other than DTESN).
+``GET /v1/models/{name}/versions/{v}/plot.svg`` draws the trials of the search that
+made version ``v`` (``image/svg+xml``); a version made by a plain fit has none (404,
+field ``version``).  The routes answer 404 when the server has no model registry
+(durable jobs disabled, or an engine other than DTESN).
 """
 
 from __future__ import annotations
@@ -21,8 +23,16 @@ from starlette.routing import Route
 
 from dtesn_trio.errors import InvalidRequest, ShuttingDown
 from dtesn_trio.models.fitting import training_set
+from dtesn_trio.models.plot import trials_svg
 from dtesn_trio.models.registry import ModelRegistry, check_name, parse_version
-from dtesn_trio.models.search import plan_trials
+from dtesn_trio.models.search import (
+    DEFAULT_ALPHAS,
+    DEFAULT_SPACE,
+    DEFAULT_TRIALS,
+    plan_trials,
+    search_alphas,
+    search_strategy,
+)
 from dtesn_trio.models.training import FIT, FIT_CHUNKS, SEARCH, add_chunk, check_alphas
 from dtesn_trio.server.errors import NotFound
 
@@ -37,6 +47,7 @@ __all__ = [
     "FitRequest",
     "ModelDetail",
     "ModelList",
+    "SearchRange",
     "SearchRequest",
     "model_routes",
 ]
@@ -98,19 +109,74 @@ class ChunkRequest(_Body):
     index: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
+class SearchRange(_Body):
+    """A range a random search draws from: uniform in ``[low, high]``, log-uniform with
+    ``log`` (``low`` > 0); drawn values are rounded to 3 significant digits."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+def _describe(key: str, values: Any) -> str:
+    if isinstance(values, list):
+        return f"{key} one of {', '.join(f'{v:g}' for v in values)}"
+    kind = "log-uniform" if values["log"] else "uniform"
+    return f"{key} {kind} in {values['low']:g}-{values['high']:g}"
+
+
+_DEFAULT_SPACE_TEXT = "; ".join(_describe(k, v) for k, v in sorted(DEFAULT_SPACE.items()))
+
+
 class SearchRequest(_Body):
-    """``POST /v1/models/{name}/search``: ``space`` maps parameters to the values tried."""
+    """``POST /v1/models/{name}/search``: ``space`` maps parameters to the values tried.
+
+    Without ``space`` the server's default space is searched: ``trials`` (30 unless
+    given) random draws of ``input_scaling`` (log-uniform in 0.01-1),
+    ``spectral_radius`` (uniform in 0.7-1.1) and ``leak_rate`` (one of 0.25, 0.5 and 1:
+    time scales of 4, 2 and 1 steps), the other fields those of the server's model (or
+    ``config``).  Every trial scores each alpha of ``alpha`` (default 1e-8, 1e-6, 1e-4)
+    on the held-out split and keeps the best, so alphas do not multiply trials.
+    Sending only ``inputs``, ``targets`` and ``washout`` is enough."""
 
     inputs: _Data
     targets: _Targets
-    space: dict[str, list[int | float]]
-    strategy: Literal["grid", "random"] = "grid"
-    trials: Annotated[int, msgspec.Meta(ge=1, le=200)] = 30
+    space: (
+        Annotated[
+            dict[str, list[int | float] | SearchRange],
+            msgspec.Meta(
+                description="Parameter -> a list of values (grid or random), or a range"
+                " (random only). Searchable: spectral_radius, leak_rate, input_scaling,"
+                " sparsity, membrane_depth (a list), alpha (each value a trial of its own)."
+                " Omitted: the default space, random draws over " + _DEFAULT_SPACE_TEXT + "."
+            ),
+        ]
+        | None
+    ) = None
+    strategy: (
+        Annotated[
+            Literal["grid", "random"],
+            msgspec.Meta(description="Omitted: random when the space has a range, else grid."),
+        ]
+        | None
+    ) = None
+    trials: Annotated[
+        int, msgspec.Meta(ge=1, le=200, description="The trial budget (reservoir configs).")
+    ] = DEFAULT_TRIALS
     validation: _Validation = 0.25
-    seed: int = 0
+    seed: Annotated[int, msgspec.Meta(description="Seed of the random draws.")] = 0
     mode: Literal["final", "per_step"] = "per_step"
     washout: _Washout = 0
-    alpha: float = 1e-6
+    alpha: (
+        Annotated[
+            float | list[float],
+            msgspec.Meta(
+                description="Ridge penalties every trial scores on the held-out split (it"
+                " keeps the best). Omitted: " + ", ".join(f"{a:g}" for a in DEFAULT_ALPHAS) + "."
+            ),
+        ]
+        | None
+    ) = None
     config: _Config = None
 
 
@@ -242,15 +308,18 @@ def model_routes(state: AppState) -> list[Route]:
         models = registry()
         name = name_of(request)
         req = state._decode(await request.body(), _search)
-        check_alphas(req.alpha)
+        alphas = check_alphas(search_alphas(req.alpha))
         config = models.config_for(req.config)
         training_set(req.inputs, req.targets, req.mode)
-        for params in plan_trials(req.space, req.strategy, req.trials, req.seed):
+        space = DEFAULT_SPACE if req.space is None else msgspec.to_builtins(req.space)
+        strategy = search_strategy(space, req.strategy)
+        for params in plan_trials(space, strategy, req.trials, req.seed):
             models.config_for(
                 {**config.to_dict(), **{k: v for k, v in params.items() if k != "alpha"}},
                 field="space",
             )
-            check_alphas(params.get("alpha", req.alpha))
+            if "alpha" in params:
+                check_alphas(params["alpha"])
         payload = {
             "kind": SEARCH,
             "fit_id": secrets.token_hex(16),
@@ -259,9 +328,9 @@ def model_routes(state: AppState) -> list[Route]:
             "targets": req.targets,
             "mode": req.mode,
             "washout": req.washout,
-            "alpha": req.alpha,
-            "space": req.space,
-            "strategy": req.strategy,
+            "alpha": alphas,
+            "space": space,
+            "strategy": strategy,
             "trials": req.trials,
             "validation": req.validation,
             "seed": req.seed,
@@ -282,6 +351,21 @@ def model_routes(state: AppState) -> list[Route]:
         await models.activate(name, version)
         return _json({"name": name, "active_version": version})
 
+    async def plot(request: Request) -> Response:
+        models = registry()
+        name = name_of(request)
+        version = parse_version(request.path_params["version"])
+        info = await models.version_info(name, version)
+        trials = info.scores.get("trials")
+        if not trials:
+            raise NotFound(
+                f"version {version} of model {name!r} was made by a fit, not a search:"
+                " it has no trials to plot",
+                field="version",
+            )
+        svg = trials_svg(trials, title=f"search trials of {name}@{version}")
+        return Response(svg, media_type="image/svg+xml")
+
     return [
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{name}", describe, methods=["GET"]),
@@ -289,4 +373,5 @@ def model_routes(state: AppState) -> list[Route]:
         Route("/v1/models/{name}/fit/{job}/chunks", chunk, methods=["POST"]),
         Route("/v1/models/{name}/search", search, methods=["POST"]),
         Route("/v1/models/{name}/versions/{version}/activate", activate, methods=["POST"]),
+        Route("/v1/models/{name}/versions/{version}/plot.svg", plot, methods=["GET"]),
     ]

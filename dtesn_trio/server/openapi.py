@@ -65,6 +65,8 @@ _ERRORS = {
     "401": "API key missing or wrong",
     "404": "No such job, model, model version or chunked fit (or durable jobs are"
     " disabled); error.field names which",
+    "404-plot": "No such model or version (error.field names which), or the version was"
+    " made by a plain fit: no trials to plot (field version)",
     "408": "The body did not arrive within server.body_timeout (connection closed)",
     "409-chunk": "Another chunk of this fit was applied meanwhile: chunks apply in order;"
     " send this one again",
@@ -79,6 +81,8 @@ _ERRORS = {
     "500": "Internal error (a bug; logged with the request id), or engine_error: the"
     " engine failed on this input (cause logged, never sent)",
 }
+
+_SVG = "image/svg+xml"  # a success "model" that is an SVG document, not JSON
 
 # (method, path, summary, request model, success status, success model, error statuses)
 _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]], ...] = (
@@ -160,7 +164,8 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         "post",
         "/v1/models/{name}/search",
         "Hyperparameter search (grid or random) as a durable job; the best trial becomes a"
-        " new version",
+        " new version with every trial's score (and a plot of them). Without a space: the"
+        " server's default space (SearchRequest says which)",
         SearchRequest,
         "202",
         FitAccepted,
@@ -174,6 +179,16 @@ _ROUTES: tuple[tuple[str, str, str, type[Any] | None, str, Any, tuple[str, ...]]
         "200",
         ActivateResponse,
         ("401", "404", "422", "503", "500"),
+    ),
+    (
+        "get",
+        "/v1/models/{name}/versions/{version}/plot.svg",
+        "The validation NRMSE of every trial of the search that made this version, as an"
+        " SVG (one mark per trial; the best filled, a failed trial a cross)",
+        None,
+        "200",
+        _SVG,
+        ("401", "404-plot", "422", "503", "500"),
     ),
     ("get", "/v1/stats", "Runtime statistics", None, "200", StatsResponse, ("401", "500")),
     ("get", "/healthz", "Alive", None, "200", HealthResponse, ()),
@@ -257,7 +272,8 @@ def openapi_document(
     _apply_limits(schemas, config, input_schema, options)
     if output_schema is not None:
         schemas["ProcessResponse"]["properties"]["result"] = copy.deepcopy(output_schema)
-    ref = {model: r for model, r in zip(_MODELS, refs, strict=True)}  # by DTESN's models
+    ref: dict[Any, Any] = dict(zip(_MODELS, refs, strict=True))  # by DTESN's models
+    ref[_SVG] = {"type": "string"}
     error_ref = ref[ErrorBody]
     secured = bool(config.api_keys)
     paths: dict[str, dict[str, Any]] = {}
@@ -268,7 +284,9 @@ def openapi_document(
             "responses": {
                 ok: {
                     "description": "Success",
-                    "content": {"application/json": {"schema": ref[response]}},
+                    "content": {
+                        _SVG if response == _SVG else "application/json": {"schema": ref[response]}
+                    },
                 }
             },
         }

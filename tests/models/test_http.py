@@ -265,3 +265,102 @@ async def test_versions_run_in_worker_processes(tmp_path: Path) -> None:
             second = (await s.client.post("/v1/process", json=body)).json()
     assert first["result"]["prediction"] == second["result"]["prediction"]
     np.testing.assert_allclose(first["result"]["prediction"], expected, rtol=0, atol=1e-12)
+
+
+async def test_done_when_every_bad_input_of_the_issue_gets_a_4xx_naming_it(
+    runtime: Runtime,
+) -> None:
+    """Issue 17's list: targets of the wrong length, an unknown model, a version that
+    does not exist, a chunk to an ended session (or to a chunked fit already solved)."""
+    u, y = narma10(100, seed=0)
+    short = {"inputs": u.tolist(), "targets": y[:99].tolist()}
+    with trio.fail_after(60):
+        async with served(runtime) as s:
+            await fit(s.client, "m")
+            checks: list[tuple[httpx.Response, int, str, str]] = []
+
+            async def post(path: str, status: int, field: str, words: str, **body: Any) -> None:
+                checks.append((await s.client.post(path, json=body), status, field, words))
+
+            async def get(path: str, status: int, field: str, words: str) -> None:
+                checks.append((await s.client.get(path), status, field, words))
+
+            # targets of the wrong length
+            for path in ("/v1/models/m/fit", "/v1/models/m/search"):
+                await post(path, 422, "targets", "targets has 99 steps, inputs has 100", **short)
+            r = await s.client.post("/v1/models/c/fit", json={"chunked": True})
+            chunks = r.headers["location"]
+            await post(chunks, 422, "targets", "targets has 99 steps", **short)
+            # an unknown model
+            await post(
+                "/v1/process", 404, "model", "no model named 'nope'", input="a", model="nope"
+            )
+            await post("/v1/sessions", 404, "model", "no model named 'nope'", model="nope")
+            await get("/v1/models/nope", 404, "name", "no model named 'nope'")
+            await post("/v1/models/nope/versions/1/activate", 404, "name", "no model named")
+            # a version that does not exist
+            await post(
+                "/v1/process", 404, "model", "model 'm' has no version 7", input="a", model="m@7"
+            )
+            await post("/v1/sessions", 404, "model", "model 'm' has no version 7", model="m@7")
+            await post("/v1/models/m/versions/7/activate", 404, "version", "has no version 7")
+            await get("/v1/models/m/versions/7/plot.svg", 404, "version", "has no version 7")
+            # a chunk to an ended session
+            opened = await s.client.post("/v1/sessions", json={"model": "m"})
+            assert opened.status_code == 201, opened.text
+            sid = opened.json()["session_id"]
+            assert (await s.client.delete(f"/v1/sessions/{sid}")).status_code == 200
+            r = await s.client.post(f"/v1/sessions/{sid}/step", json={"input": [[0.1]]})
+            checks.append((r, 404, "session_id", f"session {sid!r} was ended by DELETE"))
+            # ... and to a chunked fit whose last chunk was sent (it is solved)
+            last = {"inputs": u.tolist(), "targets": y.tolist(), "last": True}
+            done = await s.client.post(chunks, json=last)
+            assert (await wait_job(s.client, done.headers["location"]))["status"] == "succeeded"
+            await post(chunks, 404, "job", "is solved", **last)
+    for r, status, field, words in checks:
+        where = (r.request.method, r.request.url.path, r.text)
+        assert r.status_code == status, where
+        error = r.json()["error"]
+        assert error.get("field", "") == field, where
+        assert words in error["message"], where
+
+
+async def test_the_openapi_document_describes_every_route(runtime: Runtime) -> None:
+    from starlette.routing import Route
+
+    from dtesn_trio.server.app import create_app
+
+    app = create_app(runtime)
+    served_routes = {
+        (method.lower(), route.path)
+        for route in app.routes
+        if isinstance(route, Route) and route.methods is not None
+        for method in route.methods
+        if method != "HEAD" and route.path not in ("/openapi.json", "/docs")
+    }
+    with trio.fail_after(30):
+        async with served(runtime) as s:
+            doc = (await s.client.get("/openapi.json")).json()
+    documented = {(method, path) for path, ops in doc["paths"].items() for method in ops}
+    assert served_routes == documented
+    for path in (
+        "/v1/models",
+        "/v1/models/{name}",
+        "/v1/models/{name}/fit",
+        "/v1/models/{name}/fit/{job}/chunks",
+        "/v1/models/{name}/search",
+        "/v1/models/{name}/versions/{version}/activate",
+        "/v1/models/{name}/versions/{version}/plot.svg",
+        "/v1/sessions",
+        "/v1/sessions/{session_id}/step",
+    ):
+        assert path in doc["paths"], path
+    plot = doc["paths"]["/v1/models/{name}/versions/{version}/plot.svg"]["get"]
+    assert set(plot["responses"]["200"]["content"]) == {"image/svg+xml"}
+    assert "made by a plain fit" in plot["responses"]["404"]["description"]
+    schemas = doc["components"]["schemas"]
+    assert "model" in schemas["ProcessRequest"]["properties"]
+    search = schemas["SearchRequest"]
+    assert "space" not in search.get("required", [])
+    assert "default space" in search["description"]
+    assert "SearchRange" in schemas
