@@ -251,24 +251,34 @@ class Runtime:
         item = self._decode(input, priority, membrane_depth, options)
         if self._shutdown_started.is_set():
             raise ShuttingDown("the runtime is shutting down", retry_after=1.0)
-        start = self._now()
+        start = admitted_at = self._now()
         if deadline is not None and deadline <= start:
             raise DeadlineExceeded("the deadline had passed before the request started")
         if self.shared_limiter is not None:
             await self.shared_limiter.try_acquire()
+            admitted_at = self._now()
         # Admission without its own checkpoint: every path of _admitted checkpoints (the
         # cache, the refusal, the queue), so a second trip through the scheduler per
         # request would buy nothing.  A caller cancelled already is not admitted.
         await trio.lowlevel.checkpoint_if_cancelled()
-        # (throttle_request_nowait without its priority check: _decode made it)
-        with _Throttle(self.admission, priority, self._clock):
+        # throttle_request_nowait written out: no priority check (_decode made it), and
+        # admission times the request with the readings of the clock it takes anyway
+        # (_admitted records the success at the instant of total_ms)
+        admission = self.admission
+        throttle = _Throttle(admission, priority, self._clock)
+        if admission._enabled:
+            throttle._enter_at(admitted_at)
+        try:
             if deadline is None:  # no cancel scope to make: the hot path
-                return await self._admitted(item, priority, deadline, use_cache, start)
+                return await self._admitted(item, priority, deadline, use_cache, start, throttle)
             with trio.move_on_at(deadline) as scope:
-                return await self._admitted(item, priority, deadline, use_cache, start)
+                return await self._admitted(item, priority, deadline, use_cache, start, throttle)
             assert scope.cancelled_caught
             waited = self._now() - start
             raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
+        except BaseException as exc:
+            throttle._exit_at(exc, self._now())
+            raise
 
     async def process_batch(
         self,
@@ -379,7 +389,10 @@ class Runtime:
         deadline: float | None,
         use_cache: bool,
         start: float,
+        throttle: _Throttle,
     ) -> ProcessOutcome:
+        """``process`` once admitted; a success is recorded with ``throttle`` here (the
+        caller records a failure)."""
         engine = self.engine
         key = None
         cache = self.cache
@@ -395,8 +408,13 @@ class Runtime:
                 else:
                     hit = await cache.get(key)
                 if hit is not None:
-                    total = (self._now() - start) * 1000
-                    timings = {"queued_ms": 0.0, "processing_ms": 0.0, "total_ms": total}
+                    end = self._now()
+                    timings = {
+                        "queued_ms": 0.0,
+                        "processing_ms": 0.0,
+                        "total_ms": (end - start) * 1000,
+                    }
+                    throttle._exit_at(None, end)
                     return ProcessOutcome(hit, True, priority, 0, timings)
         queue = self.queue
         assert queue is not None
@@ -432,11 +450,13 @@ class Runtime:
             else:
                 await cache.set(key, result)
         size, started, finished = work.batch
+        end = self._now()
         timings = {
             "queued_ms": (started - start) * 1000,
             "processing_ms": (finished - started) * 1000,
-            "total_ms": (self._now() - start) * 1000,
+            "total_ms": (end - start) * 1000,
         }
+        throttle._exit_at(None, end)
         return ProcessOutcome(result, False, priority, size, timings)
 
     async def _submit(self, work: _Work, priority: int) -> Any:
