@@ -7,8 +7,12 @@
   user would write with the queue alone.  Same callers,
   same engine, same queue configuration (batch size, window, two workers), both with
   at most two batches computing at once; the runtime with its default admission (the
-  breaker and the concurrency limit on every request).  Alternating rounds in one
-  run (the machine is shared).
+  breaker and the concurrency limit on every request).  Both sides run under the same
+  interpreter GIL switch interval, the one ``open_runtime`` sets
+  (``processor.switch_interval``, ``switch_interval`` in the JSON): it is a
+  process-wide setting, not work of the runtime's, and it moves the bare queue's rate
+  as much as the runtime's.
+  Alternating rounds in one run (the machine is shared).
 - ``sklearn_batch_speedup``: the scikit-learn digits engine (``examples/sklearn_digits.py``,
   logistic regression, ``predict_proba``) through the same runtime with batches of up
   to 32 against batches of one.
@@ -23,7 +27,8 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +107,28 @@ async def through_queue(engine: Identity, n: int, inputs: Sequence[Any]) -> floa
         return await trio.to_thread.run_sync(engine.process_batch, items)
 
     queue_config = config(BATCH).queue
-    async with open_batch_queue(run, queue_config) as queue:
-        await queue.submit(inputs[0], priority=2)
+    with switch_interval(config(BATCH).processor.switch_interval):
+        async with open_batch_queue(run, queue_config) as queue:
+            await queue.submit(inputs[0], priority=2)
 
-        async def call(x: Any) -> None:
-            # the same engine's whole path: decode, the batch, encode
-            engine.encode(await queue.submit(engine.decode(x), priority=2))
+            async def call(x: Any) -> None:
+                # the same engine's whole path: decode, the batch, encode
+                engine.encode(await queue.submit(engine.decode(x), priority=2))
 
-        return await callers(n, call, inputs)
+            return await callers(n, call, inputs)
+
+
+@contextmanager
+def switch_interval(interval: float | None) -> Iterator[None]:
+    """The GIL switch interval ``open_runtime`` runs under, for the bare queue's side
+    (``None``: the interpreter's, as the runtime leaves it)."""
+    before = sys.getswitchinterval()
+    if interval is not None:
+        sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def main() -> None:
@@ -153,6 +172,7 @@ def main() -> None:
         "sklearn_batch_speedup": round(statistics.median(speedups), 2),
         "rounds": rounds,
         "identity_rounds": identity_rounds,
+        "switch_interval": config(BATCH).processor.switch_interval,
         "callers": CALLERS,
         "batch": BATCH,
     }

@@ -117,6 +117,31 @@ class ProcessOutcome:
         }
 
 
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _outcome(
+    encoded: Any, cache_hit: bool, priority: int, batch_size: int, timings: dict[str, float]
+) -> ProcessOutcome:
+    """``ProcessOutcome(...)`` for the request path: the same frozen record, its fields
+    set as one ``__dict__`` (a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, which cost more than the rest of building the answer)."""
+    outcome = _new_object(ProcessOutcome)
+    _set_attribute(
+        outcome,
+        "__dict__",
+        {
+            "encoded": encoded,
+            "cache_hit": cache_hit,
+            "priority": priority,
+            "batch_size": batch_size,
+            "timings": timings,
+        },
+    )
+    return outcome
+
+
 @dataclass(frozen=True)
 class BatchedOutcome:
     """The answer of ``Runtime.submit_batched``: the batch function's output for the
@@ -200,11 +225,17 @@ class Runtime:
     _clock: trio.abc.Clock = field(init=False, repr=False)
     _now: Callable[[], float] = field(init=False, repr=False)
     _levels: int = field(init=False, repr=False)
+    _decode_fn: Callable[[Any], Any] = field(init=False, repr=False)
+    _plain_items: bool = field(init=False, repr=False)
+    """The engine has neither ``group_key`` nor ``cost``: a request's work record is
+    its item and its arrival alone."""
 
     def __post_init__(self) -> None:
         self._clock = trio.lowlevel.current_clock()
         self._now = self._clock.current_time
         self._levels = self.config.queue.priority_levels
+        self._decode_fn = self.engine.decode_fn
+        self._plain_items = self.engine.group_key is None and self.engine.cost is None
 
     # ---- state ---------------------------------------------------------------
 
@@ -248,27 +279,47 @@ class Runtime:
         ``options={"membrane_depth": ...}``.  ``deadline`` is an absolute
         ``trio.current_time()``; raises only ``DTESNError``s.
         """
-        item = self._decode(input, priority, membrane_depth, options)
+        if type(priority) is not int or not 0 <= priority < self._levels:
+            check_priority(priority, self._levels)  # raises, naming the field
+        if membrane_depth is None and not options:  # _decode, written out
+            try:
+                item = self._decode_fn(input)
+            except InvalidRequest:
+                raise
+            except Exception as exc:
+                raise _decode_failure(exc) from None
+        else:
+            item = self._decode(input, priority, membrane_depth, options)
         if self._shutdown_started.is_set():
             raise ShuttingDown("the runtime is shutting down", retry_after=1.0)
-        start = self._now()
+        start = admitted_at = self._now()
         if deadline is not None and deadline <= start:
             raise DeadlineExceeded("the deadline had passed before the request started")
         if self.shared_limiter is not None:
             await self.shared_limiter.try_acquire()
+            admitted_at = self._now()
         # Admission without its own checkpoint: every path of _admitted checkpoints (the
         # cache, the refusal, the queue), so a second trip through the scheduler per
         # request would buy nothing.  A caller cancelled already is not admitted.
         await trio.lowlevel.checkpoint_if_cancelled()
-        # (throttle_request_nowait without its priority check: _decode made it)
-        with _Throttle(self.admission, priority, self._clock):
+        # throttle_request_nowait written out: no priority check (made above), and
+        # admission times the request with the readings of the clock it takes anyway
+        # (_admitted records the success at the instant of total_ms)
+        admission = self.admission
+        throttle = _Throttle(admission, priority, self._clock)
+        if admission._enabled:
+            throttle._enter_at(admitted_at)
+        try:
             if deadline is None:  # no cancel scope to make: the hot path
-                return await self._admitted(item, priority, deadline, use_cache, start)
+                return await self._admitted(item, priority, deadline, use_cache, start, throttle)
             with trio.move_on_at(deadline) as scope:
-                return await self._admitted(item, priority, deadline, use_cache, start)
+                return await self._admitted(item, priority, deadline, use_cache, start, throttle)
             assert scope.cancelled_caught
             waited = self._now() - start
             raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
+        except BaseException as exc:
+            throttle._exit_at(exc, self._now())
+            raise
 
     async def process_batch(
         self,
@@ -379,7 +430,10 @@ class Runtime:
         deadline: float | None,
         use_cache: bool,
         start: float,
+        throttle: _Throttle,
     ) -> ProcessOutcome:
+        """``process`` once admitted; a success is recorded with ``throttle`` here (the
+        caller records a failure)."""
         engine = self.engine
         key = None
         cache = self.cache
@@ -395,12 +449,17 @@ class Runtime:
                 else:
                     hit = await cache.get(key)
                 if hit is not None:
-                    total = (self._now() - start) * 1000
-                    timings = {"queued_ms": 0.0, "processing_ms": 0.0, "total_ms": total}
-                    return ProcessOutcome(hit, True, priority, 0, timings)
+                    end = self._now()
+                    timings = {
+                        "queued_ms": 0.0,
+                        "processing_ms": 0.0,
+                        "total_ms": (end - start) * 1000,
+                    }
+                    throttle._exit_at(None, end)
+                    return _outcome(hit, True, priority, 0, timings)
         queue = self.queue
         assert queue is not None
-        work = self._work(item, start)
+        work = _Work(item, None, start) if self._plain_items else self._work(item, start)
         start_by = deadline
         if deadline is not None:
             run = queue.mean_batch_duration
@@ -431,12 +490,14 @@ class Runtime:
             else:
                 await cache.set(key, result)
         size, started, finished = work.batch
+        end = self._now()
         timings = {
             "queued_ms": (started - start) * 1000,
             "processing_ms": (finished - started) * 1000,
-            "total_ms": (self._now() - start) * 1000,
+            "total_ms": (end - start) * 1000,
         }
-        return ProcessOutcome(result, False, priority, size, timings)
+        throttle._exit_at(None, end)
+        return _outcome(result, False, priority, size, timings)
 
     async def _submit(self, work: _Work, priority: int) -> Any:
         """The engine's output for ``work`` (a job's: no deadline), an engine failure
@@ -535,15 +596,12 @@ class Runtime:
             options = {**(options or {}), "membrane_depth": depth}
         try:
             if not options:
-                return self.engine.decode_fn(data)
+                return self._decode_fn(data)
             return self.engine.decode(data, options)
         except InvalidRequest:
             raise
         except Exception as exc:
-            log.error("the engine's decode failed on one input: %r", exc, exc_info=exc)
-            raise EngineError(
-                "the engine failed to decode this input; the cause is in the server's log"
-            ) from None
+            raise _decode_failure(exc) from None
 
     # ---- statistics -------------------------------------------------------------
 
@@ -638,6 +696,13 @@ def _cost_units(name: str, cost: object) -> int:
 
 def _work_cost(work: _Work) -> int:
     return work.cost
+
+
+def _decode_failure(exc: Exception) -> EngineError:
+    """What a ``decode`` that raised anything but ``InvalidRequest`` gives the caller
+    (logged here with its traceback)."""
+    log.error("the engine's decode failed on one input: %r", exc, exc_info=exc)
+    return EngineError("the engine failed to decode this input; the cause is in the server's log")
 
 
 def _engine_failure(exc: BaseException) -> DTESNError:

@@ -105,6 +105,31 @@ class AdaptiveLimiterStatistics:
     last_sample: Sample | None
 
 
+def _tokens_of(
+    limiter: trio.CapacityLimiter,
+) -> tuple[set[object], dict[object, None]] | tuple[None, None]:
+    """The borrowers of a ``trio.CapacityLimiter`` and the tasks waiting in it (its own
+    records: the borrower set, its parking lot's dict), or ``(None, None)`` where this
+    trio keeps them otherwise.
+
+    Every admission takes and gives back one token without waiting, and trio's
+    ``acquire_on_behalf_of_nowait`` / ``release_on_behalf_of`` cost more than the rest
+    of admitting a request (the release looks for tasks to wake through a generator,
+    each time).  So while no task waits for a token, the limiter adds and removes its
+    calls in the borrower set itself, exactly as those two methods would; anything else
+    (a task waiting in ``acquire``, a call taken or given back twice) goes through
+    them.  ``borrowed_tokens``, ``statistics()`` and the waiters see the same state.
+    """
+    borrowers = getattr(limiter, "_borrowers", None)
+    lot = getattr(limiter, "_lot", None)
+    waiting = getattr(lot, "_parked", None)
+    if type(borrowers) is not set or not isinstance(lot, trio.lowlevel.ParkingLot):
+        return None, None
+    if not isinstance(waiting, dict):
+        return None, None
+    return borrowers, waiting
+
+
 # Outcome kinds passed to AdaptiveLimiter._release_at.
 _SUCCESS, _DROPPED, _IGNORED = 0, 1, 2
 
@@ -160,6 +185,9 @@ class AdaptiveLimiter:
         cfg = self._config
         self._algorithm = algorithm
         self.capacity_limiter = trio.CapacityLimiter(self._clamp(algorithm.limit))
+        self._borrowers: set[object] | None
+        self._waiting: dict[object, None] | None
+        self._borrowers, self._waiting = _tokens_of(self.capacity_limiter)
         self._levels = cfg.priority_levels
         self._shares = cfg.partitions if cfg.partitions is not None else (0.0,) * self._levels
         # Level p can be kept out by at most this share of the limit (the shares above it).
@@ -215,8 +243,9 @@ class AdaptiveLimiter:
     def _admit_at(self, call: _Call, priority: int) -> int:
         """Take a token for ``call`` or raise Overloaded; returns the in-flight count."""
         cl = self.capacity_limiter
+        borrowers = self._borrowers
         total = cl.total_tokens
-        borrowed = cl.borrowed_tokens
+        borrowed = cl.borrowed_tokens if borrowers is None else len(borrowers)
         free = total - borrowed
         # Only near the limit can the shares of more important levels be in the way.
         if free <= self._reserve_share[priority] * total:
@@ -225,7 +254,10 @@ class AdaptiveLimiter:
         try:
             if free < 1:
                 raise trio.WouldBlock
-            cl.acquire_on_behalf_of_nowait(call)
+            if borrowers is None or self._waiting or call in borrowers:
+                cl.acquire_on_behalf_of_nowait(call)
+            else:  # trio's acquire_on_behalf_of_nowait, when it would take the token
+                borrowers.add(call)
         except trio.WouldBlock:
             self._refused += 1
             raise Overloaded(
@@ -255,7 +287,11 @@ class AdaptiveLimiter:
 
     def _release_at(self, call: _Call, kind: int, rtt: float | None, now: float) -> None:
         """Give ``call``'s token back and record its outcome at ``now``."""
-        self.capacity_limiter.release_on_behalf_of(call)
+        borrowers = self._borrowers
+        if borrowers is None or self._waiting or call not in borrowers:
+            self.capacity_limiter.release_on_behalf_of(call)
+        else:  # trio's release_on_behalf_of with nobody waiting: nobody to wake
+            borrowers.remove(call)
         self._by_priority[call.priority] -= 1
         if kind == _IGNORED:
             self._ignored += 1

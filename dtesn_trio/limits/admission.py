@@ -46,6 +46,7 @@ from dtesn_trio.limits.algorithms import (
 from dtesn_trio.limits.breaker import (
     _IGNORE,
     _SUCCESS,
+    BreakerState,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakerStatistics,
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 ALGORITHMS = ("fixed", "aimd", "vegas", "gradient2", "seed")
+
+_CLOSED = BreakerState.CLOSED
 
 # Errors that mean "too much load downstream": a loss signal for the concurrency limit.
 _DROPS = (Overloaded, DeadlineExceeded)
@@ -263,8 +266,7 @@ class _Throttle:
     def __enter__(self) -> None:
         if self._state:
             raise RuntimeError("a throttle_request() context can be entered only once")
-        admission = self._admission
-        if not admission._enabled:
+        if not self._admission._enabled:
             self._state = 2
             return
         # Keep the run's clock: reading it directly at exit is half the cost of
@@ -272,12 +274,22 @@ class _Throttle:
         clock = self._clock
         if clock is None:
             self._clock = clock = trio.lowlevel.current_clock()
-        now = clock.current_time()
+        self._enter_at(clock.current_time())
+
+    def _enter_at(self, now: float) -> None:
+        """Admit at ``now`` (the run's clock) or raise the refusal; the caller checked
+        ``_state`` and that admission is enabled, and passes the time it has read
+        already (the runtime's request start)."""
+        admission = self._admission
         rate_limiter = admission.rate_limiter
         if rate_limiter is not None:
             rate_limiter._acquire_at(1, now)
         breaker = admission.breaker
-        self.epoch = epoch = breaker._permit_at(now)
+        # (_permit_at, whose answer while closed is the epoch)
+        if breaker._state is _CLOSED:
+            self.epoch = epoch = breaker._epoch
+        else:
+            self.epoch = epoch = breaker._permit_at(now)
         try:
             self.inflight = admission.limiter._admit_at(self, self.priority)
         except BaseException:
@@ -302,10 +314,16 @@ class _Throttle:
     ) -> None:
         if self._state != 1:
             return
+        assert self._clock is not None
+        self._exit_at(exc, self._clock.current_time())
+
+    def _exit_at(self, exc: BaseException | None, now: float) -> None:
+        """Record the outcome (``exc``: ``None`` for a success) at ``now`` and give the
+        token back; a no-op unless admitted and not yet exited."""
+        if self._state != 1:
+            return
         self._state = 2
         admission = self._admission
-        assert self._clock is not None
-        now = self._clock.current_time()
         if exc is None:
             admission.breaker._record(self.epoch, self.start, now, None, _SUCCESS)
             admission.limiter._release_at(self, _LIMIT_SUCCESS, None, now)

@@ -187,6 +187,44 @@ async def test_a_ticket_ends_once() -> None:
     assert limiter.in_flight == 0
 
 
+async def test_calls_admitted_at_once_and_waiting_acquires_share_trios_tokens() -> None:
+    limiter = AdaptiveLimiter(FixedLimit(2))
+    cl = limiter.capacity_limiter
+    # while no task waits, admitting edits trio's own records (not a copy of them)
+    assert limiter._borrowers is not None, "this trio keeps its borrowers elsewhere"
+    first, second = limiter.acquire_nowait(), limiter.acquire_nowait()
+    assert (cl.borrowed_tokens, cl.available_tokens) == (2, 0)
+    with pytest.raises(Overloaded):
+        limiter.acquire_nowait()
+    got: list[Ticket] = []
+
+    async def take() -> None:
+        got.append(await limiter.acquire())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take)
+        await trio.testing.wait_all_tasks_blocked()
+        assert cl.statistics().tasks_waiting == 1
+        first.on_success()  # a task waits: the token goes to it
+        await trio.testing.wait_all_tasks_blocked()
+    assert len(got) == 1
+    assert (cl.borrowed_tokens, cl.statistics().tasks_waiting) == (2, 0)
+    with pytest.raises(Overloaded):  # nobody waits now, and no token is free
+        limiter.acquire_nowait()
+    second.on_success()
+    got[0].on_success()
+    assert (cl.borrowed_tokens, limiter.in_flight) == (0, 0)
+    # a token taken from the trio limiter directly is one the limiter does not give out
+    outsider = object()
+    cl.acquire_on_behalf_of_nowait(outsider)
+    only = limiter.acquire_nowait()
+    with pytest.raises(Overloaded):
+        limiter.acquire_nowait()
+    only.on_ignore()
+    cl.release_on_behalf_of(outsider)
+    assert cl.borrowed_tokens == 0
+
+
 async def test_waiting_acquire_cancelled_at_every_checkpoint(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
