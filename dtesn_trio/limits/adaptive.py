@@ -107,10 +107,9 @@ class AdaptiveLimiterStatistics:
 
 def _tokens_of(
     limiter: trio.CapacityLimiter,
-) -> tuple[set[object], dict[object, None]] | tuple[None, None]:
-    """The borrowers of a ``trio.CapacityLimiter`` and the tasks waiting in it (its own
-    records: the borrower set, its parking lot's dict), or ``(None, None)`` where this
-    trio keeps them otherwise.
+) -> tuple[set[object], trio.lowlevel.ParkingLot] | tuple[None, None]:
+    """The borrowers and the waiting tasks of a ``trio.CapacityLimiter`` (its own
+    records), or ``(None, None)`` where this trio keeps them otherwise.
 
     Every admission takes and gives back one token without waiting, and trio's
     ``acquire_on_behalf_of_nowait`` / ``release_on_behalf_of`` cost more than the rest
@@ -122,12 +121,9 @@ def _tokens_of(
     """
     borrowers = getattr(limiter, "_borrowers", None)
     lot = getattr(limiter, "_lot", None)
-    waiting = getattr(lot, "_parked", None)
     if type(borrowers) is not set or not isinstance(lot, trio.lowlevel.ParkingLot):
         return None, None
-    if not isinstance(waiting, dict):
-        return None, None
-    return borrowers, waiting
+    return borrowers, lot
 
 
 # Outcome kinds passed to AdaptiveLimiter._release_at.
@@ -186,8 +182,8 @@ class AdaptiveLimiter:
         self._algorithm = algorithm
         self.capacity_limiter = trio.CapacityLimiter(self._clamp(algorithm.limit))
         self._borrowers: set[object] | None
-        self._waiting: dict[object, None] | None
-        self._borrowers, self._waiting = _tokens_of(self.capacity_limiter)
+        self._lot: trio.lowlevel.ParkingLot | None
+        self._borrowers, self._lot = _tokens_of(self.capacity_limiter)
         self._levels = cfg.priority_levels
         self._shares = cfg.partitions if cfg.partitions is not None else (0.0,) * self._levels
         # Level p can be kept out by at most this share of the limit (the shares above it).
@@ -254,7 +250,7 @@ class AdaptiveLimiter:
         try:
             if free < 1:
                 raise trio.WouldBlock
-            if borrowers is None or self._waiting or call in borrowers:
+            if borrowers is None or self._lot or call in borrowers:
                 cl.acquire_on_behalf_of_nowait(call)
             else:  # trio's acquire_on_behalf_of_nowait, when it would take the token
                 borrowers.add(call)
@@ -288,7 +284,7 @@ class AdaptiveLimiter:
     def _release_at(self, call: _Call, kind: int, rtt: float | None, now: float) -> None:
         """Give ``call``'s token back and record its outcome at ``now``."""
         borrowers = self._borrowers
-        if borrowers is None or self._waiting or call not in borrowers:
+        if borrowers is None or self._lot or call not in borrowers:
             self.capacity_limiter.release_on_behalf_of(call)
         else:  # trio's release_on_behalf_of with nobody waiting: nobody to wake
             borrowers.remove(call)

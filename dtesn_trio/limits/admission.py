@@ -46,7 +46,6 @@ from dtesn_trio.limits.algorithms import (
 from dtesn_trio.limits.breaker import (
     _IGNORE,
     _SUCCESS,
-    BreakerState,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakerStatistics,
@@ -62,8 +61,6 @@ __all__ = [
 ]
 
 ALGORITHMS = ("fixed", "aimd", "vegas", "gradient2", "seed")
-
-_CLOSED = BreakerState.CLOSED
 
 # Errors that mean "too much load downstream": a loss signal for the concurrency limit.
 _DROPS = (Overloaded, DeadlineExceeded)
@@ -285,11 +282,7 @@ class _Throttle:
         if rate_limiter is not None:
             rate_limiter._acquire_at(1, now)
         breaker = admission.breaker
-        # (_permit_at, whose answer while closed is the epoch)
-        if breaker._state is _CLOSED:
-            self.epoch = epoch = breaker._epoch
-        else:
-            self.epoch = epoch = breaker._permit_at(now)
+        self.epoch = epoch = breaker._permit_at(now)
         try:
             self.inflight = admission.limiter._admit_at(self, self.priority)
         except BaseException:
