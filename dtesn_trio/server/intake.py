@@ -24,11 +24,12 @@ __all__ = ["LifoSlots"]
 
 
 class _Waiter:
-    __slots__ = ("event", "granted")
+    __slots__ = ("event", "granted", "since")
 
-    def __init__(self) -> None:
+    def __init__(self, since: float) -> None:
         self.event = trio.Event()
         self.granted = False
+        self.since = since
 
 
 class LifoSlots:
@@ -61,7 +62,7 @@ class LifoSlots:
             return False
         if self.try_acquire():
             return True
-        waiter = _Waiter()
+        waiter = _Waiter(trio.current_time())
         waiters = self._levels[priority]
         waiters[waiter] = None
         try:
@@ -75,11 +76,18 @@ class LifoSlots:
             waiters.pop(waiter, None)
         return waiter.granted
 
-    def release(self) -> None:
+    def oldest_since(self) -> float:
+        """When the longest waiter began to wait (``math.inf``: nobody waits)."""
+        return min((next(iter(w)).since for w in self._levels if w), default=math.inf)
+
+    def release(self, *, newest: bool | None = None) -> None:
+        """Give a slot back: to a waiter if there is one, the newest or the oldest of its
+        level as ``newest`` says (``None``: as ``newest_first`` says)."""
         if not self.closed:
+            last = self.newest_first if newest is None else newest
             for waiters in self._levels:
                 if waiters:
-                    waiter, _ = waiters.popitem(last=self.newest_first)
+                    waiter, _ = waiters.popitem(last=last)
                     waiter.granted = True
                     waiter.event.set()
                     return

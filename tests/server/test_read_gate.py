@@ -50,6 +50,50 @@ async def test_a_released_token_goes_to_the_oldest_waiter(autojump_clock: trio.a
     )
 
 
+async def test_once_the_oldest_has_waited_a_third_of_max_wait_the_newest_goes_first(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gate = ReadGate(1, max_wait=3.0)
+    assert gate.lifo_after == 1.0
+    assert gate.try_take()
+    t0 = trio.current_time()
+    got: list[tuple[str, bool, float]] = []
+
+    async def wait(name: str) -> None:
+        granted = await gate.wait()
+        got.append((name, granted, round(trio.current_time() - t0, 9)))
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c", "d"):
+            nursery.start_soon(wait, name)
+            await trio.sleep(0.2)  # a waits from 0, b from 0.2, c from 0.4, d from 0.6
+        await trio.sleep(0.1)
+        gate.release()  # at 0.9: a has waited less than 1 s, so a goes first
+        await trio.sleep(0.2)
+        gate.release()  # at 1.1: b has waited 0.9 s, so b
+        await trio.sleep(0.2)
+        gate.release()  # at 1.3: c has waited 0.9 s, so c
+        await trio.sleep(0.5)
+        gate.release()  # at 1.8: d has waited 1.2 s, so d (the newest is the oldest too)
+    assert got == [("a", True, 0.9), ("b", True, 1.1), ("c", True, 1.3), ("d", True, 1.8)]
+
+    gate = ReadGate(1, max_wait=3.0)
+    assert gate.try_take()
+    t0 = trio.current_time()
+    got.clear()
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c"):
+            nursery.start_soon(wait, name)
+            await trio.sleep(0.2)  # a from 0, b from 0.2, c from 0.4
+        await trio.sleep(0.4)
+        gate.release()  # at 1.0: a has waited 1 s, so the newest, c
+        await trio.sleep(0.5)
+        gate.release()  # at 1.5: a has waited 1.5 s, so the newest left, b
+    # a waits max_wait out, unread
+    assert got == [("c", True, 1.0), ("b", True, 1.5), ("a", False, 3.0)]
+    assert gate.statistics().expired == 1
+
+
 async def test_a_waiter_gives_up_after_exactly_max_wait(autojump_clock: trio.abc.Clock) -> None:
     gate = ReadGate(1, max_wait=2.0)
     assert gate.try_take()
