@@ -56,8 +56,9 @@ class ServerConfig:
     - ``max_waiting``: with the lean server, how many requests for the work it reads
       beyond ``max_in_flight``.  A connection whose request finds ``max_in_flight +
       max_waiting`` requests read is not read: its request waits in the kernel (costing
-      nothing) and is read in turn, first come first served, when one of those
-      finishes.  ``None``: read every request as it arrives (hypercorn always does).
+      nothing) and is read in turn when one of those finishes: first come first
+      served, newest first once the oldest has waited a third of
+      ``max_unread_wait``.  ``None``: read every request as it arrives (hypercorn always does).
     - ``max_unread_wait``: seconds a request may wait unread; then it is read and
       answered 503 ``overloaded`` (not started), before its client gives up.
     - ``access_log``: log one line per request (with its request id).
