@@ -57,8 +57,8 @@ class ServerConfig:
       beyond ``max_in_flight``.  A connection whose request finds ``max_in_flight +
       max_waiting`` requests read is not read: its request waits in the kernel (costing
       nothing) and is read in turn when one of those finishes: first come first
-      served, newest first once the oldest has waited a third of
-      ``max_unread_wait``.  ``None``: read every request as it arrives (hypercorn always does).
+      served, newest first once the oldest has waited a third of ``max_unread_wait``.
+      ``None``: read every request as it arrives (hypercorn always does).
     - ``max_unread_wait``: seconds a request may wait unread; then it is read and
       answered 503 ``overloaded`` (not started), before its client gives up.
     - ``access_log``: log one line per request (with its request id).

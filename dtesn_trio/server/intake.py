@@ -34,10 +34,10 @@ class _Waiter:
 
 class LifoSlots:
     """``limit`` slots for ``levels`` priorities (0 the most urgent).  ``try_acquire()``
-    takes a free one or none; ``await acquire(deadline, priority)`` takes one (True) or gives up at ``deadline`` (False);
-    ``release()`` hands the slot to the newest waiter of the most urgent priority that
-    has one (the oldest with ``newest_first=False``).  After ``close()`` every waiter
-    and every later ``acquire`` gets False."""
+    takes a free one or none; ``await acquire(deadline, priority)`` takes one (True) or
+    gives up at ``deadline`` (False); ``release()`` hands the slot to the newest waiter
+    of the most urgent priority that has one (the oldest with ``newest_first=False``).
+    After ``close()`` every waiter and every later ``acquire`` gets False."""
 
     def __init__(self, limit: int, levels: int = 1, *, newest_first: bool = True) -> None:
         self.limit = limit
