@@ -92,7 +92,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         server_env = {"PYTHONTRACEMALLOC": str(args.tracemalloc)} if args.tracemalloc else None
         server = await start_dtesn(nursery, SETS, name="endurance", env=server_env)
         try:
-            cap = await capacity(server, args, 40, args.capacity_seconds)
+            # overload.py's capacity rule: a warm-up, then the window's 2xx per second
+            warm, drain = (1.0, 0.5) if args.quick else (2.0, None)
+            cap = await capacity(server, args, 40, args.capacity_seconds, warm, drain)
             rate = 0.7 * cap["per_s"]
             load = LoadConfig(
                 duration=args.duration,
