@@ -53,12 +53,15 @@ class ReadGate:
     token, and from then on nobody waits."""
 
     def __init__(self, tokens: int, max_wait: float) -> None:
-        self.tokens = tokens
         self.max_wait = max_wait
         self.lifo_after = max_wait / 3
         self.taken = 0
         self.expired = 0
         self._slots = LifoSlots(tokens, newest_first=False)  # one level, oldest first
+
+    @property
+    def tokens(self) -> int:
+        return self._slots.limit
 
     @property
     def held(self) -> int:

@@ -89,7 +89,8 @@ _LINGER_SECONDS = 2.0
 _ACCEPT_BACKOFF = 0.1
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 # The requests the read gate holds back: the work, not /healthz or /metrics.
-_GATED = b"POST /v1/process"
+_GATED_PATH = b"/v1/process"
+_GATED = b"POST " + _GATED_PATH
 
 
 class _Date:
@@ -227,11 +228,19 @@ class _Connection:
                 if not self.token and not gate.opened:
                     self.unread_wait = trio.current_time() - began
         await self._read()
-        pending = self.proto.pending
-        if not (pending and pending[0].head_done):
-            # Only a request whose head arrives whole keeps its token: one that trickles
-            # in must not hold the gate shut (keep_alive_timeout still bounds its head).
-            self._release_token()
+        if self.token:
+            # A token is kept only by a request for the work whose head arrived whole:
+            # another route, or a head that trickles in (keep_alive_timeout bounds it),
+            # must not hold the gate shut.
+            pending = self.proto.pending
+            message = pending[0] if pending else None
+            if not (
+                message is not None
+                and message.head_done
+                and message.method == b"POST"
+                and message.url.startswith(_GATED_PATH)
+            ):
+                self._release_token()
         return True
 
     async def _gated(self) -> bool:

@@ -6,6 +6,7 @@ unread ones; a request that trickles in holds no token."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -233,6 +234,8 @@ async def test_a_request_that_waits_out_max_unread_wait_is_503_and_never_starts(
                 metrics = (await s.client.get("/metrics")).text
                 assert "dtesn_http_gate_tokens 1.0" in metrics
                 assert "dtesn_http_gate_expired 1.0" in metrics
+                # read with the free token, /metrics gave it back at once
+                assert "dtesn_http_gate_held 0.0" in metrics
 
 
 async def test_a_drain_reads_the_unread_requests_and_answers_them_503(tmp_path: Path) -> None:
@@ -262,6 +265,32 @@ async def test_a_drain_reads_the_unread_requests_and_answers_them_503(tmp_path: 
                 assert [a.status_code for a in answers] == [503, 200]
                 await s.finished.wait()
                 assert s.state.gate.held == 0
+
+
+async def test_a_request_cancelled_by_a_drain_that_runs_out_gives_its_token_back(
+    tmp_path: Path,
+) -> None:
+    config = gated_config(max_unread_wait=600.0, graceful_timeout=0.1)
+    async with open_test_runtime(tmp_path) as rt:
+        runtime = Recorder(rt)
+        runtime.expect_held = 1
+        with trio.fail_after(60):
+            async with served(runtime, config) as s:
+
+                async def post() -> None:
+                    with contextlib.suppress(httpx.HTTPError):
+                        await s.client.post(
+                            "/v1/process", json={"input": "!hold", "deadline_ms": LONG}
+                        )
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(post)
+                    await runtime.all_held.wait()
+                    assert s.state.gate.held == 1
+                    s.stop.set()  # never released: the drain cancels it
+                    await s.finished.wait()
+                assert s.state.gate.held == 0
+                runtime.release.set()
 
 
 async def test_a_request_that_trickles_in_holds_no_token(tmp_path: Path) -> None:
