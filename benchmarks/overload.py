@@ -24,7 +24,9 @@ client (``dtesn_trio.soak``), latencies measured from each request's intended se
    second completed inside a window after a 1 s warm-up (quick: 3 s, the peer 6 s, the
    light row 2 s; full: 20 s after 2 s), measured again after the overload (3.): a
    neighbour on this shared machine only ever lowers a rate, so the capacity is the
-   higher of the two;
+   higher of the two -- or the 2xx a second the overload runs themselves completed (3.,
+   4., 6.), when more: a closed loop of 24 can leave batches less full than a flood
+   does, and no server completes more than it can, so no goodput exceeds the capacity;
 2. ours at 50 % of capacity, open loop, every request priority 0: the baseline p0 p99;
 3. ours at 10x capacity, open loop, priority mix ``0:5,1:10,2:25,3:30,4:30``, deadline
    5 s (sent as ``deadline_ms``; client timeout 6 s);
@@ -350,6 +352,8 @@ async def open_loop(
         # 2xx within the deadline completed inside [warm, seconds): the capacity's window
         # rule (answers of the drain after the planned seconds are not counted)
         "goodput_per_s": round(ok_rate(run, warm, seconds, prof.deadline_ms), 2),
+        # every 2xx completed in that window, late or not: what the server did
+        "ok_per_s": round(ok_rate(run, warm, seconds), 2),
         "window_s": [warm, seconds],
         "p0_p99_ms": p99(p0_ok),
         "p0_ok_share": (
@@ -552,6 +556,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for server in servers.values():
                     await server.stop()
         nursery.cancel_scope.cancel()
+    # what the overload runs completed counts too (docstring, 1.)
+    c = max(c, over["ok_per_s"], naive_over["ok_per_s"])
+    lc = max(lc, light_over["ok_per_s"])
     out: dict[str, Any] = {
         "capacity_per_s": c,
         "capacity_before_per_s": c0,
