@@ -52,13 +52,13 @@ class AdaptiveTimeout:
         self._times.extend(response_times)
         self._outcomes.extend([ok] * len(response_times))
 
-    def record_batch(self, response_times: list[float], failed: list[float] | None) -> None:
-        """Record a processed batch: all response times, and those of failed members."""
+    def record_batch(self, response_times: list[float], failed: int) -> None:
+        """Record a processed batch: its members' response times, ``failed`` of which
+        were failures."""
         self._times.extend(response_times)
-        n_failed = 0 if failed is None else len(failed)
-        self._outcomes.extend([True] * (len(response_times) - n_failed))
-        if n_failed:
-            self._outcomes.extend([False] * n_failed)
+        self._outcomes.extend([True] * (len(response_times) - failed))
+        if failed:
+            self._outcomes.extend([False] * failed)
 
     def record_failures(self, count: int) -> None:
         """Record ``count`` failures without response times (e.g. queue timeouts)."""

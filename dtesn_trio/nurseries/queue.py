@@ -44,7 +44,7 @@ import heapq
 import itertools
 import math
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
@@ -77,6 +77,7 @@ BatchDoneCallback = Callable[[int, float, BaseException | None], None]
 # submitted.  RUNNING: in a worker's batch.  DONE: answered, or its submitter left.
 _BLOCKED, _QUEUED, _DELAYED, _NEW, _RUNNING, _DONE = range(6)
 _INF = math.inf
+_EXCEPTION = itertools.repeat(BaseException)  # map(isinstance, results, _EXCEPTION)
 _CHECKPOINT_EVERY = 32  # items a worker may run between two of its own checkpoints
 _OUTCOMES = (
     "failed",
@@ -99,15 +100,15 @@ class _Request(Generic[T, R]):
     # The submitter parks on the request itself (``wait_task_rescheduled``) and
     # ``_move`` reschedules it: what trio.Event does, without an Event per request.
     __slots__ = (
-        "error",
+        "due",
         "expires",
         "item",
         "level",
         "queued_at",
+        "result",
         "soft",
         "state",
         "task",
-        "value",
     )
 
     def __init__(
@@ -123,9 +124,11 @@ class _Request(Generic[T, R]):
         self.queued_at = queued_at
         self.expires = expires  # DeadlineExceeded once still waiting at this time
         self.soft = soft  # a "delay" level's timeout: DELAYED from this time
+        self.due = expires if expires < soft else soft  # its next expiry or delay time
         self.state = _NEW
-        self.value: R | None = None
-        self.error: BaseException | None = None
+        # once DONE: its value, or its error (an engine never returns an exception as a
+        # value: an exception instance among the results is that item's error)
+        self.result: R | BaseException | None = None
         self.task: trio.lowlevel.Task | None = None  # set while its submitter is parked
 
     def abort(self, _: object) -> trio.lowlevel.Abort:
@@ -149,6 +152,7 @@ class _Level(Generic[T, R]):
         "delayed",
         "expiring",
         "index_limit",
+        "last_due",
         "priority",
         "queue",
         "skips",
@@ -165,11 +169,12 @@ class _Level(Generic[T, R]):
         # the container of each state (indexed by state; None: not held by the level)
         self.boxes = (self.blocked, self.waiting, self.delayed, None, None, None)
         self.skips = 0  # consecutive batches that passed this level over
-        # an index, not a state: requests in arrival order whose next expiry or "delay"
-        # time never decreases along it (the level's timeout); ``_expire_due`` reads its
-        # head; entries of requests that left are dropped at either end as requests
-        # arrive, and all at once past ``index_limit`` (cancellations leave holes)
+        # an index, not a state: requests in arrival order whose ``due`` never
+        # decreases along it (the level's timeout; ``last_due`` is its tail's);
+        # ``_expire_due`` reads its head; entries of requests that left are dropped
+        # from the head as requests arrive, and all at once past ``index_limit``
         self.expiring: deque[_Request[T, R]] = deque()
+        self.last_due = -_INF
         self.index_limit = 2 * capacity + 1024
 
     @property
@@ -383,14 +388,15 @@ class PriorityBatchQueue(Generic[T, R]):
         except BaseException:
             self._counts["cancelled"] += 1
             raise
-        error, value = req.error, req.value
+        result = req.result
         # ``req`` may outlive this call (in the expiry index until its time comes): keep
         # neither the result nor the exception alive through it -- once raised, its
         # traceback holds the frames of the caller's whole stack.
-        req.error = req.value = None
-        if error is None:
+        req.result = None
+        if not isinstance(result, BaseException):
             self._completed += 1
-            return value  # type: ignore[return-value]
+            return result  # type: ignore[return-value]
+        error = result
         if isinstance(error, ShuttingDown):
             self._counts["shut_down"] += 1
         elif isinstance(error, DeadlineExceeded):
@@ -424,7 +430,7 @@ class PriorityBatchQueue(Generic[T, R]):
         arrived: _Request[T, R] | None = None,
         left: _Request[T, R] | None = None,
         finished: _Worker[T, R] | None = None,
-        results: Sequence[R | BaseException] | None = None,
+        results: Iterable[R | BaseException] | None = None,
         stopping: bool = False,
         closing: bool = False,
     ) -> None:
@@ -442,15 +448,9 @@ class PriorityBatchQueue(Generic[T, R]):
                 finished.batch = None
                 move = self._move
                 if results is None:
-                    error = ShuttingDown("the queue shut down mid-batch")
-                    for req in batch:
-                        move(req, _DONE, None, error)
-                else:
-                    for req, result in zip(batch, results, strict=True):
-                        if isinstance(result, BaseException):
-                            move(req, _DONE, None, result)
-                        else:
-                            move(req, _DONE, result)
+                    results = itertools.repeat(ShuttingDown("the queue shut down mid-batch"))
+                for req, result in zip(batch, results, strict=False):
+                    move(req, _DONE, result)
             elif stopping:
                 self._idle.remove(finished)
             if not stopping:
@@ -471,18 +471,18 @@ class PriorityBatchQueue(Generic[T, R]):
             level = arrived.level
             full = level.blocked or len(level.waiting) + len(level.delayed) >= level.capacity
             self._move(arrived, _BLOCKED if full else _QUEUED)
-            expires, soft = arrived.expires, arrived.soft
-            at = expires if expires < soft else soft
+            at = arrived.due
             if at != _INF:
-                # the expiry index: entries of requests that left go from either end
+                # the expiry index: entries of requests that left go from its head
                 index = level.expiring
-                while index and index[-1].state >= _NEW:
-                    index.pop()
                 while index and index[0].state >= _NEW:
                     index.popleft()
-                if index and min(index[-1].expires, index[-1].soft) > at:
+                if not index:
+                    level.last_due = at
+                if at < level.last_due:
                     self._push(at, arrived)  # out of the level's order (a shorter timeout)
                 else:
+                    level.last_due = at
                     index.append(arrived)
                     if len(index) > level.index_limit:
                         level.expiring = deque(r for r in index if r.state < _NEW)
@@ -495,7 +495,7 @@ class PriorityBatchQueue(Generic[T, R]):
             for level in self._levels:
                 for box in (level.blocked, level.waiting, level.delayed):
                     for req in list(box):
-                        self._move(req, _DONE, None, error)
+                        self._move(req, _DONE, error)
         if now >= self._due:
             self._expire_due(now)
         idle = self._idle
@@ -530,11 +530,11 @@ class PriorityBatchQueue(Generic[T, R]):
         self,
         req: _Request[T, R],
         state: int,
-        value: R | None = None,
-        error: BaseException | None = None,
+        result: R | BaseException | None = None,
     ) -> None:
         """The one place a request's state changes: it leaves the container of its old
-        state and joins that of the new one; once DONE, its submitter is woken."""
+        state and joins that of the new one; once DONE, with ``result`` (its value or
+        its error), its submitter is woken."""
         boxes = req.level.boxes
         box = boxes[req.state]
         if box is not None:
@@ -544,8 +544,7 @@ class PriorityBatchQueue(Generic[T, R]):
         if box is not None:
             box[req] = None
         elif state == _DONE:
-            req.value = value
-            req.error = error
+            req.result = result
             task = req.task
             if task is not None:
                 req.task = None
@@ -575,7 +574,7 @@ class PriorityBatchQueue(Generic[T, R]):
             index = level.expiring
             while index:
                 req = index[0]
-                if req.state < _NEW and min(req.expires, req.soft) > now:
+                if req.state < _NEW and req.due > now:
                     break
                 due.append(index.popleft())
         heap = self._expiries
@@ -592,11 +591,12 @@ class PriorityBatchQueue(Generic[T, R]):
                 else:
                     message = f"queued past its deadline at priority {req.level.priority}"
                     freed = True
-                self._move(req, _DONE, None, DeadlineExceeded(message, retry_after=None))
+                self._move(req, _DONE, DeadlineExceeded(message, retry_after=None))
                 self._adaptive.record_failures(1)
                 continue
             if state == _QUEUED:
                 self._move(req, _DELAYED)
+            req.due = req.expires
             if req.expires != _INF:
                 self._push(req.expires, req)
         self._due = self._next_due()
@@ -614,7 +614,7 @@ class PriorityBatchQueue(Generic[T, R]):
             while index and index[0].state >= _NEW:
                 index.popleft()
             if index:
-                at = min(at, index[0].expires, index[0].soft)
+                at = min(at, index[0].due)
         heap = self._expiries
         while heap and heap[0][2].state >= _NEW:
             heapq.heappop(heap)
@@ -661,7 +661,7 @@ class PriorityBatchQueue(Generic[T, R]):
         size_fn = self._size_fn
         batch: list[_Request[T, R]] = []
         size = 0
-        order = self._service_order()
+        order = self._levels if self._starving is None else self._service_order()
         last = None  # the level the batch filled at (None: it took everything queued)
         for level in order:
             waiting, delayed = level.waiting, level.delayed
@@ -704,24 +704,26 @@ class PriorityBatchQueue(Generic[T, R]):
         # The levels it took from: their requests waiting for space take the room, and
         # their skip counts start again.  A level the batch filled before reaching in
         # the service order is passed over if it has requests (``max_skips``).
-        rest = iter(order)
-        for level in rest:
-            if level.skips:
-                level.skips = 0
-            if level.blocked:
-                self._admit(level, now)
-            if level is last:
-                break
         starving = None
-        max_skips = config.max_skips
-        if max_skips is not None:
-            for level in rest:
+        max_skips = config.max_skips or 0  # 0: no starvation bound
+        passed = False  # past the level the batch filled at
+        for level in order:
+            if passed:
                 if level.waiting or level.delayed:
                     level.skips += 1
                     if level.skips >= max_skips and starving is None:
                         starving = level  # the next batch serves it first
                 elif level.skips:
                     level.skips = 0
+                continue
+            if level.skips:
+                level.skips = 0
+            if level.blocked:
+                self._admit(level, now)
+            if level is last:
+                if not max_skips:
+                    break
+                passed = True
         self._starving = starving
         return batch
 
@@ -815,14 +817,7 @@ class PriorityBatchQueue(Generic[T, R]):
         finished = now()
         self._batch_done(len(batch), finished - started, None)
         times = [finished - req.queued_at for req in batch]
-        failed: list[float] | None = None
-        for result in results:
-            if isinstance(result, BaseException):
-                failed = [
-                    t for t, r in zip(times, results, strict=True) if isinstance(r, BaseException)
-                ]
-                break
-        self._adaptive.record_batch(times, failed)
+        self._adaptive.record_batch(times, sum(map(isinstance, results, _EXCEPTION)))
         return results
 
     def _batch_done(self, size: int, duration: float, error: BaseException | None) -> None:
