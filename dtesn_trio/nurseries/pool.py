@@ -469,9 +469,9 @@ class ConnectionPool(Generic[C]):
                 waiter.parked = False
                 waiters[waiter] = None
         elif event is _LEFT:
-            # From the waiter's abort callback, where no task may be started nor todo
-            # dropped: forget the waiter, and leave what is due to the maintenance task
-            # (no hand-off or connect can be owed to the waiters that remain).
+            # From the waiter's abort callback, which has no todo to apply: only forget
+            # the waiter.  What is due stays the maintenance task's, and no hand-off or
+            # connect can be owed to the waiters that remain.
             assert waiter is not None
             waiters.pop(waiter, None)
             return todo
