@@ -67,8 +67,10 @@ class _Status(enum.IntEnum):
 
 
 class _Event(enum.Enum):
-    """What the async code reports to ``_update`` about one record."""
+    """What ``_update`` is told: about one waiter, one record, or the pool as a whole."""
 
+    ARRIVED = enum.auto()  # a caller wants a connection (``waiter``)
+    LEFT = enum.auto()  # a parked waiter was cancelled (``waiter``)
     CONNECTED = enum.auto()  # connect() returned: ``record.conn`` is set
     CONNECT_FAILED = enum.auto()  # gave up (``record.error``) or was cancelled (None)
     CHECKED = enum.auto()  # check() passed
@@ -77,13 +79,30 @@ class _Event(enum.Enum):
     SUSPECT = enum.auto()  # the caller's block raised: check before the next use
     BROKEN = enum.auto()  # is_broken, reset failed, or cancelled mid-check or mid-reset
     CLOSED = enum.auto()  # close() returned
+    TICK = enum.auto()  # the maintenance task woke: do what is due
+    RESCAN = enum.auto()  # started, stopping or resized: look at every idle connection
+    DRAIN = enum.auto()  # replace every connection
 
 
 # Module names for the members: looking a member up on its enum class is a Python-level
 # call, and _update reads them on every acquire and release.
 _NEW, _STARTING, _RUNNING, _STOPPED = _State
 _CONNECTING, _IDLE, _CHECKING, _IN_USE, _CLOSING = _Status
-_CONNECTED, _CONNECT_FAILED, _CHECKED, _CHECK_FAILED, _RELEASED, _SUSPECT, _BROKEN, _CLOSED = _Event
+(
+    _ARRIVED,
+    _LEFT,
+    _CONNECTED,
+    _CONNECT_FAILED,
+    _CHECKED,
+    _CHECK_FAILED,
+    _RELEASED,
+    _SUSPECT,
+    _BROKEN,
+    _CLOSED,
+    _TICK,
+    _RESCAN,
+    _DRAIN,
+) = _Event
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -160,28 +179,26 @@ class _Record(Generic[C]):
         self.suspect = False
 
 
-class _Waiter(Generic[C]):
-    __slots__ = ("parked", "result", "task")
-
-    def __init__(self) -> None:
-        self.task: trio.lowlevel.Task | None = None  # set when it parks
-        self.result: _Record[C] | BaseException | None = None  # what it is served
-        self.parked = False  # asleep in wait_task_rescheduled: wake it with its result
-
-
 class _Checkout(Generic[C]):
-    """``async with pool.connection() as conn``; see ``ConnectionPool.connection``."""
+    """``async with pool.connection() as conn``; see ``ConnectionPool.connection``.
 
-    __slots__ = ("_pool", "_record")
+    While it acquires, it is also the pool's waiter (so a checkout served at once
+    allocates nothing more): ``_update`` sets its ``result``, and wakes its ``task`` with
+    it when it has ``parked``."""
+
+    __slots__ = ("_pool", "_record", "parked", "result", "task")
 
     def __init__(self, pool: ConnectionPool[C]) -> None:
         self._pool = pool
         self._record: _Record[C] | None = None
+        self.task: trio.lowlevel.Task | None = None  # set when it parks
+        self.result: _Record[C] | BaseException | None = None  # what it is served
+        self.parked = False  # asleep in wait_task_rescheduled: wake it with its result
 
     async def __aenter__(self) -> C:
         if self._record is not None:
             raise RuntimeError("this pool.connection() context is already in use")
-        self._record = await self._pool._acquire()
+        self._record = await self._pool._acquire(self)
         return self._record.conn
 
     async def __aexit__(
@@ -196,12 +213,16 @@ class _Checkout(Generic[C]):
             await self._pool._release(record, failed=exc is not None)
 
 
-_Todo = list["_Record[C] | _Waiter[C]"]
+_Todo = list["_Record[C] | _Checkout[C]"]
 _Containers = tuple[dict["_Record[C]", None], ...]
 
 
 def _move(records: _Containers[C], rec: _Record[C], to: _Status | None, todo: _Todo[C]) -> None:
-    """The one place where a connection changes status (only ``_update`` calls it)."""
+    """Move ``rec`` to status ``to`` (None: out of the pool); todo what that needs.
+
+    Only ``_update`` moves records.  It writes out the two moves of the hot path (a
+    checkout served from idle, a release back to idle), which need nothing done and
+    cost less than this call."""
     if rec.status is not None:
         del records[rec.status][rec]
     rec.status = to
@@ -211,7 +232,7 @@ def _move(records: _Containers[C], rec: _Record[C], to: _Status | None, todo: _T
             todo.append(rec)
 
 
-def _serve(waiter: _Waiter[C], result: _Record[C] | BaseException, todo: _Todo[C]) -> None:
+def _serve(waiter: _Checkout[C], result: _Record[C] | BaseException, todo: _Todo[C]) -> None:
     waiter.result = result
     if waiter.parked:
         todo.append(waiter)
@@ -248,7 +269,7 @@ class ConnectionPool(Generic[C]):
         # The state: one container per status (insertion order: the last idle one is
         # the most recently used), the waiters in order, and the schedule.
         self._records: _Containers[C] = tuple({} for _ in _Status)
-        self._waiters: OrderedDict[_Waiter[C], None] = OrderedDict()
+        self._waiters: OrderedDict[_Checkout[C], None] = OrderedDict()
         self._generation = 0
         self._scan_at = -math.inf  # when _update next looks at every idle connection
         self._maintenance: trio.CancelScope | None = None  # sleeps until _scan_at
@@ -325,7 +346,7 @@ class ConnectionPool(Generic[C]):
                 self._state = _RUNNING
                 self._nursery = nursery
                 try:
-                    self._apply(self._update(trio.current_time(), rescan=True))
+                    self._apply(self._update(trio.current_time(), _RESCAN))
                     nursery.start_soon(self._maintain)
                     task_status.started(self)
                     await trio.sleep_forever()
@@ -389,12 +410,12 @@ class ConnectionPool(Generic[C]):
             self._config, min_connections=min_connections, max_connections=max_connections
         )
         if self._state is _RUNNING:
-            self._apply(self._update(trio.current_time(), rescan=True))
+            self._apply(self._update(trio.current_time(), _RESCAN))
 
     async def drain(self) -> None:
         """Replace every connection: idle ones are closed now (this waits for that),
         those in use when they come back; the pool refills to ``min_connections``."""
-        todo = self._update(trio.current_time(), drain=True)
+        todo = self._update(trio.current_time(), _DRAIN)
         with trio.move_on_after(self._config.close_grace, shield=True):
             await self._close_all(self._apply(todo, close_here=True))
         await trio.lowlevel.checkpoint()
@@ -404,26 +425,57 @@ class ConnectionPool(Generic[C]):
     def _update(
         self,
         now: float,
+        event: _Event,
         record: _Record[C] | None = None,
-        event: _Event | None = None,
-        *,
-        arriving: _Waiter[C] | None = None,
-        leaving: _Waiter[C] | None = None,
-        rescan: bool = False,
-        drain: bool = False,
+        waiter: _Checkout[C] | None = None,
     ) -> _Todo[C]:
         """Every change of the pool's state, at ``now``: what ``event`` means for
-        ``record``, a waiter arriving or leaving, the retirement, checks and refill that
-        are due (all of them when ``rescan``), and hand-offs to waiters.  Returns what to
-        do: records CONNECTING to connect, CHECKING to check, CLOSING to close, and
-        waiters whose ``result`` is set, to wake."""
+        ``waiter`` or ``record``, the retirement, checks and refill that are due (all of
+        them on RESCAN and DRAIN), and hand-offs to waiters.  Returns what to do: records
+        CONNECTING to connect, CHECKING to check, CLOSING to close, and parked waiters
+        whose ``result`` is set, to wake.  An ARRIVED waiter reads its ``result`` on
+        return: a connection, an error, or None (it waits).
+
+        Arguments are positional and the events most frequent first: this runs twice
+        for every checkout."""
         cfg = self._config
         recs = self._records
         idle = recs[_IDLE]
         waiters = self._waiters
         todo: _Todo[C] = []
+        rescan = False
 
-        if record is not None:
+        if event is _ARRIVED:
+            assert waiter is not None
+            if self._state is not _RUNNING:
+                waiter.result = ShuttingDown(
+                    f"{self._name} pool is not running ({self._state.value})"
+                )
+            elif idle and not waiters:
+                # The common case: the most recently used connection.
+                rec = idle.popitem()[0]
+                recs[_IN_USE][rec] = None
+                rec.status = _IN_USE
+                waiter.result = rec
+            elif cfg.max_waiting is not None and len(waiters) >= cfg.max_waiting:
+                self._overloaded += 1
+                waiter.result = Overloaded(
+                    f"{self._name} pool: {len(waiters)} callers already wait for a connection"
+                    f" (pool.max_waiting={cfg.max_waiting})",
+                    retry_after=self._retry_after(),
+                )
+            else:
+                waiter.result = None
+                waiter.parked = False
+                waiters[waiter] = None
+        elif event is _LEFT:
+            # From the waiter's abort callback, which has no todo to apply: only forget
+            # the waiter.  What is due stays the maintenance task's, and no hand-off or
+            # connect can be owed to the waiters that remain.
+            assert waiter is not None
+            waiters.pop(waiter, None)
+            return todo
+        elif record is not None:
             reusable = False
             if event is _RELEASED or event is _SUSPECT:
                 record.last_used = now
@@ -485,38 +537,24 @@ class ConnectionPool(Generic[C]):
                     _move(recs, record, _IN_USE, todo)
                     _serve(waiters.popitem(last=False)[0], record, todo)
                 else:
-                    _move(recs, record, _IDLE, todo)
+                    assert record.status is not None
+                    del recs[record.status][record]
+                    idle[record] = None
+                    record.status = _IDLE
                     # (its next scan is no sooner than its expiry or this, see _due)
-                    soonest = min(record.expires_at, record.last_used + self._idle_gap)
-                    if soonest < self._scan_at:
+                    if (
+                        record.expires_at < self._scan_at
+                        or record.last_used + self._idle_gap < self._scan_at
+                    ):
                         due = self._due(record, n_open > cfg.min_connections)
                         if due < self._scan_at:
                             self._wake_at(due)
 
-        if arriving is not None:
-            if self._state is not _RUNNING:
-                stopped = ShuttingDown(f"{self._name} pool is not running ({self._state.value})")
-                _serve(arriving, stopped, todo)
-            elif idle and not waiters:
-                # The common case: the most recently used connection.
-                rec = next(reversed(idle))
-                _move(recs, rec, _IN_USE, todo)
-                _serve(arriving, rec, todo)
-            elif cfg.max_waiting is not None and len(waiters) >= cfg.max_waiting:
-                self._overloaded += 1
-                error = Overloaded(
-                    f"{self._name} pool: {len(waiters)} callers already wait for a connection"
-                    f" (pool.max_waiting={cfg.max_waiting})",
-                    retry_after=self._retry_after(),
-                )
-                _serve(arriving, error, todo)
-            else:
-                waiters[arriving] = None
-        if leaving is not None:
-            waiters.pop(leaving, None)
-        if drain:
+        elif event is _DRAIN:
             self._generation += 1
             rescan = True
+        else:
+            rescan = event is _RESCAN
 
         if rescan or now >= self._scan_at:
             while waiters and self._state is _STOPPED:
@@ -631,7 +669,7 @@ class ConnectionPool(Generic[C]):
         leftover: list[_Record[C]] = []
         nursery = self._nursery
         for item in todo:
-            if isinstance(item, _Waiter):
+            if isinstance(item, _Checkout):
                 r = item.result
                 assert r is not None
                 assert item.task is not None
@@ -657,34 +695,34 @@ class ConnectionPool(Generic[C]):
         to be closed by the caller)."""
         self._state = _STOPPED
         self._nursery = None
-        return self._apply(self._update(trio.current_time(), rescan=True))
+        return self._apply(self._update(trio.current_time(), _RESCAN))
 
     async def _settle(self, record: _Record[C], event: _Event) -> None:
         """Report ``event`` on ``record``; close here what the pool's nursery cannot."""
-        todo = self._update(self._now(), record, event)
+        todo = self._update(self._now(), event, record)
         if todo and (leftover := self._apply(todo)):
             with trio.move_on_after(self._config.close_grace, shield=True):
                 await self._close_all(leftover)
 
     # ------------------------------------------------------------- acquire / release
 
-    async def _acquire(self) -> _Record[C]:
+    async def _acquire(self, waiter: _Checkout[C]) -> _Record[C]:
         self._total_requests += 1
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             start = now = self._now()
             while True:
-                waiter: _Waiter[C] = _Waiter()
-                todo = self._update(now, arriving=waiter)
+                todo = self._update(now, _ARRIVED, None, waiter)
                 if todo:
                     self._apply(todo)
-                if waiter.result is None:
+                result = waiter.result
+                if result is None:
                     record = await self._wait(waiter, start)
                     now = self._now()
-                elif isinstance(waiter.result, BaseException):
-                    raise waiter.result
+                elif isinstance(result, BaseException):
+                    raise result
                 else:
-                    record = waiter.result
+                    record = result
                     # Like CapacityLimiter.acquire: the connection is ours, so this yield
                     # must not be a place where cancellation can strand it.
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -709,11 +747,11 @@ class ConnectionPool(Generic[C]):
             self._failed += 1
             raise
 
-    async def _wait(self, waiter: _Waiter[C], start: float) -> _Record[C]:
+    async def _wait(self, waiter: _Checkout[C], start: float) -> _Record[C]:
         def abort(_: Any) -> trio.lowlevel.Abort:
             # Runs synchronously when the cancel arrives, so no hand-off can reach a
             # waiter that has gone.
-            self._update(trio.current_time(), leaving=waiter)
+            self._update(trio.current_time(), _LEFT, None, waiter)
             return trio.lowlevel.Abort.SUCCEEDED
 
         waiter.task = trio.lowlevel.current_task()
@@ -777,7 +815,7 @@ class ConnectionPool(Generic[C]):
         else:
             event = _RELEASED
         # _settle, inlined: this is every release's path.
-        todo = self._update(self._now(), record, event)
+        todo = self._update(self._now(), event, record)
         if todo and (leftover := self._apply(todo)):
             with trio.move_on_after(self._config.close_grace, shield=True):
                 await self._close_all(leftover)
@@ -835,7 +873,7 @@ class ConnectionPool(Generic[C]):
                 cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            for record in self._update(trio.current_time(), rescan=True):
+            for record in self._update(trio.current_time(), _RESCAN):
                 assert isinstance(record, _Record)
                 nursery.start_soon(one, record, nursery.cancel_scope)
         if failed:
@@ -865,7 +903,7 @@ class ConnectionPool(Generic[C]):
             with trio.move_on_at(self._scan_at) as self._maintenance:
                 await trio.sleep_forever()
             self._maintenance = None
-            self._apply(self._update(trio.current_time()))
+            self._apply(self._update(trio.current_time(), _TICK))
 
 
 @asynccontextmanager

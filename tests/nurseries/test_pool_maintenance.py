@@ -284,6 +284,35 @@ async def test_cancelled_waiters_leave_no_slot_connecting(
             assert trio.current_time() == t0
 
 
+async def test_a_waiter_timing_out_when_the_refill_is_due_leaves_the_refill_to_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A waiter's timeout and the refill's back-off end at the same instant: the
+    waiter leaves from its abort callback, which must not make the due refill's
+    connection there (it could not be started, and its slot would stay "connecting"
+    for good); the maintenance task makes it."""
+    from dtesn_trio.errors import BackendUnavailable
+
+    conn = MemoryConnector()
+    config = cfg(min_connections=2, retry_delay=1.0, acquire_timeout=1.0, max_retries=0)
+    async with open_pool(conn, config) as pool:
+        t0 = trio.current_time()
+        conn.down = True
+        conn.connect_times.clear()
+        await pool.drain()  # the refill fails at once; the next round is due at 1
+        conn.down = False
+        conn.connect_delay = 5.0
+        with pytest.raises(BackendUnavailable, match="acquire_timeout"):
+            async with pool.connection():  # its connection takes until 5
+                pass  # pragma: no cover
+        assert trio.current_time() - t0 == 1.0
+        await trio.sleep(9)
+        assert [t - t0 for t in conn.connect_times] == [0, 0, 0, 1]
+        s = pool.statistics()
+        assert (s.open, s.idle, s.connecting, s.waiting) == (2, 2, 0, 0)
+        assert len(conn.live) == 2
+
+
 async def _acquire_once(pool: ConnectionPool[MemConn]) -> None:
     async with pool.connection():
         pass  # pragma: no cover
