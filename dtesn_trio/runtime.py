@@ -117,6 +117,7 @@ class ProcessOutcome:
         }
 
 
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 
@@ -304,14 +305,15 @@ class Runtime:
         # Admission without its own checkpoint: every path of _admitted checkpoints (the
         # cache, the refusal, the queue), so a second trip through the scheduler per
         # request would buy nothing.  A caller cancelled already is not admitted.
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await _checkpoint_if_cancelled()
         # throttle_request_nowait written out: no priority check (made above), and
         # admission times the request with the readings of the clock it takes anyway
         # (_admitted records the success at the instant of total_ms)
         admission = self.admission
-        throttle = _Throttle(admission, priority, self._clock)
         if admission._enabled:
-            throttle._enter_at(admitted_at)
+            throttle = _Throttle._admit(admission, priority, self._clock, admitted_at)
+        else:
+            throttle = _Throttle(admission, priority, self._clock)  # a pass-through
         try:
             if deadline is None and (not use_cache or self.cache is None):
                 # No deadline (no cancel scope to make), no cache: the hot path, the
