@@ -329,6 +329,7 @@ class Runtime:
                 except DTESNError:
                     raise
                 except Exception as exc:
+                    # the engine failed on this input (its batch, or its group_key/cost)
                     raise _engine_failure(exc) from None
                 end = self._now()
                 timings = {
@@ -489,7 +490,6 @@ class Runtime:
                     return _outcome(hit, True, priority, 0, timings)
         queue = self.queue
         assert queue is not None
-        work = item if self._plain_items else self._work(item)
         start_by = deadline
         if deadline is not None:
             run = queue.mean_batch_duration
@@ -507,7 +507,10 @@ class Runtime:
         # that retries at once costs more than one that waits.
         try:
             result, (size, started, finished) = await queue.submit(
-                work, priority=priority, deadline=start_by, wait=True
+                item if self._plain_items else self._work(item),
+                priority=priority,
+                deadline=start_by,
+                wait=True,
             )
         except DTESNError:
             raise
