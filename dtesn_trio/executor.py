@@ -208,10 +208,16 @@ class Executor:
     async def open(self) -> AsyncIterator[Executor]:
         """With ``executor="process"``: pickle the engine, start ``worker_threads``
         worker processes, each loading it before the block begins, and end them after.
-        With threads: nothing to start."""
+        With threads: nothing to start, and BLAS is held to ``blas_threads`` (process-wide:
+        the libraries have one thread count) until the block ends."""
         if self.config.executor != "process":
-            await trio.lowlevel.checkpoint()
-            yield self
+            # BLAS held to blas_threads while open: each call's own lease is then a
+            # count (no library call), where a lease per call set the libraries' thread
+            # count and back around every batch (~15 us of a worker's time, holding the
+            # GIL, a batch of a fast engine).
+            with blas_threads(self._blas):
+                await trio.lowlevel.checkpoint()
+                yield self
             return
         if self._processes is not None:
             raise RuntimeError("Executor.open(): already open")

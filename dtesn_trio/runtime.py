@@ -117,6 +117,7 @@ class ProcessOutcome:
         }
 
 
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 
@@ -178,26 +179,29 @@ _LOCAL = object()  # first member of a submit_batched group key: never an engine
 
 
 class _Work:
-    """One queued request, as the batch workers see it; ``batch`` is filled in by the
-    batch that ran it (one record per batch, shared by its members)."""
+    """A queued request that is more than the engine's item: it has a group, a cost, or
+    the caller's batch function (``submit_batched``).  An engine with neither
+    ``group_key`` nor ``cost`` has its items queued as they are (one record fewer a
+    request)."""
 
-    __slots__ = ("batch", "cost", "enqueued", "group", "item", "run")
+    __slots__ = ("cost", "group", "item", "run")
 
     def __init__(
         self,
         item: Any,
         group: Hashable,
-        enqueued: float,
         cost: int = 1,
         run: Callable[[Sequence[Any]], Sequence[Any]] | None = None,
     ) -> None:
         self.item = item
         self.run = run  # not the engine: the caller's batch function (submit_batched)
         self.group = group
-        self.enqueued = enqueued
         self.cost = cost  # its share of the batch budget (queue.max_batch_size)
-        self.batch: tuple[int, float, float] = (0, enqueued, enqueued)
-        """(size, started, finished) of the batch that ran it."""
+
+
+_BatchInfo = tuple[int, float, float]
+"""(size, started, finished) of the batch that ran a request: the batch function
+answers each member with ``(output, info)``, one ``info`` shared by the batch."""
 
 
 @dataclass
@@ -211,7 +215,7 @@ class Runtime:
     admission: Admission
     loop_monitor: LoopMonitor
     cache: ResultCache | None = None
-    queue: PriorityBatchQueue[_Work, Any] | None = None
+    queue: PriorityBatchQueue[Any, tuple[Any, _BatchInfo]] | None = None
     jobs: JobService | None = None
     models: ModelRegistry | None = None
     """Named, versioned models (with durable jobs, on the DTESN engine only)."""
@@ -227,8 +231,8 @@ class Runtime:
     _levels: int = field(init=False, repr=False)
     _decode_fn: Callable[[Any], Any] = field(init=False, repr=False)
     _plain_items: bool = field(init=False, repr=False)
-    """The engine has neither ``group_key`` nor ``cost``: a request's work record is
-    its item and its arrival alone."""
+    """The engine has neither ``group_key`` nor ``cost``: its items are queued as they
+    are, not in a ``_Work``."""
 
     def __post_init__(self) -> None:
         self._clock = trio.lowlevel.current_clock()
@@ -301,16 +305,41 @@ class Runtime:
         # Admission without its own checkpoint: every path of _admitted checkpoints (the
         # cache, the refusal, the queue), so a second trip through the scheduler per
         # request would buy nothing.  A caller cancelled already is not admitted.
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await _checkpoint_if_cancelled()
         # throttle_request_nowait written out: no priority check (made above), and
         # admission times the request with the readings of the clock it takes anyway
         # (_admitted records the success at the instant of total_ms)
         admission = self.admission
-        throttle = _Throttle(admission, priority, self._clock)
         if admission._enabled:
-            throttle._enter_at(admitted_at)
+            throttle = _Throttle._admit(admission, priority, self._clock, admitted_at)
+        else:
+            throttle = _Throttle(admission, priority, self._clock)  # a pass-through
         try:
-            if deadline is None:  # no cancel scope to make: the hot path
+            if deadline is None and (not use_cache or self.cache is None):
+                # No deadline (no cancel scope to make), no cache: the hot path, the
+                # queue part of _admitted written out (a coroutine fewer a request).
+                queue = self.queue
+                assert queue is not None
+                try:
+                    output, (size, started, finished) = await queue.submit(
+                        item if self._plain_items else self._work(item),
+                        priority=priority,
+                        wait=True,
+                    )
+                except DTESNError:
+                    raise
+                except Exception as exc:
+                    # the engine failed on this input (its batch, or its group_key/cost)
+                    raise _engine_failure(exc) from None
+                end = self._now()
+                timings = {
+                    "queued_ms": (started - start) * 1000,
+                    "processing_ms": (finished - started) * 1000,
+                    "total_ms": (end - start) * 1000,
+                }
+                throttle._exit_at(None, end)
+                return _outcome(output, False, priority, size, timings)
+            if deadline is None:
                 return await self._admitted(item, priority, deadline, use_cache, start, throttle)
             with trio.move_on_at(deadline) as scope:
                 return await self._admitted(item, priority, deadline, use_cache, start, throttle)
@@ -385,17 +414,17 @@ class Runtime:
             raise DeadlineExceeded("the deadline had passed before the request started")
         if self.shared_limiter is not None:
             await self.shared_limiter.try_acquire()
-        work = _Work(item, (_LOCAL, group), start, 1, run)
+        work = _Work(item, (_LOCAL, group), 1, run)
         async with self.admission.throttle_request(priority=priority):
             if deadline is None:
-                output = await self._queued(work, priority, None)
+                output, info = await self._queued(work, priority, None)
             else:
                 with trio.move_on_at(deadline) as scope:
-                    output = await self._queued(work, priority, deadline)
+                    output, info = await self._queued(work, priority, deadline)
                 if scope.cancelled_caught:
                     waited = self._now() - start
                     raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
-        size, started, finished = work.batch
+        size, started, finished = info
         timings = {
             "queued_ms": (started - start) * 1000,
             "processing_ms": (finished - started) * 1000,
@@ -403,7 +432,9 @@ class Runtime:
         }
         return BatchedOutcome(output, size, timings)
 
-    async def _queued(self, work: _Work, priority: int, deadline: float | None) -> Any:
+    async def _queued(
+        self, work: _Work, priority: int, deadline: float | None
+    ) -> tuple[Any, _BatchInfo]:
         queue = self.queue
         assert queue is not None
         start_by = deadline
@@ -459,7 +490,6 @@ class Runtime:
                     return _outcome(hit, True, priority, 0, timings)
         queue = self.queue
         assert queue is not None
-        work = _Work(item, None, start) if self._plain_items else self._work(item, start)
         start_by = deadline
         if deadline is not None:
             run = queue.mean_batch_duration
@@ -476,20 +506,24 @@ class Runtime:
         # as a trio.CapacityLimiter would, instead of refusing at once: a refused client
         # that retries at once costs more than one that waits.
         try:
-            output = await queue.submit(work, priority=priority, deadline=start_by, wait=True)
+            result, (size, started, finished) = await queue.submit(
+                item if self._plain_items else self._work(item),
+                priority=priority,
+                deadline=start_by,
+                wait=True,
+            )
         except DTESNError:
             raise
         except Exception as exc:
             # The engine raised for this input alone (the queue ran it alone after its
             # batch failed: queue.retry_individually, which the runtime turns on).
             raise _engine_failure(exc) from None
-        result = output  # the engine's encode, in JSON bytes (``_run_batch``)
+        # result: the engine's encode, in JSON bytes (``_run_batch``)
         if key is not None and cache is not None:
             if isinstance(cache, MemoryCache):
                 cache.set_nowait(key, result)
             else:
                 await cache.set(key, result)
-        size, started, finished = work.batch
         end = self._now()
         timings = {
             "queued_ms": (started - start) * 1000,
@@ -499,9 +533,9 @@ class Runtime:
         throttle._exit_at(None, end)
         return _outcome(result, False, priority, size, timings)
 
-    async def _submit(self, work: _Work, priority: int) -> Any:
-        """The engine's output for ``work`` (a job's: no deadline), an engine failure
-        as ``_engine_failure`` makes it."""
+    async def _submit(self, work: Any, priority: int) -> tuple[Any, _BatchInfo]:
+        """The engine's output for ``work`` (a job's: no deadline) and its batch's
+        record, an engine failure as ``_engine_failure`` makes it."""
         assert self.queue is not None
         try:
             return await self.queue.submit(work, priority=priority, wait=True)
@@ -510,37 +544,45 @@ class Runtime:
         except Exception as exc:
             raise _engine_failure(exc) from None
 
-    async def _run_batch(self, items: list[_Work]) -> list[Any]:
-        """The queue's batch function: one executor call per ``group_key`` in the batch.
+    async def _run_batch(self, items: list[Any]) -> list[Any]:
+        """The queue's batch function: one executor call per group in the batch.
 
-        Each member gets its output (and ``work.batch``), or the error of its own
-        output: an output that is an exception fails that input alone; an engine call
-        that raises fails the batch, and the queue runs each member again alone.
+        Each member gets ``(output, (size, started, finished))`` (one record for the
+        batch), or the error of its own output: an output that is an exception fails
+        that input alone; an engine call that raises fails the batch, and the queue
+        runs each member again alone.  Members are the engine's items, or ``_Work``s.
         """
         size = len(items)
         now = self._now
         started = now()
-        first = items[0].group
-        for work in items:
-            if work.group != first:
+        work_type = _Work
+        for item in items:
+            if type(item) is work_type:
                 break
-        else:  # one group: the common case, one call
-            outputs = await self._run_group(items)
+        else:  # the engine's items alone: one call, the common case
+            outputs = await self._run_engine(items)
             info = (size, started, now())
-            for work in items:
-                work.batch = info
-            return [_engine_failure(o) if isinstance(o, BaseException) else o for o in outputs]
+            return [
+                _engine_failure(o) if isinstance(o, BaseException) else (o, info) for o in outputs
+            ]
+        works = [w if type(w) is work_type else _Work(w, None) for w in items]
         out: list[Any] = [None] * size
         by_key: dict[Hashable, list[int]] = {}
-        for i, work in enumerate(items):
+        for i, work in enumerate(works):
             by_key.setdefault(work.group, []).append(i)
         for idxs in by_key.values():
-            outputs = await self._run_group([items[i] for i in idxs])
+            outputs = await self._run_group([works[i] for i in idxs])
             info = (size, started, now())
             for i, output in zip(idxs, outputs, strict=True):
-                items[i].batch = info
-                out[i] = _engine_failure(output) if isinstance(output, BaseException) else output
+                out[i] = (
+                    _engine_failure(output) if isinstance(output, BaseException) else (output, info)
+                )
         return out
+
+    async def _run_engine(self, items: list[Any]) -> list[Any]:
+        """One executor call of the engine: its outputs in JSON bytes, one per item
+        (the executor checked their number before encoding them)."""
+        return list(await self.processor.run(items, encode=True))
 
     async def _run_group(self, works: list[_Work]) -> list[Any]:
         """One executor call for the members of one group: the engine's outputs in JSON
@@ -548,9 +590,7 @@ class Runtime:
         batch = [work.item for work in works]
         local = works[0].run
         if local is None:
-            return check_outputs(
-                self.engine.name, len(batch), await self.processor.run(batch, encode=True)
-            )
+            return await self._run_engine(batch)
         raw = await self.processor.run_local(local, batch)
         return check_outputs(getattr(local, "__qualname__", "run"), len(batch), raw)
 
@@ -562,16 +602,16 @@ class Runtime:
             return await run_job(self.models, payload, enqueue)
         priority = payload.get("priority", 4)
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
-        work = self._work(item, self._now())
-        output = await self._submit(work, priority)
-        return {"result": output, "batch_size": work.batch[0]}
+        work = item if self._plain_items else self._work(item)
+        output, (size, _, _) = await self._submit(work, priority)
+        return {"result": output, "batch_size": size}
 
-    def _work(self, item: Any, now: float) -> _Work:
+    def _work(self, item: Any) -> _Work:
         engine = self.engine
         group = None if engine.group_key is None else engine.group_key(item)
         if engine.cost is None:
-            return _Work(item, group, now)
-        return _Work(item, group, now, _cost_units(engine.name, engine.cost(item)))
+            return _Work(item, group)
+        return _Work(item, group, _cost_units(engine.name, engine.cost(item)))
 
     # ---- validation ------------------------------------------------------------
 
@@ -695,6 +735,7 @@ def _cost_units(name: str, cost: object) -> int:
 
 
 def _work_cost(work: _Work) -> int:
+    # with a cost function every queued request is a _Work (the engine's, or submit_batched's)
     return work.cost
 
 

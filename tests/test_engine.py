@@ -194,6 +194,28 @@ async def test_a_decode_bug_is_an_engine_error_with_the_cause_logged(
     assert "secret internals" in caplog.text
 
 
+class BrokenGroupKey(Doubler):
+    def group_key(self, item: float) -> int:
+        raise KeyError("secret internals")
+
+
+async def test_a_group_key_bug_is_an_engine_error_with_and_without_a_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, "dtesn_trio.runtime")
+    with trio.fail_after(30):
+        async with open_runtime(config(), engine=BrokenGroupKey()) as rt:
+            with pytest.raises(EngineError) as plain:
+                await rt.process(1)
+            with pytest.raises(EngineError) as bounded:
+                await rt.process(1, deadline=trio.current_time() + 10)
+            load = rt.admission.get_current_load()
+    for info in (plain, bounded):
+        assert "secret" not in info.value.message
+    assert "secret internals" in caplog.text
+    assert load["concurrent_requests"] == 0  # both gave their admission token back
+
+
 async def test_an_unpicklable_engine_with_processes_says_so() -> None:
     cfg = config(processor=ProcessorConfig(executor="process", worker_threads=1))
     with pytest.RaisesGroup(pytest.RaisesExc(TypeError, match="needs a picklable engine")):

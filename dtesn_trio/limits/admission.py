@@ -227,6 +227,9 @@ class AdmissionStatistics:
     breaker: CircuitBreakerStatistics
 
 
+_new_throttle = object.__new__
+
+
 class _Throttle:
     """The context manager behind :meth:`Admission.throttle_request` (async) and
     :meth:`Admission.throttle_request_nowait` (sync, no checkpoint).
@@ -272,6 +275,19 @@ class _Throttle:
         if clock is None:
             self._clock = clock = trio.lowlevel.current_clock()
         self._enter_at(clock.current_time())
+
+    @classmethod
+    def _admit(
+        cls, admission: Admission, priority: int, clock: trio.abc.Clock, now: float
+    ) -> _Throttle:
+        """A throttle admitted at ``now``: ``_Throttle(admission, priority, clock)``
+        entered with ``_enter_at(now)`` (admission enabled), in one call."""
+        throttle = _new_throttle(cls)
+        throttle._admission = admission
+        throttle.priority = priority
+        throttle._clock = clock
+        throttle._enter_at(now)
+        return throttle
 
     def _enter_at(self, now: float) -> None:
         """Admit at ``now`` (the run's clock) or raise the refusal; the caller checked

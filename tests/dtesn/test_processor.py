@@ -21,6 +21,7 @@ from dtesn_trio.dtesn import (
     blas_threads,
 )
 from dtesn_trio.errors import InvalidRequest
+from dtesn_trio.executor import Executor
 
 SMALL = DTESNConfig(membrane_depth=3, reservoir_size=60, seed=7)
 
@@ -163,6 +164,20 @@ def test_blas_leases_restore_after_the_last_one() -> None:
     finally:
         release.set()
         other.join()
+
+
+async def test_an_open_thread_executor_holds_blas_until_it_closes() -> None:
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    executor = Executor(SMALL, ProcessorConfig(blas_threads=1))
+    async with executor.open():
+        assert all(n == 1 for n in blas())  # between calls too, not only during one
+        with blas_threads(1):  # a call's own lease inside it changes nothing
+            assert all(n == 1 for n in blas())
+        assert all(n == 1 for n in blas())
+    assert blas() == before
 
 
 async def test_a_different_depth_builds_a_variant_once() -> None:
