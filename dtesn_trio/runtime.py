@@ -122,6 +122,16 @@ _new_object = object.__new__
 _set_attribute = object.__setattr__
 
 
+def _timings(start: float, started: float, finished: float, end: float) -> dict[str, float]:
+    """A request's ``timings`` (ms): queued until its batch started, the batch's run,
+    and the whole request from ``start`` to ``end``."""
+    return {
+        "queued_ms": (started - start) * 1000,
+        "processing_ms": (finished - started) * 1000,
+        "total_ms": (end - start) * 1000,
+    }
+
+
 def _outcome(
     encoded: Any, cache_hit: bool, priority: int, batch_size: int, timings: dict[str, float]
 ) -> ProcessOutcome:
@@ -332,11 +342,7 @@ class Runtime:
                     # the engine failed on this input (its batch, or its group_key/cost)
                     raise _engine_failure(exc) from None
                 end = self._now()
-                timings = {
-                    "queued_ms": (started - start) * 1000,
-                    "processing_ms": (finished - started) * 1000,
-                    "total_ms": (end - start) * 1000,
-                }
+                timings = _timings(start, started, finished, end)
                 throttle._exit_at(None, end)
                 return _outcome(output, False, priority, size, timings)
             if deadline is None:
@@ -425,11 +431,7 @@ class Runtime:
                     waited = self._now() - start
                     raise DeadlineExceeded(f"the deadline passed after {waited * 1000:.0f} ms")
         size, started, finished = info
-        timings = {
-            "queued_ms": (started - start) * 1000,
-            "processing_ms": (finished - started) * 1000,
-            "total_ms": (self._now() - start) * 1000,
-        }
+        timings = _timings(start, started, finished, self._now())
         return BatchedOutcome(output, size, timings)
 
     async def _queued(
@@ -525,11 +527,7 @@ class Runtime:
             else:
                 await cache.set(key, result)
         end = self._now()
-        timings = {
-            "queued_ms": (started - start) * 1000,
-            "processing_ms": (finished - started) * 1000,
-            "total_ms": (end - start) * 1000,
-        }
+        timings = _timings(start, started, finished, end)
         throttle._exit_at(None, end)
         return _outcome(result, False, priority, size, timings)
 
