@@ -6,8 +6,10 @@ Two limits apply to every call:
   seed): calls in processing at once; the others wait, in FIFO order.
 - the cores: at most ``worker_threads`` calls compute at once (another
   ``CapacityLimiter``), each with BLAS held to ``blas_threads`` (threadpoolctl, see
-  :mod:`dtesn_trio.blas`), and ``worker_threads × blas_threads <= cores`` whatever
-  ``max_concurrent_processes`` says.  A FastAPI app whose 40 pool threads each ran
+  :mod:`dtesn_trio.blas`; in worker threads the libraries' one thread count is
+  process-wide: it is held from ``open()`` to its end, so BLAS called elsewhere in the
+  process meanwhile runs at that count too), and ``worker_threads × blas_threads <=
+  cores`` whatever ``max_concurrent_processes`` says.  A FastAPI app whose 40 pool threads each ran
   multi-threaded BLAS served zero requests at 64 connections on this project's 2-core
   machine; this is why.
 
