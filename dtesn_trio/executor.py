@@ -9,9 +9,9 @@ Two limits apply to every call:
   :mod:`dtesn_trio.blas`; in worker threads the libraries' one thread count is
   process-wide: it is held from ``open()`` to its end, so BLAS called elsewhere in the
   process meanwhile runs at that count too), and ``worker_threads × blas_threads <=
-  cores`` whatever ``max_concurrent_processes`` says.  A FastAPI app whose 40 pool threads each ran
-  multi-threaded BLAS served zero requests at 64 connections on this project's 2-core
-  machine; this is why.
+  cores`` whatever ``max_concurrent_processes`` says.  A FastAPI app whose 40 pool
+  threads each ran multi-threaded BLAS served zero requests at 64 connections on this
+  project's 2-core machine; this is why.
 
 Where it computes (``executor``): in worker *threads* of this process (the default of
 ``ProcessorConfig``), or in worker *processes* (``"process"``, on ``trio_parallel``; the
