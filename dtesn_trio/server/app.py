@@ -58,7 +58,7 @@ from dtesn_trio.server.errors import (
 )
 from dtesn_trio.server.gate import ReadGate
 from dtesn_trio.server.gctuning import GCMonitor
-from dtesn_trio.server.http1 import ARRIVED, COMPLETE_BODY, UNREAD_WAIT
+from dtesn_trio.server.http1 import COMPLETE_BODY, UNREAD_WAIT
 from dtesn_trio.server.intake import LifoSlots
 from dtesn_trio.server.metrics import CONTENT_TYPE, AppMetrics
 from dtesn_trio.server.models import PRIORITY_LEVELS, request_models
@@ -372,9 +372,7 @@ class AppState:
                 f"{field} must be a rectangular T x D array with D >= 1", field=field
             )
 
-    def _deadline(self, deadline_ms: int | None, arrived: float | None = None) -> float | None:
-        """The request's absolute deadline: ``deadline_ms`` (or the server's default)
-        from ``arrived`` (when it waited unread at the read gate) or from now."""
+    def _deadline(self, deadline_ms: int | None) -> float | None:
         if deadline_ms is None:
             deadline_ms = self.config.default_deadline_ms
             if deadline_ms is None:
@@ -384,7 +382,7 @@ class AppState:
                 f"deadline_ms must be <= {self.config.max_deadline_ms} (got {deadline_ms})",
                 field="deadline_ms",
             )
-        return (trio.current_time() if arrived is None else arrived) + deadline_ms / 1000
+        return trio.current_time() + deadline_ms / 1000
 
     async def _model_options(self, req: Any) -> dict[str, Any]:
         """The engine option of the request's ``model`` (resolved now: the request runs
@@ -412,12 +410,12 @@ class AppState:
         payload = await self._process(await request.body())
         return Response(payload, media_type="application/json")
 
-    async def process_asgi(self, body: bytes, send: Send, arrived: float | None = None) -> None:
+    async def process_asgi(self, body: bytes, send: Send) -> None:
         """``POST /v1/process`` with its ``body`` already read, straight from ``_Guard``:
         without Starlette's routing, ``Request`` and ``Response`` (the hot path: under
         overload most of these requests are refused, and each costs the event loop what
-        the layers cost).  The same answers as the route; ``arrived``: see ``ARRIVED``."""
-        payload = await self._process(body, arrived)
+        the layers cost).  The same answers as the route."""
+        payload = await self._process(body)
         await send(
             {
                 "type": "http.response.start",
@@ -430,11 +428,11 @@ class AppState:
         )
         await send({"type": "http.response.body", "body": payload})
 
-    async def _process(self, body: bytes, arrived: float | None = None) -> bytes:
+    async def _process(self, body: bytes) -> bytes:
         req = self._decode(body, self._process_decoder)
         check_priority(req.priority, PRIORITY_LEVELS)
         self._check_input(req.input, "input")
-        deadline = self._deadline(req.deadline_ms, arrived)
+        deadline = self._deadline(req.deadline_ms)
         start = time.perf_counter()
         runtime = self.runtime
         extra = await self._model_options(req)
@@ -712,8 +710,7 @@ class _Guard:
                 if extensions is not None and UNREAD_WAIT in extensions:
                     raise state.unread_refusal(extensions[UNREAD_WAIT])
                 if path == "/v1/process" and method == "POST":
-                    arrived = None if extensions is None else extensions.get(ARRIVED)
-                    await state.process_asgi(await whole_body(), guarded_send, arrived)
+                    await state.process_asgi(await whole_body(), guarded_send)
                 else:
                     await self.app(scope, limited_receive, guarded_send)
             except DTESNError as exc:

@@ -39,17 +39,13 @@ import trio
 
 from dtesn_trio.server.gate import ReadGate
 
-__all__ = ["ARRIVED", "COMPLETE_BODY", "UNREAD_WAIT", "serve_http1"]
+__all__ = ["COMPLETE_BODY", "UNREAD_WAIT", "serve_http1"]
 
 COMPLETE_BODY = "dtesn.complete_body"
 """The scope extension holding a request's whole body when it arrived with its head."""
 UNREAD_WAIT = "dtesn.unread_wait"
 """The scope extension set (to the seconds waited) on a request that waited out the read
 gate's ``max_wait`` unread: the app answers it 503 ``overloaded`` without doing it."""
-ARRIVED = "dtesn.arrived"
-"""The scope extension set on a request that waited unread at the read gate: the
-``trio.current_time()`` at which it arrived (its connection turned readable), from which
-the app counts its ``deadline_ms``: the client's budget began then, not when it was read."""
 
 logger = logging.getLogger("dtesn_trio.server.http1")
 
@@ -210,7 +206,6 @@ class _Connection:
         self.head_fed = 0
         self.token = False  # holds one of the read gate's tokens
         self.unread_wait: float | None = None  # the gate's max_wait, waited out
-        self.arrived: float | None = None  # when a request that waited at the gate arrived
 
     async def _next_request(self) -> bool:
         """Idle: wait (bounded by keep-alive) for the client to send; then, if the read
@@ -228,7 +223,7 @@ class _Connection:
             if gate.try_take():
                 self.token = True
             elif not gate.opened and await self._gated():
-                began = self.arrived = trio.current_time()
+                began = trio.current_time()
                 self.token = await gate.wait()
                 if not self.token and not gate.opened:
                     self.unread_wait = trio.current_time() - began
@@ -329,7 +324,7 @@ class _Connection:
                     keep_alive = await self._respond(message)
                 finally:
                     self._release_token()
-                    self.unread_wait = self.arrived = None
+                    self.unread_wait = None
                 proto.pending.popleft()
                 if not keep_alive or self.broken:
                     return
@@ -388,8 +383,6 @@ class _Connection:
             scope["extensions"] = {COMPLETE_BODY: body}
         if self.unread_wait is not None:
             scope.setdefault("extensions", {})[UNREAD_WAIT] = self.unread_wait
-        if self.arrived is not None:
-            scope.setdefault("extensions", {})[ARRIVED] = self.arrived
         head_only = message.method == b"HEAD"
         keep_alive = message.keep_alive
         response_started = head_sent = response_done = chunked = False
