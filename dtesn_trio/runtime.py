@@ -531,11 +531,13 @@ class Runtime:
         throttle._exit_at(None, end)
         return _outcome(result, False, priority, size, timings)
 
-    async def _submit(self, work: Any, priority: int) -> tuple[Any, _BatchInfo]:
-        """The engine's output for ``work`` (a job's: no deadline) and its batch's
-        record, an engine failure as ``_engine_failure`` makes it."""
+    async def _submit(self, item: Any, priority: int) -> tuple[Any, _BatchInfo]:
+        """The engine's output for ``item`` (a job's: no deadline) and its batch's
+        record, an engine failure (its batch, or its group_key/cost) as
+        ``_engine_failure`` makes it."""
         assert self.queue is not None
         try:
+            work = item if self._plain_items else self._work(item)
             return await self.queue.submit(work, priority=priority, wait=True)
         except DTESNError:
             raise
@@ -600,8 +602,7 @@ class Runtime:
             return await run_job(self.models, payload, enqueue)
         priority = payload.get("priority", 4)
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
-        work = item if self._plain_items else self._work(item)
-        output, (size, _, _) = await self._submit(work, priority)
+        output, (size, _, _) = await self._submit(item, priority)
         return {"result": output, "batch_size": size}
 
     def _work(self, item: Any) -> _Work:

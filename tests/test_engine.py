@@ -199,7 +199,7 @@ class BrokenGroupKey(Doubler):
         raise KeyError("secret internals")
 
 
-async def test_a_group_key_bug_is_an_engine_error_with_and_without_a_deadline(
+async def test_a_group_key_bug_is_an_engine_error_with_and_without_a_deadline_and_in_a_job(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, "dtesn_trio.runtime")
@@ -209,8 +209,10 @@ async def test_a_group_key_bug_is_an_engine_error_with_and_without_a_deadline(
                 await rt.process(1)
             with pytest.raises(EngineError) as bounded:
                 await rt.process(1, deadline=trio.current_time() + 10)
+            with pytest.raises(EngineError) as job:  # a durable job's run, past admission
+                await rt._run_job({"input": 1})
             load = rt.admission.get_current_load()
-    for info in (plain, bounded):
+    for info in (plain, bounded, job):
         assert "secret" not in info.value.message
     assert "secret internals" in caplog.text
     assert load["concurrent_requests"] == 0  # both gave their admission token back

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["AdaptiveTimeout", "AdaptiveTimeoutStatistics"]
@@ -52,9 +53,13 @@ class AdaptiveTimeout:
         self._times.extend(response_times)
         self._outcomes.extend([ok] * len(response_times))
 
-    def record_batch(self, response_times: list[float], failed: int) -> None:
+    def record_batch(
+        self, response_times: list[float], failed: int | Sequence[float] | None = 0
+    ) -> None:
         """Record a processed batch: its members' response times, ``failed`` of which
-        were failures."""
+        were failures (a count, or the failed members' times as before)."""
+        if not isinstance(failed, int):
+            failed = 0 if failed is None else len(failed)
         self._times.extend(response_times)
         self._outcomes.extend([True] * (len(response_times) - failed))
         if failed:

@@ -186,19 +186,29 @@ class _Checkout(Generic[C]):
     allocates nothing more): ``_update`` sets its ``result``, and wakes its ``task`` with
     it when it has ``parked``."""
 
-    __slots__ = ("_pool", "_record", "parked", "result", "task")
+    __slots__ = ("_entered", "_pool", "_record", "parked", "result", "task")
 
     def __init__(self, pool: ConnectionPool[C]) -> None:
         self._pool = pool
+        self._entered = False  # from __aenter__ until __aexit__ (or a failed acquire)
         self._record: _Record[C] | None = None
         self.task: trio.lowlevel.Task | None = None  # set when it parks
         self.result: _Record[C] | BaseException | None = None  # what it is served
         self.parked = False  # asleep in wait_task_rescheduled: wake it with its result
 
     async def __aenter__(self) -> C:
-        if self._record is not None:
+        # (one object is one waiter: a second task entering it while the first still
+        # acquires would take the first one's place in the pool's queue)
+        if self._entered:
             raise RuntimeError("this pool.connection() context is already in use")
-        self._record = await self._pool._acquire(self)
+        self._entered = True
+        try:
+            self._record = await self._pool._acquire(self)
+        except BaseException:
+            self._entered = False
+            raise
+        finally:
+            self.task = self.result = None
         return self._record.conn
 
     async def __aexit__(
@@ -209,6 +219,7 @@ class _Checkout(Generic[C]):
     ) -> None:
         record = self._record
         self._record = None
+        self._entered = False
         if record is not None:
             await self._pool._release(record, failed=exc is not None)
 

@@ -44,7 +44,7 @@ import heapq
 import itertools
 import math
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
@@ -170,7 +170,8 @@ class _Level(Generic[T, R]):
         self.boxes = (self.blocked, self.waiting, self.delayed, None, None, None)
         self.skips = 0  # consecutive batches that passed this level over
         # an index, not a state: requests in arrival order whose ``due`` never
-        # decreases along it (the level's timeout; ``last_due`` is its tail's);
+        # decreases along it (the level's timeout; ``last_due``: the ``due`` of the last
+        # one appended, which may have left since: a bound, not its tail's);
         # ``_expire_due`` reads its head; entries of requests that left are dropped
         # from the head as requests arrive, and all at once past ``index_limit``
         self.expiring: deque[_Request[T, R]] = deque()
@@ -430,7 +431,7 @@ class PriorityBatchQueue(Generic[T, R]):
         arrived: _Request[T, R] | None = None,
         left: _Request[T, R] | None = None,
         finished: _Worker[T, R] | None = None,
-        results: Iterable[R | BaseException] | None = None,
+        results: Sequence[R | BaseException] | None = None,
         stopping: bool = False,
         closing: bool = False,
     ) -> None:
@@ -448,9 +449,12 @@ class PriorityBatchQueue(Generic[T, R]):
                 finished.batch = None
                 move = self._move
                 if results is None:
-                    results = itertools.repeat(ShuttingDown("the queue shut down mid-batch"))
-                for req, result in zip(batch, results, strict=False):
-                    move(req, _DONE, result)
+                    error = ShuttingDown("the queue shut down mid-batch")
+                    for req in batch:
+                        move(req, _DONE, error)
+                else:
+                    for req, result in zip(batch, results, strict=True):
+                        move(req, _DONE, result)
             elif stopping:
                 self._idle.remove(finished)
             if not stopping:

@@ -108,6 +108,41 @@ async def test_fifo_waiters_and_direct_hand_off() -> None:
         assert conn.next_id == 1  # one connection served everyone
 
 
+async def test_one_checkout_object_entered_twice_refuses_the_second_task() -> None:
+    # A pool.connection() object is one waiter: a second task entering it while the
+    # first still waits for a connection is refused, and the first is served.
+    conn = MemoryConnector()
+    async with open_pool(conn, cfg(min_connections=1, max_connections=1)) as pool:
+        release = trio.Event()
+        shared = pool.connection()
+        served: list[str] = []
+
+        async def holder() -> None:
+            async with pool.connection():
+                await release.wait()
+
+        async def first() -> None:
+            async with shared:
+                served.append("first")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holder)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(first)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(RuntimeError, match="already in use"):
+                async with shared:
+                    pass  # pragma: no cover
+            release.set()
+        assert served == ["first"]
+        async with shared:  # usable again once its first use ended
+            served.append("again")
+        assert served == ["first", "again"]
+        stats = pool.statistics()
+        assert stats.waiting == 0
+        assert stats.in_use == 0
+
+
 async def test_waiter_cap_sheds_with_overloaded() -> None:
     conn = MemoryConnector()
     config = cfg(min_connections=1, max_connections=1, max_waiting=2)
