@@ -326,8 +326,8 @@ class Runtime:
             throttle = _Throttle(admission, priority, self._clock)  # a pass-through
         try:
             if deadline is None and (not use_cache or self.cache is None):
-                # No deadline (no cancel scope to make), no cache: the hot path, the
-                # queue part of _admitted written out (a coroutine fewer a request).
+                # No deadline (no cancel scope to make), no cache: the hot path, with
+                # _queued written out (a coroutine fewer a request).
                 queue = self.queue
                 assert queue is not None
                 try:
@@ -339,7 +339,7 @@ class Runtime:
                 except DTESNError:
                     raise
                 except Exception as exc:
-                    # the engine failed on this input (its batch, or its group_key/cost)
+                    # the engine failed on this input alone (see _queued)
                     raise _engine_failure(exc) from None
                 end = self._now()
                 timings = _timings(start, started, finished, end)
@@ -435,25 +435,34 @@ class Runtime:
         return BatchedOutcome(output, size, timings)
 
     async def _queued(
-        self, work: _Work, priority: int, deadline: float | None
+        self, work: Any, priority: int, deadline: float | None
     ) -> tuple[Any, _BatchInfo]:
+        """The output for ``work`` (an engine's item, or a ``_Work``) and its batch's
+        record; an engine failure as ``_engine_failure`` makes it."""
         queue = self.queue
         assert queue is not None
         start_by = deadline
         if deadline is not None:
             run = queue.mean_batch_duration
             if run is not None:
-                start_by = deadline - run  # a deadline is for finishing (see _admitted)
+                # The queue's deadline is for *starting*: a request that starts at its
+                # deadline finishes a batch later, too late, after using the engine.
+                start_by = deadline - run
                 if start_by <= self._now():
                     await trio.lowlevel.checkpoint()
                     raise Overloaded(
                         f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
                     )
+        # wait=True: a full level makes the caller wait for space (until its deadline),
+        # as a trio.CapacityLimiter would, instead of refusing at once: a refused client
+        # that retries at once costs more than one that waits.
         try:
             return await queue.submit(work, priority=priority, deadline=start_by, wait=True)
         except DTESNError:
             raise
         except Exception as exc:
+            # The engine raised for this input alone (the queue ran it alone after its
+            # batch failed: queue.retry_individually, which the runtime turns on).
             raise _engine_failure(exc) from None
 
     async def _admitted(
@@ -490,36 +499,9 @@ class Runtime:
                     }
                     throttle._exit_at(None, end)
                     return _outcome(hit, True, priority, 0, timings)
-        queue = self.queue
-        assert queue is not None
-        start_by = deadline
-        if deadline is not None:
-            run = queue.mean_batch_duration
-            if run is not None:
-                # The queue's deadline is for *starting*: a request that starts at its
-                # deadline finishes a batch later, too late, after using the engine.
-                start_by = deadline - run
-                if start_by <= self._now():
-                    await trio.lowlevel.checkpoint()
-                    raise Overloaded(
-                        f"the deadline cannot be met: a batch takes {run:.3f}s", retry_after=run
-                    )
-        # wait=True: a full level makes the caller wait for space (until its deadline),
-        # as a trio.CapacityLimiter would, instead of refusing at once: a refused client
-        # that retries at once costs more than one that waits.
-        try:
-            result, (size, started, finished) = await queue.submit(
-                item if self._plain_items else self._work(item),
-                priority=priority,
-                deadline=start_by,
-                wait=True,
-            )
-        except DTESNError:
-            raise
-        except Exception as exc:
-            # The engine raised for this input alone (the queue ran it alone after its
-            # batch failed: queue.retry_individually, which the runtime turns on).
-            raise _engine_failure(exc) from None
+        result, (size, started, finished) = await self._queued(
+            item if self._plain_items else self._work(item), priority, deadline
+        )
         # result: the engine's encode, in JSON bytes (``_run_batch``)
         if key is not None and cache is not None:
             if isinstance(cache, MemoryCache):
@@ -530,19 +512,6 @@ class Runtime:
         timings = _timings(start, started, finished, end)
         throttle._exit_at(None, end)
         return _outcome(result, False, priority, size, timings)
-
-    async def _submit(self, item: Any, priority: int) -> tuple[Any, _BatchInfo]:
-        """The engine's output for ``item`` (a job's: no deadline) and its batch's
-        record, an engine failure (its batch, or its group_key/cost) as
-        ``_engine_failure`` makes it."""
-        assert self.queue is not None
-        try:
-            work = item if self._plain_items else self._work(item)
-            return await self.queue.submit(work, priority=priority, wait=True)
-        except DTESNError:
-            raise
-        except Exception as exc:
-            raise _engine_failure(exc) from None
 
     async def _run_batch(self, items: list[Any]) -> list[Any]:
         """The queue's batch function: one executor call per group in the batch.
@@ -602,15 +571,21 @@ class Runtime:
             return await run_job(self.models, payload, enqueue)
         priority = payload.get("priority", 4)
         item = self._decode(payload["input"], priority, payload.get("membrane_depth"), None)
-        output, (size, _, _) = await self._submit(item, priority)
+        work = item if self._plain_items else self._work(item)
+        output, (size, _, _) = await self._queued(work, priority, None)
         return {"result": output, "batch_size": size}
 
     def _work(self, item: Any) -> _Work:
+        """``item`` with its group and cost; an engine's ``group_key`` or ``cost`` that
+        raises is an ``EngineError`` (logged), as a failing batch is."""
         engine = self.engine
-        group = None if engine.group_key is None else engine.group_key(item)
-        if engine.cost is None:
-            return _Work(item, group)
-        return _Work(item, group, _cost_units(engine.name, engine.cost(item)))
+        try:
+            group = None if engine.group_key is None else engine.group_key(item)
+            if engine.cost is None:
+                return _Work(item, group)
+            return _Work(item, group, _cost_units(engine.name, engine.cost(item)))
+        except Exception as exc:
+            raise _engine_failure(exc) from None
 
     # ---- validation ------------------------------------------------------------
 
