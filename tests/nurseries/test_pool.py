@@ -143,6 +143,37 @@ async def test_one_checkout_object_entered_twice_refuses_the_second_task() -> No
         assert stats.in_use == 0
 
 
+async def test_a_checkout_cancelled_while_waiting_can_be_entered_again() -> None:
+    conn = MemoryConnector()
+    async with open_pool(conn, cfg(min_connections=1, max_connections=1)) as pool:
+        release = trio.Event()
+        shared = pool.connection()
+
+        async def holder() -> None:
+            async with pool.connection():
+                await release.wait()
+
+        async def waits() -> None:
+            async with shared:
+                pass  # pragma: no cover
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holder)
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as inner:
+                inner.start_soon(waits)
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.statistics().waiting == 1
+                inner.cancel_scope.cancel()
+            assert pool.statistics().waiting == 0
+            release.set()
+        async with shared as c:  # its cancelled use left it free
+            assert c.open
+        stats = pool.statistics()
+        assert stats.in_use == 0
+        assert stats.cancelled_requests == 1
+
+
 async def test_waiter_cap_sheds_with_overloaded() -> None:
     conn = MemoryConnector()
     config = cfg(min_connections=1, max_connections=1, max_waiting=2)
